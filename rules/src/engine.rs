@@ -1,0 +1,583 @@
+//! The evaluation engine: turns events into alert transitions, in event time.
+//!
+//! Variables are interned into slots at build time. Each subject keeps one
+//! sample per slot and one [`AlertState`] per rule, and an event re-evaluates
+//! only the rules that read what it changed. Durations complete on timers
+//! driven by the watermark, so a condition that keeps holding fires even
+//! when no further event arrives for that subject.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use hashbrown::Equivalent;
+use serde::Serialize;
+
+use crate::event::{AlertEvent, AlertStatus, Event, MetricEvent};
+use crate::rule::{Rule, RuleSet};
+use crate::state::{AlertState, Observation, Phase, step};
+use crate::time::{Span, Timestamp};
+use crate::vocabulary::{VarKind, Vocabulary};
+
+/// The labels that identify a subject, e.g. `{model: summarizer}`.
+pub type Labels = Arc<BTreeMap<String, String>>;
+
+/// Engine settings that are not part of the rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// A sample older than this (in event time) counts as missing.
+    pub stale_after: Span,
+    /// Events older than the watermark by more than this are dropped as late.
+    pub allowed_lateness: Span,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            stale_after: Span::seconds(600),
+            allowed_lateness: Span::seconds(30),
+        }
+    }
+}
+
+/// Something the engine wants the outside world to know.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// An alert changed phase.
+    Transition(Transition),
+    /// A subject has had no fresh data for `stale_after`.
+    Stale {
+        /// When it was noticed.
+        ts: Timestamp,
+        /// Which subject.
+        subject: Labels,
+    },
+}
+
+/// An alert's change of phase, with the evidence behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// Event time of the change.
+    pub ts: Timestamp,
+    /// Index of the rule in the engine's [`RuleSet`].
+    pub rule: usize,
+    /// The subject.
+    pub subject: Labels,
+    /// Phase before.
+    pub from: Phase,
+    /// Phase after.
+    pub to: Phase,
+    /// When this firing episode started; with rule and subject it is the
+    /// idempotency key of any action taken.
+    pub active_since: Option<Timestamp>,
+    /// The condition's variables at the time, by name. Missing ones are absent.
+    pub values: BTreeMap<String, f64>,
+}
+
+/// What happened to one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    /// It updated at least one subject.
+    Applied,
+    /// It was older than the watermark minus the allowed lateness.
+    Late,
+    /// No rule reads the variable it sets.
+    Unused,
+    /// It lacked a label every rule groups by.
+    Unmatched,
+    /// An inference event: analytics are computed outside this engine.
+    Inference,
+}
+
+/// Counters, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Events offered.
+    pub events: u64,
+    /// Dropped as late.
+    pub late: u64,
+    /// Older than the sample they would replace; kept out.
+    pub out_of_order: u64,
+    /// Set a variable no rule reads.
+    pub unused: u64,
+    /// Lacked a grouping label.
+    pub unmatched: u64,
+    /// Condition evaluations.
+    pub evaluations: u64,
+    /// Evaluations that failed at run time (treated as no data).
+    pub eval_errors: u64,
+}
+
+/// A read-only view of one alert.
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertView<'a> {
+    /// The rule.
+    pub rule: &'a str,
+    /// The subject.
+    pub subject: &'a Labels,
+    /// Its state.
+    pub state: &'a AlertState,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    value: f64,
+    ts: Timestamp,
+}
+
+/// The alert-derived variables and how each counts firing alerts.
+const ALERT_SLOTS: [(&str, fn(&AlertFlags) -> bool); 3] = [
+    ("critical_errors", |f| f.critical),
+    ("oom_kills", |f| f.oom),
+    ("firing_alerts", |_| true),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AlertFlags {
+    critical: bool,
+    oom: bool,
+}
+
+struct Subject {
+    labels: Labels,
+    samples: Vec<Option<Sample>>,
+    alerts: Vec<AlertState>,
+    /// Firing external alerts by name and labels.
+    firing: BTreeMap<(String, BTreeMap<String, String>), AlertFlags>,
+    last_seen: Timestamp,
+    stale: bool,
+}
+
+struct GroupRule {
+    rule: usize,
+    inputs: Vec<usize>,
+}
+
+/// Rules sharing one `group_by`, and their subjects.
+struct Group {
+    labels: Vec<String>,
+    rules: Vec<GroupRule>,
+    /// For each slot, the local rules that read it.
+    dependents: Vec<Vec<usize>>,
+    index: hashbrown::HashMap<Box<[String]>, usize>,
+    subjects: Vec<Subject>,
+}
+
+/// Borrowed lookup key, hashing exactly like `Box<[String]>`.
+struct KeyRef<'a>(&'a [&'a str]);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+impl Equivalent<Box<[String]>> for KeyRef<'_> {
+    fn equivalent(&self, key: &Box<[String]>) -> bool {
+        self.0.len() == key.len() && self.0.iter().zip(key.iter()).all(|(a, b)| *a == b)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    due: Timestamp,
+    group: usize,
+    subject: usize,
+    rule: usize,
+}
+
+/// Evaluates a [`RuleSet`] over a stream of events.
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    config: EngineConfig,
+    slots: HashMap<String, usize>,
+    slot_kinds: Vec<VarKind>,
+    alert_slots: [Option<usize>; 3],
+    groups: Vec<Group>,
+    watermark: Option<Timestamp>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    next_stale_scan: Option<Timestamp>,
+    stats: EngineStats,
+    scratch: Vec<f64>,
+}
+
+impl Engine {
+    /// Builds an engine for `rules`. `vocabulary` must be the one the rules
+    /// were loaded with; it says which variables never go stale.
+    pub fn new(rules: Arc<RuleSet>, vocabulary: &Vocabulary, config: EngineConfig) -> Engine {
+        let mut slots: HashMap<String, usize> = HashMap::new();
+        let mut slot_kinds = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
+        for (index, rule) in rules.rules().iter().enumerate() {
+            let inputs = rule
+                .condition
+                .variables()
+                .iter()
+                .map(|v| {
+                    *slots.entry(v.clone()).or_insert_with(|| {
+                        slot_kinds.push(vocabulary.kind(v).unwrap_or(VarKind::Sample));
+                        slot_kinds.len() - 1
+                    })
+                })
+                .collect();
+            let g = match groups.iter().position(|g| g.labels == rule.group_by) {
+                Some(g) => g,
+                None => {
+                    groups.push(Group {
+                        labels: rule.group_by.clone(),
+                        rules: Vec::new(),
+                        dependents: Vec::new(),
+                        index: hashbrown::HashMap::new(),
+                        subjects: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            groups[g].rules.push(GroupRule { rule: index, inputs });
+        }
+        for group in &mut groups {
+            group.dependents = vec![Vec::new(); slot_kinds.len()];
+            for (local, r) in group.rules.iter().enumerate() {
+                for &slot in &r.inputs {
+                    if !group.dependents[slot].contains(&local) {
+                        group.dependents[slot].push(local);
+                    }
+                }
+            }
+        }
+        let alert_slots = ALERT_SLOTS.map(|(name, _)| slots.get(name).copied());
+        Engine {
+            rules,
+            config,
+            slots,
+            slot_kinds,
+            alert_slots,
+            groups,
+            watermark: None,
+            timers: BinaryHeap::new(),
+            next_stale_scan: None,
+            stats: EngineStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The rules being evaluated.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// The highest event time seen (or advanced to).
+    pub fn watermark(&self) -> Option<Timestamp> {
+        self.watermark
+    }
+
+    /// Number of subjects across all groups.
+    pub fn subject_count(&self) -> usize {
+        self.groups.iter().map(|g| g.subjects.len()).sum()
+    }
+
+    /// Feeds one event. Transitions go to `out`, in event-time order.
+    pub fn ingest(&mut self, event: &Event, out: &mut Vec<Output>) -> Ingested {
+        self.stats.events += 1;
+        let ts = event.ts();
+        if let Some(wm) = self.watermark
+            && ts < Timestamp(wm.0.saturating_sub(self.config.allowed_lateness.0))
+        {
+            self.stats.late += 1;
+            return Ingested::Late;
+        }
+        self.advance(ts, out);
+        match event {
+            Event::Metric(m) => self.ingest_metric(m, out),
+            Event::Alert(a) => self.ingest_alert(a, out),
+            Event::Inference(_) => Ingested::Inference,
+        }
+    }
+
+    /// Moves event time forward to `now` without an event: completes due
+    /// durations and notices stale subjects. Never moves time backwards.
+    pub fn advance(&mut self, now: Timestamp, out: &mut Vec<Output>) {
+        if self.watermark.is_some_and(|wm| now <= wm) {
+            return;
+        }
+        while let Some(Reverse(timer)) = self.timers.peek().copied() {
+            if timer.due > now {
+                break;
+            }
+            self.timers.pop();
+            let rule = &self.rules.rules()[self.groups[timer.group].rules[timer.rule].rule];
+            let state = &self.groups[timer.group].subjects[timer.subject].alerts[timer.rule];
+            // Timers are never cancelled; a stale one no longer matches.
+            if state.due(&rule.timing) == Some(timer.due) {
+                self.evaluate(timer.group, timer.subject, timer.rule, timer.due, out);
+            }
+        }
+        self.watermark = Some(now);
+        let scan_every = Span((self.config.stale_after.0 / 4).max(1000));
+        match self.next_stale_scan {
+            None => self.next_stale_scan = Some(now.plus(scan_every)),
+            Some(next) if now >= next => {
+                self.scan_stale(now, out);
+                self.next_stale_scan = Some(now.plus(scan_every));
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.watermark.unwrap_or_default()
+    }
+
+    fn ingest_metric(&mut self, m: &MetricEvent, out: &mut Vec<Output>) -> Ingested {
+        let Some(&slot) = self.slots.get(&m.name) else {
+            self.stats.unused += 1;
+            return Ingested::Unused;
+        };
+        let now = self.now();
+        let mut applied = false;
+        for g in 0..self.groups.len() {
+            if self.groups[g].dependents[slot].is_empty() {
+                continue;
+            }
+            let Some(s) = self.subject_for(g, &m.labels, m.ts) else {
+                continue;
+            };
+            applied = true;
+            let subject = &mut self.groups[g].subjects[s];
+            match subject.samples[slot] {
+                Some(old) if old.ts > m.ts => {
+                    self.stats.out_of_order += 1;
+                    continue;
+                }
+                _ => subject.samples[slot] = Some(Sample { value: m.value, ts: m.ts }),
+            }
+            for i in 0..self.groups[g].dependents[slot].len() {
+                let r = self.groups[g].dependents[slot][i];
+                self.evaluate(g, s, r, now, out);
+            }
+        }
+        if applied {
+            Ingested::Applied
+        } else {
+            self.stats.unmatched += 1;
+            Ingested::Unmatched
+        }
+    }
+
+    fn ingest_alert(&mut self, a: &AlertEvent, out: &mut Vec<Output>) -> Ingested {
+        let now = self.now();
+        let key = (a.name.clone(), a.labels.clone());
+        let flags = AlertFlags {
+            critical: a.is_critical(),
+            oom: a.is_oom(),
+        };
+        let mut applied = false;
+        for g in 0..self.groups.len() {
+            let Some(s) = self.subject_for(g, &a.labels, a.ts) else {
+                continue;
+            };
+            applied = true;
+            let subject = &mut self.groups[g].subjects[s];
+            match a.status {
+                AlertStatus::Firing => subject.firing.insert(key.clone(), flags),
+                AlertStatus::Resolved => subject.firing.remove(&key),
+            };
+            let mut changed = Vec::new();
+            for (i, (_, counts)) in ALERT_SLOTS.iter().enumerate() {
+                let Some(slot) = self.alert_slots[i] else { continue };
+                let value = subject.firing.values().filter(|f| counts(f)).count() as f64;
+                if subject.samples[slot].map(|s| s.value) != Some(value) {
+                    subject.samples[slot] = Some(Sample { value, ts: a.ts });
+                    changed.push(slot);
+                }
+            }
+            let mut rules: Vec<usize> = changed
+                .iter()
+                .flat_map(|&slot| self.groups[g].dependents[slot].iter().copied())
+                .collect();
+            rules.sort_unstable();
+            rules.dedup();
+            for r in rules {
+                self.evaluate(g, s, r, now, out);
+            }
+        }
+        if applied {
+            Ingested::Applied
+        } else {
+            self.stats.unmatched += 1;
+            Ingested::Unmatched
+        }
+    }
+
+    /// Finds or creates the subject that `labels` select in group `g`.
+    fn subject_for(&mut self, g: usize, labels: &BTreeMap<String, String>, ts: Timestamp) -> Option<usize> {
+        let group = &mut self.groups[g];
+        let mut values: Vec<&str> = Vec::with_capacity(group.labels.len());
+        for l in &group.labels {
+            values.push(labels.get(l)?.as_str());
+        }
+        let s = match group.index.get(&KeyRef(&values)) {
+            Some(&s) => s,
+            None => {
+                let key: Box<[String]> = values.iter().map(|v| v.to_string()).collect();
+                let mut samples = vec![None; self.slot_kinds.len()];
+                // Alert-derived counts start at zero: no alert seen is a fact.
+                for slot in self.alert_slots.iter().flatten() {
+                    samples[*slot] = Some(Sample { value: 0.0, ts });
+                }
+                let labels: BTreeMap<String, String> =
+                    group.labels.iter().cloned().zip(key.iter().cloned()).collect();
+                group.subjects.push(Subject {
+                    labels: Arc::new(labels),
+                    samples,
+                    alerts: vec![AlertState::default(); group.rules.len()],
+                    firing: BTreeMap::new(),
+                    last_seen: ts,
+                    stale: false,
+                });
+                group.index.insert(key, group.subjects.len() - 1);
+                group.subjects.len() - 1
+            }
+        };
+        let subject = &mut group.subjects[s];
+        subject.last_seen = subject.last_seen.max(ts);
+        subject.stale = false;
+        Some(s)
+    }
+
+    /// Evaluates local rule `r` of group `g` for subject `s` at time `at`.
+    fn evaluate(&mut self, g: usize, s: usize, r: usize, at: Timestamp, out: &mut Vec<Output>) {
+        self.stats.evaluations += 1;
+        let group = &mut self.groups[g];
+        let gr = &group.rules[r];
+        let rule: &Rule = &self.rules.rules()[gr.rule];
+        let subject = &mut group.subjects[s];
+        let stale_after = self.config.stale_after;
+
+        self.scratch.clear();
+        let mut complete = true;
+        for &slot in &gr.inputs {
+            match subject.samples[slot] {
+                Some(sample)
+                    if self.slot_kinds[slot] == VarKind::AlertState
+                        || at.since(sample.ts) <= stale_after =>
+                {
+                    self.scratch.push(sample.value)
+                }
+                _ => complete = false,
+            }
+        }
+        let obs = if !complete {
+            Observation::NoData
+        } else {
+            match rule.condition.evaluate(&self.scratch) {
+                Ok(true) => Observation::True,
+                Ok(false) => Observation::False,
+                Err(_) => {
+                    self.stats.eval_errors += 1;
+                    Observation::NoData
+                }
+            }
+        };
+        let state = &mut subject.alerts[r];
+        let due_before = state.due(&rule.timing);
+        let change = step(state, obs, at, &rule.timing);
+        let due_after = state.due(&rule.timing);
+        if let Some(due) = due_after
+            && due_after != due_before
+        {
+            self.timers.push(Reverse(Timer { due, group: g, subject: s, rule: r }));
+        }
+        if let Some(change) = change {
+            let values = rule
+                .condition
+                .variables()
+                .iter()
+                .zip(&gr.inputs)
+                .filter_map(|(name, &slot)| subject.samples[slot].map(|x| (name.clone(), x.value)))
+                .collect();
+            out.push(Output::Transition(Transition {
+                ts: at,
+                rule: gr.rule,
+                subject: subject.labels.clone(),
+                from: change.from,
+                to: change.to,
+                active_since: state.active_since,
+                values,
+            }));
+        }
+    }
+
+    fn scan_stale(&mut self, now: Timestamp, out: &mut Vec<Output>) {
+        let stale_after = self.config.stale_after;
+        for group in &mut self.groups {
+            for subject in &mut group.subjects {
+                if !subject.stale && now.since(subject.last_seen) > stale_after {
+                    subject.stale = true;
+                    out.push(Output::Stale { ts: now, subject: subject.labels.clone() });
+                }
+            }
+        }
+    }
+
+    /// Every alert that is not inactive, in a stable order.
+    pub fn alerts(&self) -> impl Iterator<Item = AlertView<'_>> {
+        self.groups.iter().flat_map(move |group| {
+            group.subjects.iter().flat_map(move |subject| {
+                subject
+                    .alerts
+                    .iter()
+                    .zip(&group.rules)
+                    .filter(|(state, _)| state.phase != Phase::Inactive)
+                    .map(move |(state, gr)| AlertView {
+                        rule: &self.rules.rules()[gr.rule].name,
+                        subject: &subject.labels,
+                        state,
+                    })
+            })
+        })
+    }
+
+    /// The state of one rule for one subject, if that subject exists.
+    pub fn alert(&self, rule: &str, subject: &BTreeMap<String, String>) -> Option<&AlertState> {
+        self.groups.iter().find_map(|group| {
+            let r = group.rules.iter().position(|gr| self.rules.rules()[gr.rule].name == rule)?;
+            let subject = group.subjects.iter().find(|s| *s.labels == *subject)?;
+            Some(&subject.alerts[r])
+        })
+    }
+
+    /// Whether a subject has gone stale.
+    pub fn is_stale(&self, subject: &BTreeMap<String, String>) -> Option<bool> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.subjects.iter())
+            .find(|s| *s.labels == *subject)
+            .map(|s| s.stale)
+    }
+
+    /// Approximate heap bytes held per subject, for capacity planning.
+    pub fn approx_bytes_per_subject(&self) -> usize {
+        let mut total = 0usize;
+        let mut count = 0usize;
+        for group in &self.groups {
+            for s in &group.subjects {
+                count += 1;
+                total += std::mem::size_of::<Subject>()
+                    + s.samples.capacity() * std::mem::size_of::<Option<Sample>>()
+                    + s.alerts.capacity() * std::mem::size_of::<AlertState>()
+                    + s.labels.iter().map(|(k, v)| 48 + k.capacity() + v.capacity()).sum::<usize>()
+                    + group.labels.len() * 24 + s.labels.values().map(|v| v.len()).sum::<usize>()
+                    + 32; // index entry
+            }
+        }
+        total.checked_div(count).unwrap_or(0)
+    }
+}

@@ -1,0 +1,281 @@
+//! The events canaryd consumes: one JSON object per Kafka message or per
+//! line of a `.jsonl` file. `ts` is RFC 3339 and is event time.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::time::Timestamp;
+
+/// One decoded event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    /// A metric sample that sets a variable for a subject.
+    Metric(MetricEvent),
+    /// An alert from elsewhere (OOM kill, critical error, Alertmanager).
+    Alert(AlertEvent),
+    /// One inference request served by the canary or the stable model.
+    Inference(InferenceEvent),
+}
+
+impl Event {
+    /// The event's time.
+    pub fn ts(&self) -> Timestamp {
+        match self {
+            Event::Metric(e) => e.ts,
+            Event::Alert(e) => e.ts,
+            Event::Inference(e) => e.ts,
+        }
+    }
+}
+
+/// `{"type":"metric","ts":…,"name":"canary_error_rate","value":0.06,"labels":{"model":"summarizer"}}`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricEvent {
+    /// Event time.
+    pub ts: Timestamp,
+    /// The variable it sets, e.g. `canary_error_rate`.
+    pub name: String,
+    /// The value; must be finite.
+    #[serde(deserialize_with = "finite")]
+    pub value: f64,
+    /// Labels; those in a rule's `group_by` pick the subject.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Whether an alert is starting or ending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    /// The alert is active.
+    Firing,
+    /// The alert has ended.
+    Resolved,
+}
+
+/// `{"type":"alert","ts":…,"name":"OOMKilled","status":"firing","severity":"critical","labels":{…}}`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// Event time.
+    pub ts: Timestamp,
+    /// The alert's name, e.g. `OOMKilled`.
+    pub name: String,
+    /// Firing or resolved.
+    pub status: AlertStatus,
+    /// Free text; `critical` counts towards `critical_errors`.
+    #[serde(default)]
+    pub severity: Option<String>,
+    /// Labels; those in a rule's `group_by` pick the subject.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form annotations, carried along.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl AlertEvent {
+    /// Whether this alert reports an out-of-memory kill.
+    pub fn is_oom(&self) -> bool {
+        self.name.eq_ignore_ascii_case("OOMKilled")
+            || self
+                .labels
+                .get("reason")
+                .is_some_and(|r| r.eq_ignore_ascii_case("OOMKilled"))
+    }
+
+    /// Whether this alert's severity is critical.
+    pub fn is_critical(&self) -> bool {
+        self.severity
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("critical"))
+    }
+}
+
+/// Which side of the canary comparison served a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Track {
+    /// The new version under test.
+    Canary,
+    /// The version in production.
+    Stable,
+}
+
+/// `{"type":"inference","ts":…,"model":"summarizer","version":"v2.1.0","track":"canary","latency_ms":812.5,"error":false,…}`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferenceEvent {
+    /// Event time.
+    pub ts: Timestamp,
+    /// The model; the default subject.
+    pub model: String,
+    /// The model version that served the request.
+    pub version: String,
+    /// Canary or stable.
+    pub track: Track,
+    /// Latency in milliseconds; finite and non-negative.
+    #[serde(deserialize_with = "non_negative")]
+    pub latency_ms: f64,
+    /// Whether the request failed.
+    pub error: bool,
+    /// Cost in USD, when known.
+    #[serde(default, deserialize_with = "opt_non_negative")]
+    pub cost_usd: Option<f64>,
+    /// Protected group for fairness metrics.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Binary prediction: 1/true is the positive outcome.
+    #[serde(default, deserialize_with = "opt_binary")]
+    pub prediction: Option<bool>,
+    /// Ground-truth label, when known: 1/true is positive.
+    #[serde(default, deserialize_with = "opt_binary")]
+    pub label: Option<bool>,
+}
+
+/// Why a message is not a valid event. Each kind becomes the reason header
+/// of a dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeErrorKind {
+    /// Not JSON at all, or truncated.
+    NotJson,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or an unknown `type`.
+    WrongType,
+    /// `ts` is not RFC 3339.
+    BadTime,
+    /// A value is out of range (negative latency, NaN).
+    BadValue,
+}
+
+impl DecodeErrorKind {
+    /// The snake_case name used in headers and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeErrorKind::NotJson => "not_json",
+            DecodeErrorKind::MissingField => "missing_field",
+            DecodeErrorKind::WrongType => "wrong_type",
+            DecodeErrorKind::BadTime => "bad_time",
+            DecodeErrorKind::BadValue => "bad_value",
+        }
+    }
+}
+
+/// A message that could not be decoded.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}: {message}", kind.as_str())]
+pub struct DecodeError {
+    /// The class of problem.
+    pub kind: DecodeErrorKind,
+    /// serde's description, with the column.
+    pub message: String,
+}
+
+/// Decodes one event.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let message = e.to_string();
+        let kind = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            | serde_json::error::Category::Io => DecodeErrorKind::NotJson,
+            serde_json::error::Category::Data => {
+                if message.starts_with("missing field") {
+                    DecodeErrorKind::MissingField
+                } else if message.contains("invalid timestamp") {
+                    DecodeErrorKind::BadTime
+                } else if message.contains(OUT_OF_RANGE) {
+                    DecodeErrorKind::BadValue
+                } else {
+                    DecodeErrorKind::WrongType
+                }
+            }
+        };
+        DecodeError { kind, message }
+    })
+}
+
+const OUT_OF_RANGE: &str = "out of range";
+
+fn finite<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!("value {OUT_OF_RANGE}: must be finite")))
+    }
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!("value {v} {OUT_OF_RANGE}: must be finite and >= 0")))
+    }
+}
+
+fn opt_non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) if v.is_finite() && v >= 0.0 => Ok(Some(v)),
+        Some(v) => Err(serde::de::Error::custom(format!(
+            "value {v} {OUT_OF_RANGE}: must be finite and >= 0"
+        ))),
+    }
+}
+
+fn opt_binary<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Binary {
+        Bool(bool),
+        Int(i64),
+    }
+    match Option::<Binary>::deserialize(d) {
+        Ok(None) => Ok(None),
+        Ok(Some(Binary::Bool(b))) => Ok(Some(b)),
+        Ok(Some(Binary::Int(0))) => Ok(Some(false)),
+        Ok(Some(Binary::Int(1))) => Ok(Some(true)),
+        Ok(Some(Binary::Int(n))) => Err(serde::de::Error::custom(format!(
+            "value {n} {OUT_OF_RANGE}: must be 0, 1, true or false"
+        ))),
+        Err(_) => Err(serde::de::Error::custom("invalid type: expected 0, 1, true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_three_event_types_decode() {
+        let m = decode(br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","name":"canary_error_rate","value":0.06,"labels":{"model":"summarizer"}}"#).unwrap();
+        assert!(matches!(m, Event::Metric(ref e) if e.value == 0.06 && e.labels["model"] == "summarizer"));
+        let a = decode(br#"{"type":"alert","ts":"2026-03-01T12:00:00Z","name":"OOMKilled","status":"firing","severity":"critical","labels":{"model":"s"},"annotations":{}}"#).unwrap();
+        assert!(matches!(a, Event::Alert(ref e) if e.is_oom() && e.is_critical()));
+        let i = decode(br#"{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"summarizer","version":"v2.1.0","track":"canary","latency_ms":812.5,"error":false,"cost_usd":0.0021,"group":"A","prediction":1,"label":0,"extra":"ignored"}"#).unwrap();
+        let Event::Inference(i) = i else { panic!() };
+        assert_eq!((i.track, i.prediction, i.label, i.cost_usd), (Track::Canary, Some(true), Some(false), Some(0.0021)));
+    }
+
+    #[test]
+    fn malformed_events_are_classified() {
+        let cases: [(&[u8], DecodeErrorKind); 9] = [
+            (b"not json", DecodeErrorKind::NotJson),
+            (b"{\"type\":\"metric\"", DecodeErrorKind::NotJson),
+            (br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","value":1}"#, DecodeErrorKind::MissingField),
+            (br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","name":"x","value":"high"}"#, DecodeErrorKind::WrongType),
+            (br#"{"type":"metric","ts":"yesterday","name":"x","value":1}"#, DecodeErrorKind::BadTime),
+            (br#"{"type":"gauge","ts":"2026-03-01T12:00:00Z"}"#, DecodeErrorKind::WrongType),
+            (br#"{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"m","version":"v","track":"canary","latency_ms":-1,"error":false}"#, DecodeErrorKind::BadValue),
+            (br#"{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"m","version":"v","track":"canary","latency_ms":1,"error":false,"prediction":7}"#, DecodeErrorKind::BadValue),
+            (br#"[1,2,3]"#, DecodeErrorKind::WrongType),
+        ];
+        for (bytes, kind) in cases {
+            let err = decode(bytes).expect_err(&String::from_utf8_lossy(bytes));
+            assert_eq!(err.kind, kind, "{}: {err}", String::from_utf8_lossy(bytes));
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! canaryd's pure core: everything that decides, nothing that does.
+//!
+//! No I/O and no clock reads: time is always an argument, so every
+//! behaviour replays exactly and is tested as a table.
+//!
+//! # Layout
+//!
+//! - [`time`]: event timestamps and rule durations (`5m`, `1h30m`).
+//! - [`policy`]: severities, action names and the playbook's decision matrix.
+//! - [`vocabulary`]: the variables conditions may use, and typo suggestions.
+//! - [`condition`]: evalexpr conditions, compiled and checked once at load.
+//! - [`load`]: rule files in, validated [`Rule`]s out, every error with its line.
+//! - [`rule`]: the compiled rule and the [`RuleSet`].
+//! - [`template`]: annotation templates (minijinja).
+//! - [`state`]: the alert state machine, a pure `step` function.
+//! - [`event`]: the event schema and its decoder.
+//! - [`engine`]: events in, transitions out, driven by a watermark.
+#![forbid(unsafe_code)]
+
+pub mod condition;
+pub mod engine;
+pub mod event;
+pub mod load;
+pub mod policy;
+pub mod rule;
+pub mod state;
+pub mod template;
+pub mod time;
+pub mod vocabulary;
+mod yaml;
+
+pub use engine::{Engine, EngineConfig, Ingested, Labels, Output, Transition};
+pub use event::{Event, decode};
+pub use load::{LoadOptions, load_rules};
+pub use policy::{ActionName, DecisionMatrix, Severity};
+pub use rule::{Rule, RuleError, RuleSet};
+pub use state::{AlertState, Observation, Phase};
+pub use time::{Span, Timestamp};
+pub use vocabulary::Vocabulary;

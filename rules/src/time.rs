@@ -1,0 +1,254 @@
+//! Event time: timestamps and the durations that rules are written in.
+//!
+//! Time is always an argument in this crate. Nothing here reads a clock, so
+//! every behaviour can be replayed and tested exactly.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A point in event time, in milliseconds since the Unix epoch (UTC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// Parses an RFC 3339 timestamp such as `2026-03-01T12:00:00.250Z`.
+    pub fn parse_rfc3339(text: &str) -> Result<Self, TimeError> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| Timestamp(t.timestamp_millis()))
+            .map_err(|e| TimeError::Timestamp {
+                text: truncate(text),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// This time moved forward by `d`, saturating instead of overflowing.
+    pub fn plus(self, d: Span) -> Self {
+        Timestamp(self.0.saturating_add(d.0))
+    }
+
+    /// The span from `earlier` to `self`; zero if `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Span {
+        Span(self.0.saturating_sub(earlier.0).max(0))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            None => write!(f, "@{}ms", self.0),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Timestamp::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A length of event time in milliseconds, written like Prometheus
+/// durations: `0s`, `30s`, `5m`, `1h30m`, `250ms`, `1d`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Span(pub i64);
+
+impl Span {
+    /// The zero span.
+    pub const ZERO: Span = Span(0);
+
+    /// A span of whole seconds.
+    pub const fn seconds(s: i64) -> Span {
+        Span(s * 1000)
+    }
+
+    /// Milliseconds in this span.
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// Seconds in this span, as a float (for rates).
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+
+    /// Parses `30s`, `5m`, `1h30m`, `250ms`, `2d`, `1w`. A bare `0` is allowed;
+    /// any other number needs a unit, because `5` is ambiguous.
+    pub fn parse(text: &str) -> Result<Span, TimeError> {
+        let bad = |reason: &str| TimeError::Duration {
+            text: truncate(text),
+            reason: reason.to_string(),
+        };
+        let s = text.trim();
+        if s.is_empty() {
+            return Err(bad("empty duration"));
+        }
+        if s == "0" {
+            return Ok(Span::ZERO);
+        }
+        let bytes = s.as_bytes();
+        let mut total: i64 = 0;
+        let mut i = 0;
+        let mut last_rank = usize::MAX;
+        while i < bytes.len() {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if start == i {
+                return Err(bad("expected a number, as in 30s, 5m or 1h30m"));
+            }
+            let number: i64 = s[start..i]
+                .parse()
+                .map_err(|_| bad("number out of range"))?;
+            let unit_start = i;
+            while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            let unit = &s[unit_start..i];
+            // Largest unit first; each unit at most once, in order.
+            let (rank, millis) = match unit {
+                "w" => (0, 7 * 86_400_000),
+                "d" => (1, 86_400_000),
+                "h" => (2, 3_600_000),
+                "m" => (3, 60_000),
+                "s" => (4, 1000),
+                "ms" => (5, 1),
+                "" => return Err(bad("missing unit: use ms, s, m, h, d or w")),
+                _ => return Err(bad("unknown unit: use ms, s, m, h, d or w")),
+            };
+            if last_rank != usize::MAX && rank <= last_rank {
+                return Err(bad("units must go from largest to smallest, each once"));
+            }
+            last_rank = rank;
+            total = number
+                .checked_mul(millis)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(|| bad("duration too long"))?;
+        }
+        Ok(Span(total))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ms = self.0;
+        if ms == 0 {
+            return f.write_str("0s");
+        }
+        if ms < 0 {
+            f.write_str("-")?;
+            ms = -ms;
+        }
+        for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)] {
+            if ms >= size {
+                write!(f, "{}{}", ms / size, unit)?;
+                ms %= size;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Span::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A timestamp or duration that could not be parsed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TimeError {
+    /// Not an RFC 3339 timestamp.
+    #[error("invalid timestamp {text:?}: {reason}")]
+    Timestamp {
+        /// The offending text, shortened.
+        text: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// Not a duration such as `5m`.
+    #[error("invalid duration {text:?}: {reason}")]
+    Duration {
+        /// The offending text, shortened.
+        text: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+/// Keeps error messages bounded when the input is huge.
+fn truncate(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_prometheus() {
+        let cases = [
+            ("0s", 0),
+            ("0", 0),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("1h30m", 5_400_000),
+            ("250ms", 250),
+            ("1d", 86_400_000),
+            ("1w", 604_800_000),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(Span::parse(text), Ok(Span(ms)), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_rejected_with_a_reason() {
+        for text in ["", "5", "5x", "m", "-5m", "5m1h", "1m1m", "1.5m", "99999999999999999w"] {
+            let err = Span::parse(text).expect_err(text);
+            assert!(err.to_string().contains("invalid duration"), "{err}");
+        }
+    }
+
+    #[test]
+    fn spans_print_back_in_the_same_language() {
+        for text in ["0s", "30s", "5m", "1h", "1h30m", "250ms", "1h0m1s"] {
+            let span = Span::parse(text).unwrap();
+            assert_eq!(Span::parse(&span.to_string()), Ok(span));
+        }
+        assert_eq!(Span(5_400_000).to_string(), "1h30m");
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = Timestamp::parse_rfc3339("2026-03-01T12:00:00.250+01:00").unwrap();
+        assert_eq!(t.to_string(), "2026-03-01T11:00:00.250Z");
+        assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+        assert!(Timestamp::parse_rfc3339("2026-13-01T00:00:00Z").is_err());
+    }
+}
