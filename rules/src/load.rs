@@ -67,11 +67,7 @@ pub fn load_rules(file: &str, bytes: &[u8], options: &LoadOptions) -> Result<Vec
     };
     if bytes.len() > options.max_bytes {
         return Err(whole(
-            format!(
-                "file is {} bytes, over the limit of {} bytes",
-                bytes.len(),
-                options.max_bytes
-            ),
+            format!("file is larger than the limit of {} bytes", options.max_bytes),
             0,
         ));
     }

@@ -1,0 +1,91 @@
+//! Actions and their outcomes.
+
+use std::collections::BTreeMap;
+
+use canaryd_rules::condition::Threshold;
+use canaryd_rules::{ActionName, Severity, Span, Timestamp};
+use serde::Serialize;
+
+/// One thing to do because a rule fired for a subject.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Action {
+    /// Rule + subject + when the firing episode started. A re-fired or
+    /// re-delivered action with the same key must not act twice.
+    pub key: String,
+    /// Event time at which the rule fired.
+    pub ts: Timestamp,
+    /// The rule that fired.
+    pub rule: String,
+    /// The subject, e.g. `{model: summarizer}`.
+    pub subject: BTreeMap<String, String>,
+    /// What to do.
+    pub action: ActionName,
+    /// The rule's severity.
+    pub severity: Severity,
+    /// How long the action may take before it escalates.
+    pub deadline: Span,
+    /// Record only; never act.
+    pub dry_run: bool,
+    /// Why.
+    pub evidence: Evidence,
+    /// Rule labels plus rendered annotations (summary, runbook link).
+    pub labels: BTreeMap<String, String>,
+    /// Rendered annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Action {
+    /// The idempotency key for a rule, subject and firing episode.
+    pub fn key_for(rule: &str, subject: &BTreeMap<String, String>, active_since: Timestamp) -> String {
+        let subject: Vec<String> = subject.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{rule}|{}|{}", subject.join(","), active_since.millis())
+    }
+}
+
+/// The facts behind an action.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evidence {
+    /// The condition as written.
+    pub condition: String,
+    /// The condition's variables when it fired.
+    pub values: BTreeMap<String, f64>,
+    /// What each compared variable was held against.
+    pub thresholds: Vec<Threshold>,
+    /// How long the condition had to hold.
+    pub duration: Span,
+    /// When the condition started holding.
+    pub since: Timestamp,
+}
+
+/// What became of an action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Queued for a connector.
+    Accepted,
+    /// Done (or, in dry run, recorded as what would be done).
+    Succeeded,
+    /// Failed in a way worth retrying; will be retried.
+    Retried,
+    /// Failed for good.
+    Failed,
+    /// Given up on and stored for a human.
+    DeadLettered,
+    /// Missed its deadline or failed; on-call was told.
+    Escalated,
+}
+
+/// An outcome with the details a human needs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The action's idempotency key.
+    pub key: String,
+    /// Which connector reported it.
+    pub connector: String,
+    /// What happened.
+    pub kind: OutcomeKind,
+    /// True when nothing was changed because of dry run.
+    pub dry_run: bool,
+    /// Human-readable detail.
+    pub detail: String,
+}

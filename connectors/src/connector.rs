@@ -1,0 +1,38 @@
+//! The trait every action target implements.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::action::{Action, Outcome};
+
+/// A boxed future, so that connectors can live behind `dyn Connector`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a connector could not carry out an action.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// Worth retrying: a timeout, a refused connection, a 5xx, a 409.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// Not worth retrying: bad credentials, 403, 404, a rejected payload.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl ConnectorError {
+    /// Whether trying again might help.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ConnectorError::Retriable(_))
+    }
+}
+
+/// Carries out actions against one target (Kubernetes, PagerDuty, Slack,
+/// email, a webhook). Implementations hold one long-lived client and wrap
+/// every call in a timeout.
+pub trait Connector: Send + Sync {
+    /// A short name for logs and metrics, e.g. `kube` or `slack-oncall`.
+    fn name(&self) -> &str;
+
+    /// Carries out `action` once. Retries and deadlines are the pipeline's job.
+    fn execute<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<Outcome, ConnectorError>>;
+}

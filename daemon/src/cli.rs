@@ -1,0 +1,228 @@
+//! The command line.
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError};
+use crate::replay::{self, Format};
+use crate::{check, ruletest};
+
+/// canaryd keeps canary rollouts of ML models safe.
+#[derive(Debug, Parser)]
+#[command(name = "canaryd", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `canaryd=debug`. Overrides RUST_LOG.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate rule files, rule test files and config files; list every error.
+    Check {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run rule unit tests.
+    Test {
+        /// Rule test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Feed recorded events through the rules; every action is a dry run.
+    Replay {
+        /// Rule files (or use --config).
+        #[arg(long, num_args = 1.., required_unless_present = "config")]
+        rules: Vec<PathBuf>,
+        /// A config file, for its rules, decision matrix and engine settings.
+        #[arg(long, conflicts_with = "rules")]
+        config: Option<PathBuf>,
+        /// Events, one JSON object per line.
+        #[arg(long)]
+        events: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+}
+
+/// Exit codes: 0 success, 1 invalid input or failed tests, 2 usage (clap),
+/// 3 an I/O error.
+const INVALID: u8 = 1;
+const IO_ERROR: u8 = 3;
+
+/// Sets up logging on stderr.
+pub fn init_logging(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (in tests) fails harmlessly; logging is already set up.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { files } => run_check(&files),
+        Command::Test { files } => run_tests(&files),
+        Command::Replay { rules, config, events, output } => run_replay(rules, config, events, output),
+    }
+}
+
+fn run_check(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        match check::check_file(file) {
+            Ok(line) => println!("{line}"),
+            Err(errors) => {
+                failed = true;
+                for e in errors {
+                    println!("{e}");
+                }
+            }
+        }
+    }
+    if failed { ExitCode::from(INVALID) } else { ExitCode::SUCCESS }
+}
+
+fn run_tests(files: &[PathBuf]) -> ExitCode {
+    let (mut passed, mut failed) = (0, 0);
+    for file in files {
+        println!("{}", file.display());
+        let (tests, loaded) = match ruletest::load(file) {
+            Ok(x) => x,
+            Err(e) => {
+                failed += 1;
+                println!("  error: {e}");
+                continue;
+            }
+        };
+        for result in ruletest::run(&tests, &loaded) {
+            if result.failures.is_empty() {
+                passed += 1;
+                println!("  ok    {}", result.name);
+            } else {
+                failed += 1;
+                println!("  FAIL  {}", result.name);
+                for f in result.failures {
+                    println!("        {}", f.trim_end().replace('\n', "\n        "));
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 { ExitCode::from(INVALID) } else { ExitCode::SUCCESS }
+}
+
+fn run_replay(rules: Vec<PathBuf>, config: Option<PathBuf>, events: PathBuf, output: Format) -> ExitCode {
+    let config = match config {
+        Some(path) => Config::read(&path),
+        None => Ok(Config { rules, ..Config::default() }),
+    };
+    let loaded = match config.and_then(Config::load) {
+        Ok(l) => l,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::from(match e {
+                ConfigError::Io { .. } => IO_ERROR,
+                _ => INVALID,
+            });
+        }
+    };
+    let file = match std::fs::File::open(&events) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{}: {e}", events.display());
+            return ExitCode::from(IO_ERROR);
+        }
+    };
+    let progress = if std::io::stderr().is_terminal() {
+        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(IO_ERROR);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut diag = Suspended(progress.as_ref());
+    let result = runtime.block_on(replay::replay(
+        &loaded,
+        BufReader::new(file),
+        &mut out,
+        &mut diag,
+        output,
+        |n| {
+            if let Some(bar) = &progress {
+                bar.inc(n)
+            }
+        },
+    ));
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    match result.and_then(|_| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("replay failed: {e}");
+            ExitCode::from(IO_ERROR)
+        }
+    }
+}
+
+/// Writes diagnostics to stderr without tearing the progress bar.
+struct Suspended<'a>(Option<&'a indicatif::ProgressBar>);
+
+impl Write for Suspended<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0 {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}

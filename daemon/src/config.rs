@@ -1,0 +1,172 @@
+//! The daemon's configuration file, and loading everything it points at.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use canaryd_rules::{DecisionMatrix, EngineConfig, LoadOptions, RuleError, RuleSet, Vocabulary, load_rules};
+use serde::Deserialize;
+
+/// `canaryd.yaml`. Unknown keys are errors, so typos never pass silently.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Rule files, relative to the config file.
+    pub rules: Vec<PathBuf>,
+    /// Default action and deadline per severity; the playbook's by default.
+    #[serde(default)]
+    pub decision_matrix: DecisionMatrix,
+    /// Staleness and lateness.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Record every action without carrying it out.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Site-specific metric names that conditions may use, beyond the built-in ones.
+    #[serde(default)]
+    pub variables: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rules: Vec::new(),
+            decision_matrix: DecisionMatrix::default(),
+            engine: EngineConfig::default(),
+            dry_run: false,
+            variables: Vec::new(),
+        }
+    }
+}
+
+/// Why configuration could not be loaded. Every variant lists all it found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// One or more rule files are not valid.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<RuleError>),
+}
+
+impl ConfigError {
+    /// One line per problem, for printing.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Rules(errors) => errors.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// A configuration with its rules loaded and compiled.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The configuration as written.
+    pub config: Config,
+    /// The variables conditions could use.
+    pub vocabulary: Vocabulary,
+    /// Every rule, from every file.
+    pub rules: Arc<RuleSet>,
+}
+
+impl Config {
+    /// Reads and parses a config file, without loading its rules.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut config: Config = serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if config.rules.is_empty() {
+            return Err(invalid("`rules:` must list at least one rule file".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for rule_file in &mut config.rules {
+            if rule_file.is_relative() {
+                *rule_file = base.join(&*rule_file);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Loads every rule file, reporting all errors across all files.
+    pub fn load(self) -> Result<Loaded, ConfigError> {
+        let vocabulary = Vocabulary::builtin().with_extra(self.variables.iter().cloned());
+        let options = LoadOptions {
+            vocabulary: vocabulary.clone(),
+            matrix: self.decision_matrix.clone(),
+            ..LoadOptions::default()
+        };
+        let rules = load_rule_files(&self.rules, &options)?;
+        Ok(Loaded {
+            config: self,
+            vocabulary,
+            rules: Arc::new(rules),
+        })
+    }
+}
+
+/// Loads rule files into one set, collecting the errors of all of them.
+pub fn load_rule_files(paths: &[PathBuf], options: &LoadOptions) -> Result<RuleSet, ConfigError> {
+    let mut rules = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let name = path.display().to_string();
+        let bytes = match read_bounded(path, options.max_bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(RuleError {
+                    file: Arc::from(name.as_str()),
+                    line: 0,
+                    rule: None,
+                    message: e,
+                });
+                continue;
+            }
+        };
+        match load_rules(&name, &bytes, options) {
+            Ok(mut r) => rules.append(&mut r),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError::Rules(errors));
+    }
+    RuleSet::new(rules).map_err(ConfigError::Rules)
+}
+
+/// Reads at most one byte past `max`, so a huge file is refused without
+/// being read whole.
+fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(bytes)
+}

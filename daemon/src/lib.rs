@@ -1,0 +1,18 @@
+//! The `canaryd` daemon as a library; `main.rs` only parses flags and calls in.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line and what each command does.
+//! - [`config`]: the config file and loading the rules it names.
+//! - [`check`]: `canaryd check`, validation of any canaryd file.
+//! - [`ruletest`]: `canaryd test`, promtool-style rule unit tests.
+//! - [`replay`]: `canaryd replay`, recorded events through the engine.
+//! - [`decide`]: from alert transitions to actions.
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod decide;
+pub mod replay;
+pub mod ruletest;

@@ -1,0 +1,251 @@
+//! `canaryd replay`: recorded events through the engine, actions through
+//! the dry-run connector, decisions to stdout.
+
+use std::io::{self, BufRead, Write};
+
+use canaryd_connectors::{Action, Connector, DryRun};
+use canaryd_rules::{Engine, Ingested, Output, Transition, decode};
+use serde_json::json;
+
+use crate::config::Loaded;
+use crate::decide::actions_for;
+
+/// Lines longer than this are reported as malformed, not decoded.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// How decisions are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// A readable timeline and a summary.
+    Text,
+}
+
+/// What a replay saw.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    /// Lines holding a valid event.
+    pub events: u64,
+    /// Lines skipped because they were not valid events.
+    pub malformed: u64,
+    /// Events dropped as later than the allowed lateness.
+    pub late: u64,
+    /// Metric events for variables no rule reads.
+    pub unused: u64,
+    /// Inference events (their analytics are computed in live mode).
+    pub inference: u64,
+    /// Alert phase changes.
+    pub transitions: u64,
+    /// Subjects that went stale.
+    pub stale: u64,
+    /// Actions decided, in order.
+    pub actions: Vec<Action>,
+}
+
+/// Replays `input` (JSON lines) through the rules in `loaded`, writing
+/// decisions to `out` and malformed-line reports to `diag`. `on_bytes` is
+/// told how many bytes were consumed, for a progress bar.
+pub async fn replay<R: BufRead, W: Write, D: Write>(
+    loaded: &Loaded,
+    mut input: R,
+    out: &mut W,
+    diag: &mut D,
+    format: Format,
+    mut on_bytes: impl FnMut(u64),
+) -> io::Result<Summary> {
+    let mut engine = Engine::new(loaded.rules.clone(), &loaded.vocabulary, loaded.config.engine.clone());
+    let connector = DryRun::new();
+    let mut summary = Summary::default();
+    let mut outputs = Vec::new();
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let n = input.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        on_bytes(n as u64);
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        if text.len() > MAX_LINE_BYTES {
+            summary.malformed += 1;
+            writeln!(diag, "line {number}: skipped: longer than {MAX_LINE_BYTES} bytes")?;
+            continue;
+        }
+        let event = match decode(text) {
+            Ok(e) => e,
+            Err(e) => {
+                summary.malformed += 1;
+                writeln!(diag, "line {number}: skipped: {e}")?;
+                continue;
+            }
+        };
+        summary.events += 1;
+        match engine.ingest(&event, &mut outputs) {
+            Ingested::Late => {
+                summary.late += 1;
+                writeln!(diag, "line {number}: dropped: later than the allowed lateness")?;
+            }
+            Ingested::Unused => summary.unused += 1,
+            Ingested::Inference => summary.inference += 1,
+            Ingested::Applied | Ingested::Unmatched => {}
+        }
+        for output in outputs.drain(..) {
+            emit(loaded, &connector, output, out, format, &mut summary).await?;
+        }
+    }
+    match format {
+        Format::Json => {
+            let counts = json!({
+                "kind": "summary",
+                "events": summary.events,
+                "malformed": summary.malformed,
+                "late": summary.late,
+                "transitions": summary.transitions,
+                "actions": summary.actions.len(),
+            });
+            writeln!(out, "{counts}")?;
+        }
+        Format::Text => write_text_summary(out, &summary, &engine)?,
+    }
+    Ok(summary)
+}
+
+async fn emit<W: Write>(
+    loaded: &Loaded,
+    connector: &DryRun,
+    output: Output,
+    out: &mut W,
+    format: Format,
+    summary: &mut Summary,
+) -> io::Result<()> {
+    match output {
+        Output::Stale { ts, subject } => {
+            summary.stale += 1;
+            match format {
+                Format::Json => writeln!(out, "{}", json!({"kind": "stale", "ts": ts, "subject": subject}))?,
+                Format::Text => writeln!(out, "{ts}  STALE     {}  no fresh data", subject_text(&subject))?,
+            }
+        }
+        Output::Transition(t) => {
+            summary.transitions += 1;
+            write_transition(loaded, &t, out, format)?;
+            // Replay never acts: every action goes through the dry-run connector.
+            for mut action in actions_for(&t, &loaded.rules, true) {
+                action.dry_run = true;
+                let outcome = connector.execute(&action).await;
+                match format {
+                    Format::Json => {
+                        let line = json!({
+                            "kind": "action",
+                            "ts": action.ts,
+                            "rule": action.rule,
+                            "subject": action.subject,
+                            "action": action.action,
+                            "dry_run": action.dry_run,
+                            "severity": action.severity,
+                            "deadline_s": action.deadline.as_secs_f64(),
+                            "key": action.key,
+                            "evidence": action.evidence,
+                            "annotations": action.annotations,
+                        });
+                        writeln!(out, "{line}")?;
+                    }
+                    Format::Text => {
+                        let detail = match &outcome {
+                            Ok(o) => o.detail.clone(),
+                            Err(e) => e.to_string(),
+                        };
+                        writeln!(
+                            out,
+                            "{}  ACTION    {}  {}  deadline {}  [dry run: {detail}]",
+                            action.ts,
+                            action.action,
+                            subject_text(&action.subject),
+                            action.deadline,
+                        )?;
+                        if let Some(summary) = action.annotations.get("summary") {
+                            writeln!(out, "{:24}            {summary}", "")?;
+                        }
+                    }
+                }
+                summary.actions.push(action);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_transition<W: Write>(loaded: &Loaded, t: &Transition, out: &mut W, format: Format) -> io::Result<()> {
+    let Some(rule) = loaded.rules.rules().get(t.rule) else {
+        return Ok(());
+    };
+    match format {
+        Format::Json => {
+            let line = json!({
+                "kind": "transition",
+                "ts": t.ts,
+                "rule": rule.name,
+                "subject": t.subject,
+                "from": t.from,
+                "to": t.to,
+                "severity": rule.severity,
+                "values": t.values,
+            });
+            writeln!(out, "{line}")
+        }
+        Format::Text => {
+            let values: Vec<String> = t.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(
+                out,
+                "{}  {:<8}  {:<28}  {}  {}  ({})",
+                t.ts,
+                t.to.as_str().to_uppercase(),
+                rule.name,
+                subject_text(&t.subject),
+                values.join(" "),
+                rule.severity
+            )
+        }
+    }
+}
+
+fn subject_text(subject: &std::collections::BTreeMap<String, String>) -> String {
+    subject.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "Summary")?;
+    writeln!(
+        out,
+        "  events: {} ({} malformed lines skipped, {} late, {} unused, {} inference)",
+        s.events, s.malformed, s.late, s.unused, s.inference
+    )?;
+    writeln!(out, "  transitions: {}, subjects gone stale: {}", s.transitions, s.stale)?;
+    let firing: Vec<String> = engine
+        .alerts()
+        .filter(|a| a.state.phase == canaryd_rules::Phase::Firing)
+        .map(|a| format!("{} ({})", a.rule, subject_text(a.subject)))
+        .collect();
+    writeln!(out, "  firing at the end: {}", if firing.is_empty() { "none".into() } else { firing.join(", ") })?;
+    if s.actions.is_empty() {
+        writeln!(out, "  decision: no action")?;
+    }
+    for a in &s.actions {
+        writeln!(
+            out,
+            "  decision: {} {} at {} because {} (dry run)",
+            a.action,
+            subject_text(&a.subject),
+            a.ts,
+            a.rule
+        )?;
+    }
+    Ok(())
+}
