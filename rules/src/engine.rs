@@ -293,17 +293,28 @@ impl Engine {
             self.stats.late += 1;
             return Ingested::Late;
         }
-        self.advance(ts, out);
-        match event {
+        self.run_timers(ts, out);
+        let result = match event {
             Event::Metric(m) => self.ingest_metric(m, out),
             Event::Alert(a) => self.ingest_alert(a, out),
             Event::Inference(_) => Ingested::Inference,
-        }
+        };
+        // After the event, so a subject is not called stale as its data arrives.
+        self.scan_stale_if_due(out);
+        result
     }
 
     /// Moves event time forward to `now` without an event: completes due
     /// durations and notices stale subjects. Never moves time backwards.
+    /// Call it on a wall-clock tick so that silence is noticed.
     pub fn advance(&mut self, now: Timestamp, out: &mut Vec<Output>) {
+        self.run_timers(now, out);
+        self.scan_stale_if_due(out);
+    }
+
+    /// Fires the timers due by `now`, at their due times, then moves the
+    /// watermark to `now`.
+    fn run_timers(&mut self, now: Timestamp, out: &mut Vec<Output>) {
         if self.watermark.is_some_and(|wm| now <= wm) {
             return;
         }
@@ -320,14 +331,29 @@ impl Engine {
             }
         }
         self.watermark = Some(now);
-        let scan_every = Span((self.config.stale_after.0 / 4).max(1000));
+    }
+
+    /// Scans for stale subjects every quarter of `stale_after` of event time.
+    fn scan_stale_if_due(&mut self, out: &mut Vec<Output>) {
+        let now = self.now();
+        let every = Span((self.config.stale_after.0 / 4).max(1000));
         match self.next_stale_scan {
-            None => self.next_stale_scan = Some(now.plus(scan_every)),
-            Some(next) if now >= next => {
-                self.scan_stale(now, out);
-                self.next_stale_scan = Some(now.plus(scan_every));
+            Some(next) if now < next => return,
+            None => {
+                self.next_stale_scan = Some(now.plus(every));
+                return;
             }
             Some(_) => {}
+        }
+        self.next_stale_scan = Some(now.plus(every));
+        let stale_after = self.config.stale_after;
+        for group in &mut self.groups {
+            for subject in &mut group.subjects {
+                if !subject.stale && now.since(subject.last_seen) > stale_after {
+                    subject.stale = true;
+                    out.push(Output::Stale { ts: now, subject: subject.labels.clone() });
+                }
+            }
         }
     }
 
@@ -512,18 +538,6 @@ impl Engine {
                 active_since: state.active_since,
                 values,
             }));
-        }
-    }
-
-    fn scan_stale(&mut self, now: Timestamp, out: &mut Vec<Output>) {
-        let stale_after = self.config.stale_after;
-        for group in &mut self.groups {
-            for subject in &mut group.subjects {
-                if !subject.stale && now.since(subject.last_seen) > stale_after {
-                    subject.stale = true;
-                    out.push(Output::Stale { ts: now, subject: subject.labels.clone() });
-                }
-            }
         }
     }
 

@@ -141,6 +141,8 @@ pub fn load_rules(file: &str, bytes: &[u8], options: &LoadOptions) -> Result<Vec
     if ctx.errors.is_empty() {
         Ok(rules)
     } else {
+        // Stable: errors on one line keep the order they were found in.
+        ctx.errors.sort_by_key(|e| e.line);
         Err(ctx.errors)
     }
 }
