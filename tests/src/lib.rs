@@ -1,1 +1,86 @@
-//! Black-box tests live in tests/tests/.
+//! Helpers for the black-box tests in `tests/tests/`: they run the real
+//! `canaryd` binary, as a user would.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// A path under the workspace root.
+pub fn repo(path: &str) -> PathBuf {
+    root().join(path)
+}
+
+/// The `canaryd` binary built for this profile. `tests/run` builds it
+/// before running the suite.
+pub fn canaryd_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/canaryd
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("canaryd"))
+        .unwrap_or_default();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p canaryd` (tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `canaryd` with `args` from the workspace root.
+pub fn canaryd(args: &[&str]) -> Output {
+    Command::new(canaryd_bin())
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run canaryd: {e}"))
+}
+
+/// Stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Compares `actual` with a golden file; `UPDATE_GOLDEN=1` rewrites it.
+pub fn assert_golden(name: &str, actual: &str) {
+    let path = repo("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (create it with UPDATE_GOLDEN=1)", path.display()));
+    if expected != actual {
+        let diff = similar_lines(&expected, actual);
+        panic!("{} differs from the output (UPDATE_GOLDEN=1 to accept):\n{diff}", path.display());
+    }
+}
+
+fn similar_lines(expected: &str, actual: &str) -> String {
+    let e: Vec<&str> = expected.lines().collect();
+    let a: Vec<&str> = actual.lines().collect();
+    let mut out = String::new();
+    for i in 0..e.len().max(a.len()) {
+        match (e.get(i), a.get(i)) {
+            (Some(x), Some(y)) if x == y => {}
+            (x, y) => {
+                out.push_str(&format!("line {}:\n  - {}\n  + {}\n", i + 1, x.unwrap_or(&""), y.unwrap_or(&"")));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,92 @@
+//! `canaryd check` and `canaryd test`, through the binary.
+
+use canaryd_tests::{canaryd, repo, stderr, stdout};
+
+#[test]
+fn the_examples_are_valid() {
+    let out = canaryd(&[
+        "check",
+        "deploy/examples/canary-alerts.yaml",
+        "deploy/examples/playbook-triggers.yaml",
+        "deploy/examples/canaryd.yaml",
+        "deploy/examples/canary-alerts.test.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("canary-alerts.yaml: ok, 4 rules"), "{text}");
+    assert!(text.contains("canaryd.yaml: ok, config with 8 rules from 2 files"), "{text}");
+}
+
+#[test]
+fn check_lists_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "alerts:\n  - name: a\n    condition: canary_eror_rate > 1\n    duration: 5m\n    severity: critical\n  - name: b\n    condition: canary_error_rate > 1\n    duration: soon\n    severity: critical\n",
+    )
+    .unwrap();
+    let out = canaryd(&["check", bad.to_str().unwrap(), "deploy/examples/canary-alerts.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("bad.yaml:3: rule \"a\": unknown variable `canary_eror_rate`; did you mean `canary_error_rate`?"), "{text}");
+    assert!(text.contains("bad.yaml:8: rule \"b\": `duration`: invalid duration \"soon\""), "{text}");
+    assert!(text.contains("canary-alerts.yaml: ok"), "the good file is still checked: {text}");
+}
+
+#[test]
+fn a_config_with_a_missing_rule_file_or_unknown_key_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("canaryd.yaml");
+    std::fs::write(&config, "rules: [nope.yaml]\n").unwrap();
+    let out = canaryd(&["check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("nope.yaml: cannot read"), "{}", stdout(&out));
+
+    std::fs::write(&config, "rules: [x.yaml]\ndry_rnu: true\n").unwrap();
+    let out = canaryd(&["check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("unknown field `dry_rnu`"), "{}", stdout(&out));
+}
+
+#[test]
+fn rule_tests_pass_on_the_examples() {
+    let out = canaryd(&["test", "deploy/examples/canary-alerts.test.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("6 passed, 0 failed"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_failing_rule_test_prints_a_diff_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = repo("deploy/examples/canary-alerts.yaml");
+    let test = dir.path().join("t.yaml");
+    std::fs::write(
+        &test,
+        format!(
+            "rule_files: [{}]
+tests:
+  - name: expects a rollback that cannot happen
+    interval: 1m
+    input_series:
+      - metric: canary_error_rate
+        labels: {{model: summarizer}}
+        values: \"0.01x10\"
+    alert_rule_test:
+      - eval_time: 6m
+        alertname: Canary Error Rate High
+        exp_alerts:
+          - exp_labels: {{model: summarizer}}
+",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = canaryd(&["test", test.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL  expects a rollback that cannot happen"), "{text}");
+    assert!(text.contains("- expected firing {model=\"summarizer\"}"), "{text}");
+    assert!(text.contains("+ got      (none)"), "{text}");
+    assert!(text.contains("0 passed, 1 failed"), "{text}");
+}

@@ -1,0 +1,128 @@
+//! `canaryd replay` on the built-in example, as the README's first command runs it.
+
+use canaryd_tests::{assert_golden, canaryd, repo, stderr, stdout};
+use serde_json::Value;
+
+const RULES: &str = "deploy/examples/canary-alerts.yaml";
+const EVENTS: &str = "deploy/examples/incident.jsonl";
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+#[test]
+fn the_example_incident_rolls_the_summarizer_back() {
+    let out = canaryd(&["replay", "--rules", RULES, "--events", EVENTS, "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    let actions: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "action").collect();
+    assert_eq!(actions.len(), 2, "{actions:#?}");
+    let rollback = actions[0];
+    assert_eq!(rollback["action"], "auto_rollback");
+    assert_eq!(rollback["subject"]["model"], "summarizer");
+    assert_eq!(rollback["dry_run"], true);
+    assert_eq!(rollback["deadline_s"], 30.0);
+    assert_eq!(rollback["rule"], "Canary Error Rate High");
+    // The spike starts at 12:06; the rule needs 5 minutes.
+    assert_eq!(rollback["ts"], "2026-03-01T12:11:00.000Z");
+    assert!(rollback["evidence"]["values"]["canary_error_rate"].as_f64().unwrap() > 0.05);
+    assert_eq!(rollback["evidence"]["thresholds"][0]["value"], 0.05);
+    // Every action follows the transition that caused it, at the same time.
+    let firing = lines
+        .iter()
+        .position(|l| l["kind"] == "transition" && l["to"] == "firing" && l["rule"] == "Canary Error Rate High")
+        .unwrap();
+    assert_eq!(lines[firing + 1]["kind"], "action");
+    assert_eq!(lines[firing]["ts"], rollback["ts"]);
+    // The healthy translator never moves.
+    assert!(lines.iter().all(|l| l["subject"]["model"] != "translator"));
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["kind"], "summary");
+    assert_eq!(summary["malformed"], 0);
+    assert_eq!(summary["actions"], 2);
+}
+
+#[test]
+fn json_output_matches_the_golden_file() {
+    let out = canaryd(&["replay", "--rules", RULES, "--events", EVENTS, "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_golden("incident.json", &stdout(&out));
+}
+
+#[test]
+fn text_output_matches_the_golden_file() {
+    let out = canaryd(&["replay", "--rules", RULES, "--events", EVENTS]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_golden("incident.txt", &stdout(&out));
+}
+
+#[test]
+fn malformed_lines_are_reported_skipped_and_change_no_decision() {
+    let clean = std::fs::read(repo(EVENTS)).unwrap();
+    let noise: Vec<Vec<u8>> = vec![
+        b"this is not json".to_vec(),
+        b"{\"type\":\"metric\",\"ts\":\"2026-03-01T12:00:00Z\"".to_vec(),
+        br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","name":"canary_error_rate","value":"high","labels":{"model":"summarizer"}}"#.to_vec(),
+        br#"{"type":"metric","ts":"noon","name":"canary_error_rate","value":0.9,"labels":{"model":"summarizer"}}"#.to_vec(),
+        br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","value":0.9}"#.to_vec(),
+        br#"{"type":"gauge","ts":"2026-03-01T12:00:00Z"}"#.to_vec(),
+        b"\xff\xfe\xfd binary".to_vec(),
+        br#"[1,2,3]"#.to_vec(),
+        br#"{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"m","version":"v","track":"canary","latency_ms":-5,"error":false}"#.to_vec(),
+    ];
+    let mut noisy = Vec::new();
+    let mut expected_lines = Vec::new();
+    let mut line_no = 0;
+    for (i, line) in clean.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+        if i % 50 == 7 {
+            let bad = &noise[(i / 50) % noise.len()];
+            noisy.extend_from_slice(bad);
+            noisy.push(b'\n');
+            line_no += 1;
+            expected_lines.push(line_no);
+        }
+        noisy.extend_from_slice(line);
+        noisy.push(b'\n');
+        line_no += 1;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noisy.jsonl");
+    std::fs::write(&path, &noisy).unwrap();
+
+    let decisions = |events: &str| {
+        let out = canaryd(&["replay", "--rules", RULES, "--events", events, "--output", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines = json_lines(&stdout(&out));
+        let kept: Vec<Value> = lines.iter().filter(|l| l["kind"] != "summary").cloned().collect();
+        (kept, lines.last().cloned().unwrap(), stderr(&out))
+    };
+    let (clean_decisions, _, _) = decisions(EVENTS);
+    let (noisy_decisions, summary, diag) = decisions(path.to_str().unwrap());
+    assert_eq!(clean_decisions, noisy_decisions);
+    assert!(!clean_decisions.is_empty());
+    assert_eq!(summary["malformed"], expected_lines.len());
+    for n in &expected_lines {
+        assert!(diag.contains(&format!("line {n}: skipped: ")), "line {n} not reported in:\n{diag}");
+    }
+}
+
+#[test]
+fn replay_with_a_config_applies_its_extra_rules() {
+    let out = canaryd(&["replay", "--config", "deploy/examples/canaryd.yaml", "--events", EVENTS, "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    // The 20%-over-baseline latency criterion fires too (medium: reduce traffic).
+    assert!(
+        lines.iter().any(|l| l["kind"] == "action"
+            && l["rule"] == "Canary Latency Regression"
+            && l["action"] == "reduce_traffic"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_missing_events_file_is_a_clear_error() {
+    let out = canaryd(&["replay", "--rules", RULES, "--events", "no/such/file.jsonl"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("no/such/file.jsonl"), "{}", stderr(&out));
+}
