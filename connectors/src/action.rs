@@ -36,7 +36,11 @@ pub struct Action {
 
 impl Action {
     /// The idempotency key for a rule, subject and firing episode.
-    pub fn key_for(rule: &str, subject: &BTreeMap<String, String>, active_since: Timestamp) -> String {
+    pub fn key_for(
+        rule: &str,
+        subject: &BTreeMap<String, String>,
+        active_since: Timestamp,
+    ) -> String {
         let subject: Vec<String> = subject.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!("{rule}|{}|{}", subject.join(","), active_since.millis())
     }

@@ -21,7 +21,9 @@ pub enum FileKind {
 /// Guesses the kind of file from its text. Unparsable text is checked as a
 /// rule file, whose loader gives the best syntax errors.
 pub fn kind_of(text: &str) -> FileKind {
-    let Ok(serde_yaml_ng::Value::Mapping(map)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+    let Ok(serde_yaml_ng::Value::Mapping(map)) =
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+    else {
         return FileKind::Rules;
     };
     if map.contains_key("tests") {
@@ -35,8 +37,11 @@ pub fn kind_of(text: &str) -> FileKind {
 
 /// Checks one file. Returns a one-line success message, or every error.
 pub fn check_file(path: &Path) -> Result<String, Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    let kind = std::str::from_utf8(&bytes).map(kind_of).unwrap_or(FileKind::Rules);
+    let bytes =
+        std::fs::read(path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+    let kind = std::str::from_utf8(&bytes)
+        .map(kind_of)
+        .unwrap_or(FileKind::Rules);
     let name = path.display().to_string();
     match kind {
         FileKind::Rules => match load_rules(&name, &bytes, &LoadOptions::default()) {
@@ -55,7 +60,8 @@ pub fn check_file(path: &Path) -> Result<String, Vec<String>> {
         FileKind::Config => {
             let config = Config::read(path).map_err(|e| e.lines())?;
             let options = LoadOptions {
-                vocabulary: canaryd_rules::Vocabulary::builtin().with_extra(config.variables.iter().cloned()),
+                vocabulary: canaryd_rules::Vocabulary::builtin()
+                    .with_extra(config.variables.iter().cloned()),
                 matrix: config.decision_matrix.clone(),
                 ..LoadOptions::default()
             };

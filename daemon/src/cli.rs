@@ -78,7 +78,9 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (in tests) fails harmlessly; logging is already set up.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -91,7 +93,12 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { files } => run_check(&files),
         Command::Test { files } => run_tests(&files),
-        Command::Replay { rules, config, events, output } => run_replay(rules, config, events, output),
+        Command::Replay {
+            rules,
+            config,
+            events,
+            output,
+        } => run_replay(rules, config, events, output),
     }
 }
 
@@ -108,7 +115,11 @@ fn run_check(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if failed { ExitCode::from(INVALID) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn run_tests(files: &[PathBuf]) -> ExitCode {
@@ -137,13 +148,25 @@ fn run_tests(files: &[PathBuf]) -> ExitCode {
         }
     }
     println!("{passed} passed, {failed} failed");
-    if failed > 0 { ExitCode::from(INVALID) } else { ExitCode::SUCCESS }
+    if failed > 0 {
+        ExitCode::from(INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
-fn run_replay(rules: Vec<PathBuf>, config: Option<PathBuf>, events: PathBuf, output: Format) -> ExitCode {
+fn run_replay(
+    rules: Vec<PathBuf>,
+    config: Option<PathBuf>,
+    events: PathBuf,
+    output: Format,
+) -> ExitCode {
     let config = match config {
         Some(path) => Config::read(&path),
-        None => Ok(Config { rules, ..Config::default() }),
+        None => Ok(Config {
+            rules,
+            ..Config::default()
+        }),
     };
     let loaded = match config.and_then(Config::load) {
         Ok(l) => l,
@@ -168,14 +191,19 @@ fn run_replay(rules: Vec<PathBuf>, config: Option<PathBuf>, events: PathBuf, out
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(bar)
     } else {
         None
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

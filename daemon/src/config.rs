@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use canaryd_rules::{DecisionMatrix, EngineConfig, LoadOptions, RuleError, RuleSet, Vocabulary, load_rules};
+use canaryd_rules::{
+    DecisionMatrix, EngineConfig, LoadOptions, RuleError, RuleSet, Vocabulary, load_rules,
+};
 use serde::Deserialize;
 
 /// `canaryd.yaml`. Unknown keys are errors, so typos never pass silently.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Rule files, relative to the config file.
@@ -24,18 +26,6 @@ pub struct Config {
     /// Site-specific metric names that conditions may use, beyond the built-in ones.
     #[serde(default)]
     pub variables: Vec<String>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            rules: Vec::new(),
-            decision_matrix: DecisionMatrix::default(),
-            engine: EngineConfig::default(),
-            dry_run: false,
-            variables: Vec::new(),
-        }
-    }
 }
 
 /// Why configuration could not be loaded. Every variant lists all it found.
@@ -100,7 +90,8 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
-        let mut config: Config = serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut config: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if config.rules.is_empty() {
             return Err(invalid("`rules:` must list at least one rule file".into()));
         }

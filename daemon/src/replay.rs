@@ -54,7 +54,11 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
     format: Format,
     mut on_bytes: impl FnMut(u64),
 ) -> io::Result<Summary> {
-    let mut engine = Engine::new(loaded.rules.clone(), &loaded.vocabulary, loaded.config.engine.clone());
+    let mut engine = Engine::new(
+        loaded.rules.clone(),
+        &loaded.vocabulary,
+        loaded.config.engine.clone(),
+    );
     let connector = DryRun::new();
     let mut summary = Summary::default();
     let mut outputs = Vec::new();
@@ -74,7 +78,10 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
         }
         if text.len() > MAX_LINE_BYTES {
             summary.malformed += 1;
-            writeln!(diag, "line {number}: skipped: longer than {MAX_LINE_BYTES} bytes")?;
+            writeln!(
+                diag,
+                "line {number}: skipped: longer than {MAX_LINE_BYTES} bytes"
+            )?;
             continue;
         }
         let event = match decode(text) {
@@ -89,7 +96,10 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
         match engine.ingest(&event, &mut outputs) {
             Ingested::Late => {
                 summary.late += 1;
-                writeln!(diag, "line {number}: dropped: later than the allowed lateness")?;
+                writeln!(
+                    diag,
+                    "line {number}: dropped: later than the allowed lateness"
+                )?;
             }
             Ingested::Unused => summary.unused += 1,
             Ingested::Inference => summary.inference += 1,
@@ -128,8 +138,16 @@ async fn emit<W: Write>(
         Output::Stale { ts, subject } => {
             summary.stale += 1;
             match format {
-                Format::Json => writeln!(out, "{}", json!({"kind": "stale", "ts": ts, "subject": subject}))?,
-                Format::Text => writeln!(out, "{ts}  STALE     {}  no fresh data", subject_text(&subject))?,
+                Format::Json => writeln!(
+                    out,
+                    "{}",
+                    json!({"kind": "stale", "ts": ts, "subject": subject})
+                )?,
+                Format::Text => writeln!(
+                    out,
+                    "{ts}  STALE     {}  no fresh data",
+                    subject_text(&subject)
+                )?,
             }
         }
         Output::Transition(t) => {
@@ -181,7 +199,12 @@ async fn emit<W: Write>(
     Ok(())
 }
 
-fn write_transition<W: Write>(loaded: &Loaded, t: &Transition, out: &mut W, format: Format) -> io::Result<()> {
+fn write_transition<W: Write>(
+    loaded: &Loaded,
+    t: &Transition,
+    out: &mut W,
+    format: Format,
+) -> io::Result<()> {
     let Some(rule) = loaded.rules.rules().get(t.rule) else {
         return Ok(());
     };
@@ -216,7 +239,11 @@ fn write_transition<W: Write>(loaded: &Loaded, t: &Transition, out: &mut W, form
 }
 
 fn subject_text(subject: &std::collections::BTreeMap<String, String>) -> String {
-    subject.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    subject
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io::Result<()> {
@@ -227,13 +254,25 @@ fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io
         "  events: {} ({} malformed lines skipped, {} late, {} unused, {} inference)",
         s.events, s.malformed, s.late, s.unused, s.inference
     )?;
-    writeln!(out, "  transitions: {}, subjects gone stale: {}", s.transitions, s.stale)?;
+    writeln!(
+        out,
+        "  transitions: {}, subjects gone stale: {}",
+        s.transitions, s.stale
+    )?;
     let firing: Vec<String> = engine
         .alerts()
         .filter(|a| a.state.phase == canaryd_rules::Phase::Firing)
         .map(|a| format!("{} ({})", a.rule, subject_text(a.subject)))
         .collect();
-    writeln!(out, "  firing at the end: {}", if firing.is_empty() { "none".into() } else { firing.join(", ") })?;
+    writeln!(
+        out,
+        "  firing at the end: {}",
+        if firing.is_empty() {
+            "none".into()
+        } else {
+            firing.join(", ")
+        }
+    )?;
     if s.actions.is_empty() {
         writeln!(out, "  decision: no action")?;
     }

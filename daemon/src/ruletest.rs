@@ -186,10 +186,13 @@ pub enum TestFileError {
 /// Parses a test file and loads its rules (to check it, or to run it).
 pub fn load(path: &Path) -> Result<(TestFile, crate::config::Loaded), TestFileError> {
     let text = std::fs::read_to_string(path).map_err(|e| TestFileError::Io(path.into(), e))?;
-    let mut file: TestFile =
-        serde_yaml_ng::from_str(&text).map_err(|e| TestFileError::Invalid(path.into(), e.to_string()))?;
+    let mut file: TestFile = serde_yaml_ng::from_str(&text)
+        .map_err(|e| TestFileError::Invalid(path.into(), e.to_string()))?;
     if file.tests.is_empty() {
-        return Err(TestFileError::Invalid(path.into(), "`tests:` is empty".into()));
+        return Err(TestFileError::Invalid(
+            path.into(),
+            "`tests:` is empty".into(),
+        ));
     }
     let base = path.parent().unwrap_or(Path::new("."));
     file.rule_files = file.rule_files.iter().map(|p| base.join(p)).collect();
@@ -199,7 +202,8 @@ pub fn load(path: &Path) -> Result<(TestFile, crate::config::Loaded), TestFileEr
         variables: file.variables.clone(),
         ..Default::default()
     };
-    let vocabulary = canaryd_rules::Vocabulary::builtin().with_extra(file.variables.iter().cloned());
+    let vocabulary =
+        canaryd_rules::Vocabulary::builtin().with_extra(file.variables.iter().cloned());
     let options = LoadOptions {
         vocabulary: vocabulary.clone(),
         ..LoadOptions::default()
@@ -216,7 +220,10 @@ pub fn load(path: &Path) -> Result<(TestFile, crate::config::Loaded), TestFileEr
         }
         for series in &case.input_series {
             expand(&series.values).map_err(|e| {
-                TestFileError::Invalid(path.into(), format!("test {:?}: series {}: {e}", case.name, series.metric))
+                TestFileError::Invalid(
+                    path.into(),
+                    format!("test {:?}: series {}: {e}", case.name, series.metric),
+                )
             })?;
         }
     }
@@ -230,7 +237,10 @@ pub fn load(path: &Path) -> Result<(TestFile, crate::config::Loaded), TestFileEr
 
 /// Runs every case of a loaded test file.
 pub fn run(file: &TestFile, loaded: &crate::config::Loaded) -> Vec<CaseResult> {
-    file.tests.iter().map(|case| run_case(case, loaded)).collect()
+    file.tests
+        .iter()
+        .map(|case| run_case(case, loaded))
+        .collect()
 }
 
 enum Step<'a> {
@@ -248,7 +258,11 @@ fn run_case(case: &TestCase, loaded: &crate::config::Loaded) -> CaseResult {
         seq
     };
     for series in &case.input_series {
-        for (i, value) in expand(&series.values).unwrap_or_default().into_iter().enumerate() {
+        for (i, value) in expand(&series.values)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let Some(value) = value else { continue };
             let ts = Timestamp(case.interval.millis() * i as i64);
             let event = Event::Metric(MetricEvent {
@@ -263,13 +277,22 @@ fn run_case(case: &TestCase, loaded: &crate::config::Loaded) -> CaseResult {
     for timed in &case.input_events {
         let ts = Timestamp(timed.at.millis());
         let event = match &timed.event {
-            TestEvent::Metric { name, value, labels } => Event::Metric(MetricEvent {
+            TestEvent::Metric {
+                name,
+                value,
+                labels,
+            } => Event::Metric(MetricEvent {
                 ts,
                 name: name.clone(),
                 value: *value,
                 labels: labels.clone(),
             }),
-            TestEvent::Alert { name, status, severity, labels } => Event::Alert(AlertEvent {
+            TestEvent::Alert {
+                name,
+                status,
+                severity,
+                labels,
+            } => Event::Alert(AlertEvent {
                 ts,
                 name: name.clone(),
                 status: *status,
@@ -281,14 +304,28 @@ fn run_case(case: &TestCase, loaded: &crate::config::Loaded) -> CaseResult {
         steps.push((ts, 0, next(), Step::Input(event)));
     }
     for check in &case.alert_rule_test {
-        steps.push((Timestamp(check.eval_time.millis()), 1, next(), Step::Alerts(check)));
+        steps.push((
+            Timestamp(check.eval_time.millis()),
+            1,
+            next(),
+            Step::Alerts(check),
+        ));
     }
     for check in &case.action_test {
-        steps.push((Timestamp(check.eval_time.millis()), 1, next(), Step::Actions(check)));
+        steps.push((
+            Timestamp(check.eval_time.millis()),
+            1,
+            next(),
+            Step::Actions(check),
+        ));
     }
     steps.sort_by_key(|(ts, order, seq, _)| (*ts, *order, *seq));
 
-    let mut engine = Engine::new(loaded.rules.clone(), &loaded.vocabulary, loaded.config.engine.clone());
+    let mut engine = Engine::new(
+        loaded.rules.clone(),
+        &loaded.vocabulary,
+        loaded.config.engine.clone(),
+    );
     let mut outputs = Vec::new();
     let mut decided: Vec<ExpectedAction> = Vec::new();
     let mut failures = Vec::new();
@@ -301,10 +338,12 @@ fn run_case(case: &TestCase, loaded: &crate::config::Loaded) -> CaseResult {
         }
         for output in outputs.drain(..) {
             if let Output::Transition(t) = output {
-                decided.extend(actions_for(&t, &loaded.rules, true).into_iter().map(|a| ExpectedAction {
-                    rule: a.rule,
-                    action: a.action.to_string(),
-                    subject: a.subject,
+                decided.extend(actions_for(&t, &loaded.rules, true).into_iter().map(|a| {
+                    ExpectedAction {
+                        rule: a.rule,
+                        action: a.action.to_string(),
+                        subject: a.subject,
+                    }
                 }));
             }
         }
@@ -330,11 +369,17 @@ fn run_case(case: &TestCase, loaded: &crate::config::Loaded) -> CaseResult {
                 }
             }
             Step::Actions(check) => {
-                let line = |a: &ExpectedAction| format!("{} {} by {:?}", a.action, labels_text(&a.subject), a.rule);
+                let line = |a: &ExpectedAction| {
+                    format!("{} {} by {:?}", a.action, labels_text(&a.subject), a.rule)
+                };
                 let want: BTreeSet<String> = check.exp_actions.iter().map(line).collect();
                 let got: BTreeSet<String> = decided.iter().map(line).collect();
                 if want != got {
-                    failures.push(diff(&format!("at {}, actions decided so far", check.eval_time), &want, &got));
+                    failures.push(diff(
+                        &format!("at {}, actions decided so far", check.eval_time),
+                        &want,
+                        &got,
+                    ));
                 }
             }
         }
@@ -382,7 +427,13 @@ pub fn expand(values: &str) -> Result<Vec<Option<f64>>, String> {
     let mut out = Vec::new();
     for token in values.split_whitespace() {
         let (head, times) = match token.rsplit_once('x') {
-            Some((head, n)) => (head, Some(n.parse::<usize>().map_err(|_| format!("bad repeat count in {token:?}"))?)),
+            Some((head, n)) => (
+                head,
+                Some(
+                    n.parse::<usize>()
+                        .map_err(|_| format!("bad repeat count in {token:?}"))?,
+                ),
+            ),
             None => (token, None),
         };
         if head == "_" {
@@ -394,7 +445,10 @@ pub fn expand(values: &str) -> Result<Vec<Option<f64>>, String> {
             .char_indices()
             .skip(1)
             .find(|&(i, c)| (c == '+' || c == '-') && !head[..i].ends_with(['e', 'E']));
-        let number = |s: &str| s.parse::<f64>().map_err(|_| format!("bad number {s:?} in {token:?}"));
+        let number = |s: &str| {
+            s.parse::<f64>()
+                .map_err(|_| format!("bad number {s:?} in {token:?}"))
+        };
         let (start, step) = match op {
             Some((i, c)) => {
                 let step = number(&head[i + 1..])?;
@@ -403,7 +457,9 @@ pub fn expand(values: &str) -> Result<Vec<Option<f64>>, String> {
             None => (number(head)?, 0.0),
         };
         if op.is_some() && times.is_none() {
-            return Err(format!("{token:?}: a step needs a repeat count, as in 1+2x3"));
+            return Err(format!(
+                "{token:?}: a step needs a repeat count, as in 1+2x3"
+            ));
         }
         let n = times.unwrap_or(0);
         if n > 1_000_000 {
@@ -420,8 +476,14 @@ mod tests {
 
     #[test]
     fn series_notation_expands_like_promtool() {
-        assert_eq!(expand("1 _ 2x2").unwrap(), vec![Some(1.0), None, Some(2.0), Some(2.0), Some(2.0)]);
-        assert_eq!(expand("1+2x2").unwrap(), vec![Some(1.0), Some(3.0), Some(5.0)]);
+        assert_eq!(
+            expand("1 _ 2x2").unwrap(),
+            vec![Some(1.0), None, Some(2.0), Some(2.0), Some(2.0)]
+        );
+        assert_eq!(
+            expand("1+2x2").unwrap(),
+            vec![Some(1.0), Some(3.0), Some(5.0)]
+        );
         assert_eq!(expand("-1-1x1").unwrap(), vec![Some(-1.0), Some(-2.0)]);
         assert_eq!(expand("1e-3 _x2").unwrap(), vec![Some(0.001), None, None]);
         assert!(expand("abc").is_err());

@@ -51,8 +51,8 @@ impl Condition {
         vocabulary: &Vocabulary,
         explicit_baseline: Option<&str>,
     ) -> Result<Condition, ConditionError> {
-        let mut tree =
-            evalexpr::build_operator_tree(source).map_err(|e| ConditionError::Syntax(e.to_string()))?;
+        let mut tree = evalexpr::build_operator_tree(source)
+            .map_err(|e| ConditionError::Syntax(e.to_string()))?;
         reject_assignments(&tree)?;
         floats_only(&mut tree);
 
@@ -152,9 +152,9 @@ impl Condition {
                 type_name(&other)
             ))),
             // evalexpr parses `a >` and only notices the gap when evaluating.
-            Err(e @ evalexpr::EvalexprError::WrongOperatorArgumentAmount { .. }) => {
-                Err(ConditionError::Syntax(format!("incomplete expression: {e}")))
-            }
+            Err(e @ evalexpr::EvalexprError::WrongOperatorArgumentAmount { .. }) => Err(
+                ConditionError::Syntax(format!("incomplete expression: {e}")),
+            ),
             Err(e) => Err(ConditionError::NotBoolean(format!(
                 "it fails to evaluate: {e}"
             ))),
@@ -210,9 +210,20 @@ fn implied_baseline(idents: &[String], vocabulary: &Vocabulary) -> Result<String
 fn reject_assignments(node: &Node) -> Result<(), ConditionError> {
     use Operator::*;
     match node.operator() {
-        Assign | AddAssign | SubAssign | MulAssign | DivAssign | ModAssign | ExpAssign
-        | AndAssign | OrAssign | Chain | VariableIdentifierWrite { .. } => {
-            return Err(ConditionError::Assignment(format!("`{node}`").trim().to_string()));
+        Assign
+        | AddAssign
+        | SubAssign
+        | MulAssign
+        | DivAssign
+        | ModAssign
+        | ExpAssign
+        | AndAssign
+        | OrAssign
+        | Chain
+        | VariableIdentifierWrite { .. } => {
+            return Err(ConditionError::Assignment(
+                format!("`{node}`").trim().to_string(),
+            ));
         }
         _ => {}
     }
@@ -328,19 +339,27 @@ mod tests {
     #[test]
     fn baseline_is_the_stable_side_of_the_canary_metric() {
         let c = compile("canary_cost_per_request > 1.5 * baseline").unwrap();
-        assert_eq!(c.variables(), ["canary_cost_per_request", "stable_cost_per_request"]);
+        assert_eq!(
+            c.variables(),
+            ["canary_cost_per_request", "stable_cost_per_request"]
+        );
         assert_eq!(c.identifiers(), ["canary_cost_per_request", "baseline"]);
         assert_eq!(c.evaluate(&[0.004, 0.002]), Ok(true));
         assert_eq!(c.evaluate(&[0.003, 0.002]), Ok(false));
         assert_eq!(
             c.thresholds(&[0.004, 0.002]),
-            vec![Threshold { variable: "canary_cost_per_request".into(), op: ">", value: 0.003 }]
+            vec![Threshold {
+                variable: "canary_cost_per_request".into(),
+                op: ">",
+                value: 0.003
+            }]
         );
     }
 
     #[test]
     fn baseline_ambiguity_is_an_error() {
-        let err = compile("canary_error_rate > baseline && canary_p95_latency > baseline").unwrap_err();
+        let err =
+            compile("canary_error_rate > baseline && canary_p95_latency > baseline").unwrap_err();
         assert!(err.to_string().contains("ambiguous"), "{err}");
         let err = compile("critical_errors > baseline").unwrap_err();
         assert!(err.to_string().contains("exactly one canary_"), "{err}");
@@ -358,7 +377,11 @@ mod tests {
         let c = compile("canary_request_rate == 0").unwrap();
         assert_eq!(c.evaluate(&[0.0]), Ok(true));
         let c = compile("canary_requests / 2 > 0").unwrap();
-        assert_eq!(c.evaluate(&[1.0]), Ok(true), "1/2 must not be integer division");
+        assert_eq!(
+            c.evaluate(&[1.0]),
+            Ok(true),
+            "1/2 must not be integer division"
+        );
     }
 
     #[test]
@@ -372,10 +395,22 @@ mod tests {
 
     #[test]
     fn bad_conditions_are_rejected() {
-        assert!(matches!(compile("canary_error_rate >"), Err(ConditionError::Syntax(_))));
-        assert!(matches!(compile("canary_error_rate = 1"), Err(ConditionError::Assignment(_))));
-        assert!(matches!(compile("canary_error_rate * 2"), Err(ConditionError::NotBoolean(_))));
-        assert!(matches!(compile("nosuchfn(canary_error_rate) > 1"), Err(ConditionError::NotBoolean(_))));
+        assert!(matches!(
+            compile("canary_error_rate >"),
+            Err(ConditionError::Syntax(_))
+        ));
+        assert!(matches!(
+            compile("canary_error_rate = 1"),
+            Err(ConditionError::Assignment(_))
+        ));
+        assert!(matches!(
+            compile("canary_error_rate * 2"),
+            Err(ConditionError::NotBoolean(_))
+        ));
+        assert!(matches!(
+            compile("nosuchfn(canary_error_rate) > 1"),
+            Err(ConditionError::NotBoolean(_))
+        ));
     }
 
     #[test]

@@ -127,8 +127,11 @@ struct Sample {
     ts: Timestamp,
 }
 
+/// Whether a firing alert counts towards an alert-derived variable.
+type Counts = fn(&AlertFlags) -> bool;
+
 /// The alert-derived variables and how each counts firing alerts.
-const ALERT_SLOTS: [(&str, fn(&AlertFlags) -> bool); 3] = [
+const ALERT_SLOTS: [(&str, Counts); 3] = [
     ("critical_errors", |f| f.critical),
     ("oom_kills", |f| f.oom),
     ("firing_alerts", |_| true),
@@ -235,7 +238,10 @@ impl Engine {
                     groups.len() - 1
                 }
             };
-            groups[g].rules.push(GroupRule { rule: index, inputs });
+            groups[g].rules.push(GroupRule {
+                rule: index,
+                inputs,
+            });
         }
         for group in &mut groups {
             group.dependents = vec![Vec::new(); slot_kinds.len()];
@@ -351,7 +357,10 @@ impl Engine {
             for subject in &mut group.subjects {
                 if !subject.stale && now.since(subject.last_seen) > stale_after {
                     subject.stale = true;
-                    out.push(Output::Stale { ts: now, subject: subject.labels.clone() });
+                    out.push(Output::Stale {
+                        ts: now,
+                        subject: subject.labels.clone(),
+                    });
                 }
             }
         }
@@ -382,7 +391,12 @@ impl Engine {
                     self.stats.out_of_order += 1;
                     continue;
                 }
-                _ => subject.samples[slot] = Some(Sample { value: m.value, ts: m.ts }),
+                _ => {
+                    subject.samples[slot] = Some(Sample {
+                        value: m.value,
+                        ts: m.ts,
+                    })
+                }
             }
             for i in 0..self.groups[g].dependents[slot].len() {
                 let r = self.groups[g].dependents[slot][i];
@@ -417,7 +431,9 @@ impl Engine {
             };
             let mut changed = Vec::new();
             for (i, (_, counts)) in ALERT_SLOTS.iter().enumerate() {
-                let Some(slot) = self.alert_slots[i] else { continue };
+                let Some(slot) = self.alert_slots[i] else {
+                    continue;
+                };
                 let value = subject.firing.values().filter(|f| counts(f)).count() as f64;
                 if subject.samples[slot].map(|s| s.value) != Some(value) {
                     subject.samples[slot] = Some(Sample { value, ts: a.ts });
@@ -443,7 +459,12 @@ impl Engine {
     }
 
     /// Finds or creates the subject that `labels` select in group `g`.
-    fn subject_for(&mut self, g: usize, labels: &BTreeMap<String, String>, ts: Timestamp) -> Option<usize> {
+    fn subject_for(
+        &mut self,
+        g: usize,
+        labels: &BTreeMap<String, String>,
+        ts: Timestamp,
+    ) -> Option<usize> {
         let group = &mut self.groups[g];
         let mut values: Vec<&str> = Vec::with_capacity(group.labels.len());
         for l in &group.labels {
@@ -458,8 +479,12 @@ impl Engine {
                 for slot in self.alert_slots.iter().flatten() {
                     samples[*slot] = Some(Sample { value: 0.0, ts });
                 }
-                let labels: BTreeMap<String, String> =
-                    group.labels.iter().cloned().zip(key.iter().cloned()).collect();
+                let labels: BTreeMap<String, String> = group
+                    .labels
+                    .iter()
+                    .cloned()
+                    .zip(key.iter().cloned())
+                    .collect();
                 group.subjects.push(Subject {
                     labels: Arc::new(labels),
                     samples,
@@ -519,7 +544,12 @@ impl Engine {
         if let Some(due) = due_after
             && due_after != due_before
         {
-            self.timers.push(Reverse(Timer { due, group: g, subject: s, rule: r }));
+            self.timers.push(Reverse(Timer {
+                due,
+                group: g,
+                subject: s,
+                rule: r,
+            }));
         }
         if let Some(change) = change {
             let values = rule
@@ -562,7 +592,10 @@ impl Engine {
     /// The state of one rule for one subject, if that subject exists.
     pub fn alert(&self, rule: &str, subject: &BTreeMap<String, String>) -> Option<&AlertState> {
         self.groups.iter().find_map(|group| {
-            let r = group.rules.iter().position(|gr| self.rules.rules()[gr.rule].name == rule)?;
+            let r = group
+                .rules
+                .iter()
+                .position(|gr| self.rules.rules()[gr.rule].name == rule)?;
             let subject = group.subjects.iter().find(|s| *s.labels == *subject)?;
             Some(&subject.alerts[r])
         })
@@ -587,8 +620,12 @@ impl Engine {
                 total += std::mem::size_of::<Subject>()
                     + s.samples.capacity() * std::mem::size_of::<Option<Sample>>()
                     + s.alerts.capacity() * std::mem::size_of::<AlertState>()
-                    + s.labels.iter().map(|(k, v)| 48 + k.capacity() + v.capacity()).sum::<usize>()
-                    + group.labels.len() * 24 + s.labels.values().map(|v| v.len()).sum::<usize>()
+                    + s.labels
+                        .iter()
+                        .map(|(k, v)| 48 + k.capacity() + v.capacity())
+                        .sum::<usize>()
+                    + group.labels.len() * 24
+                    + s.labels.values().map(|v| v.len()).sum::<usize>()
                     + 32; // index entry
             }
         }

@@ -178,7 +178,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let message = e.to_string();
         let kind = match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            serde_json::error::Category::Syntax
+            | serde_json::error::Category::Eof
             | serde_json::error::Category::Io => DecodeErrorKind::NotJson,
             serde_json::error::Category::Data => {
                 if message.starts_with("missing field") {
@@ -203,7 +204,9 @@ fn finite<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(serde::de::Error::custom(format!("value {OUT_OF_RANGE}: must be finite")))
+        Err(serde::de::Error::custom(format!(
+            "value {OUT_OF_RANGE}: must be finite"
+        )))
     }
 }
 
@@ -212,7 +215,9 @@ fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     if v.is_finite() && v >= 0.0 {
         Ok(v)
     } else {
-        Err(serde::de::Error::custom(format!("value {v} {OUT_OF_RANGE}: must be finite and >= 0")))
+        Err(serde::de::Error::custom(format!(
+            "value {v} {OUT_OF_RANGE}: must be finite and >= 0"
+        )))
     }
 }
 
@@ -241,7 +246,9 @@ fn opt_binary<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error>
         Ok(Some(Binary::Int(n))) => Err(serde::de::Error::custom(format!(
             "value {n} {OUT_OF_RANGE}: must be 0, 1, true or false"
         ))),
-        Err(_) => Err(serde::de::Error::custom("invalid type: expected 0, 1, true or false")),
+        Err(_) => Err(serde::de::Error::custom(
+            "invalid type: expected 0, 1, true or false",
+        )),
     }
 }
 
@@ -252,12 +259,17 @@ mod tests {
     #[test]
     fn the_three_event_types_decode() {
         let m = decode(br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","name":"canary_error_rate","value":0.06,"labels":{"model":"summarizer"}}"#).unwrap();
-        assert!(matches!(m, Event::Metric(ref e) if e.value == 0.06 && e.labels["model"] == "summarizer"));
+        assert!(
+            matches!(m, Event::Metric(ref e) if e.value == 0.06 && e.labels["model"] == "summarizer")
+        );
         let a = decode(br#"{"type":"alert","ts":"2026-03-01T12:00:00Z","name":"OOMKilled","status":"firing","severity":"critical","labels":{"model":"s"},"annotations":{}}"#).unwrap();
         assert!(matches!(a, Event::Alert(ref e) if e.is_oom() && e.is_critical()));
         let i = decode(br#"{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"summarizer","version":"v2.1.0","track":"canary","latency_ms":812.5,"error":false,"cost_usd":0.0021,"group":"A","prediction":1,"label":0,"extra":"ignored"}"#).unwrap();
         let Event::Inference(i) = i else { panic!() };
-        assert_eq!((i.track, i.prediction, i.label, i.cost_usd), (Track::Canary, Some(true), Some(false), Some(0.0021)));
+        assert_eq!(
+            (i.track, i.prediction, i.label, i.cost_usd),
+            (Track::Canary, Some(true), Some(false), Some(0.0021))
+        );
     }
 
     #[test]

@@ -55,7 +55,11 @@ impl Default for LoadOptions {
 
 /// Loads one rule file. `file` names it in errors; `bytes` is its content.
 /// On failure, returns every error found, not just the first.
-pub fn load_rules(file: &str, bytes: &[u8], options: &LoadOptions) -> Result<Vec<Rule>, Vec<RuleError>> {
+pub fn load_rules(
+    file: &str,
+    bytes: &[u8],
+    options: &LoadOptions,
+) -> Result<Vec<Rule>, Vec<RuleError>> {
     let file: Arc<str> = Arc::from(file);
     let whole = |message: String, line: usize| {
         vec![RuleError {
@@ -67,14 +71,20 @@ pub fn load_rules(file: &str, bytes: &[u8], options: &LoadOptions) -> Result<Vec
     };
     if bytes.len() > options.max_bytes {
         return Err(whole(
-            format!("file is larger than the limit of {} bytes", options.max_bytes),
+            format!(
+                "file is larger than the limit of {} bytes",
+                options.max_bytes
+            ),
             0,
         ));
     }
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+            let line = 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
             return Err(whole(
                 format!("file is not valid UTF-8 (byte {})", e.valid_up_to()),
                 line,
@@ -83,7 +93,12 @@ pub fn load_rules(file: &str, bytes: &[u8], options: &LoadOptions) -> Result<Vec
     };
     let root = match yaml::parse(text) {
         Ok(Some(root)) if !root.is_null() => root,
-        Ok(_) => return Err(whole("file is empty; expected `alerts:` with a list of rules".into(), 0)),
+        Ok(_) => {
+            return Err(whole(
+                "file is empty; expected `alerts:` with a list of rules".into(),
+                0,
+            ));
+        }
         Err(e) => return Err(whole(format!("YAML syntax error: {}", e.message), e.line)),
     };
 
@@ -93,7 +108,10 @@ pub fn load_rules(file: &str, bytes: &[u8], options: &LoadOptions) -> Result<Vec
     };
     let Kind::Map(entries) = &root.kind else {
         return Err(whole(
-            format!("expected a mapping with `alerts:`, found {}", root.type_name()),
+            format!(
+                "expected a mapping with `alerts:`, found {}",
+                root.type_name()
+            ),
             root.line,
         ));
     };
@@ -116,9 +134,11 @@ pub fn load_rules(file: &str, bytes: &[u8], options: &LoadOptions) -> Result<Vec
     let mut rules = Vec::new();
     match alerts.map(|a| &a.kind) {
         None => ctx.push(root.line, None, "missing `alerts:`".into()),
-        Some(Kind::Seq(items)) if items.is_empty() => {
-            ctx.push(root.line, None, "`alerts:` is an empty list; a rule file needs at least one rule".into())
-        }
+        Some(Kind::Seq(items)) if items.is_empty() => ctx.push(
+            root.line,
+            None,
+            "`alerts:` is an empty list; a rule file needs at least one rule".into(),
+        ),
         Some(Kind::Seq(items)) => {
             let mut seen: BTreeMap<String, usize> = BTreeMap::new();
             for item in items {
@@ -135,7 +155,14 @@ pub fn load_rules(file: &str, bytes: &[u8], options: &LoadOptions) -> Result<Vec
         }
         Some(_) => {
             let node = alerts.unwrap_or(&root);
-            ctx.push(node.line, None, format!("`alerts:` must be a list of rules, found {}", node.type_name()))
+            ctx.push(
+                node.line,
+                None,
+                format!(
+                    "`alerts:` must be a list of rules, found {}",
+                    node.type_name()
+                ),
+            )
         }
     }
     if ctx.errors.is_empty() {
@@ -165,14 +192,19 @@ impl Errors {
 }
 
 fn hint(s: Option<&str>) -> String {
-    s.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+    s.map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
 }
 
 /// Parses one rule, recording every problem. Returns `None` if any.
 fn parse_rule(node: &Node, options: &LoadOptions, ctx: &mut Errors) -> Option<Rule> {
     let before = ctx.errors.len();
     let Kind::Map(entries) = &node.kind else {
-        ctx.push(node.line, None, format!("a rule must be a mapping, found {}", node.type_name()));
+        ctx.push(
+            node.line,
+            None,
+            format!("a rule must be a mapping, found {}", node.type_name()),
+        );
         return None;
     };
     // The name labels every other error, so read it first.
@@ -212,9 +244,14 @@ fn parse_rule(node: &Node, options: &LoadOptions, ctx: &mut Errors) -> Option<Ru
             }
             None => None,
             Some(v) => match (&v.kind, v.is_null()) {
-                (Kind::Scalar { text, .. }, false) if !text.trim().is_empty() => Some((text.clone(), v.line)),
+                (Kind::Scalar { text, .. }, false) if !text.trim().is_empty() => {
+                    Some((text.clone(), v.line))
+                }
                 _ => {
-                    let msg = format!("`{field}` must be a non-empty string, found {}", v.type_name());
+                    let msg = format!(
+                        "`{field}` must be a non-empty string, found {}",
+                        v.type_name()
+                    );
                     ctx.push(v.line, rule, msg);
                     None
                 }
@@ -224,9 +261,13 @@ fn parse_rule(node: &Node, options: &LoadOptions, ctx: &mut Errors) -> Option<Ru
 
     let baseline = text("baseline", false, ctx);
     let condition = text("condition", true, ctx).and_then(|(src, line)| {
-        Condition::compile(&src, &options.vocabulary, baseline.as_ref().map(|b| b.0.as_str()))
-            .map_err(|e| ctx.push(line, rule, e.to_string()))
-            .ok()
+        Condition::compile(
+            &src,
+            &options.vocabulary,
+            baseline.as_ref().map(|b| b.0.as_str()),
+        )
+        .map_err(|e| ctx.push(line, rule, e.to_string()))
+        .ok()
     });
     let span = |field: &str, required: bool, ctx: &mut Errors, t: Option<(String, usize)>| match t {
         None if !required => Some(Span::ZERO),
@@ -253,7 +294,10 @@ fn parse_rule(node: &Node, options: &LoadOptions, ctx: &mut Errors) -> Option<Ru
             .ok()
     });
     let actions = fields.get("action").map(|v| parse_actions(v, rule, ctx));
-    let labels = fields.get("labels").map(|v| string_map(v, "labels", rule, ctx)).unwrap_or_default();
+    let labels = fields
+        .get("labels")
+        .map(|v| string_map(v, "labels", rule, ctx))
+        .unwrap_or_default();
     let annotations = fields
         .get("annotations")
         .map(|v| string_map(v, "annotations", rule, ctx))
@@ -279,13 +323,22 @@ fn parse_rule(node: &Node, options: &LoadOptions, ctx: &mut Errors) -> Option<Ru
         None => vec!["model".to_string()],
         Some(v) => parse_group_by(v, rule, ctx),
     };
-    let min_samples = fields.get("min_samples").and_then(|v| match v.as_str().map(str::parse::<u64>) {
-        Some(Ok(n)) if n > 0 && matches!(v.kind, Kind::Scalar { quoted: false, .. }) => Some(n),
-        _ => {
-            ctx.push(v.line, rule, "`min_samples` must be a positive whole number".into());
-            None
-        }
-    });
+    let min_samples =
+        fields
+            .get("min_samples")
+            .and_then(|v| match v.as_str().map(str::parse::<u64>) {
+                Some(Ok(n)) if n > 0 && matches!(v.kind, Kind::Scalar { quoted: false, .. }) => {
+                    Some(n)
+                }
+                _ => {
+                    ctx.push(
+                        v.line,
+                        rule,
+                        "`min_samples` must be a positive whole number".into(),
+                    );
+                    None
+                }
+            });
 
     if ctx.errors.len() > before {
         return None;
@@ -301,7 +354,10 @@ fn parse_rule(node: &Node, options: &LoadOptions, ctx: &mut Errors) -> Option<Ru
     Some(Rule {
         name,
         condition,
-        timing: Timing { hold, keep_firing_for },
+        timing: Timing {
+            hold,
+            keep_firing_for,
+        },
         severity,
         actions,
         actions_from_matrix,
@@ -323,7 +379,11 @@ fn parse_actions(v: &Node, rule: Option<&str>, ctx: &mut Errors) -> Option<Vec<A
         Kind::Scalar { .. } if !v.is_null() => vec![v],
         Kind::Seq(items) if !items.is_empty() => items.iter().collect(),
         _ => {
-            ctx.push(v.line, rule, "`action` must be an action name or a non-empty list of them".into());
+            ctx.push(
+                v.line,
+                rule,
+                "`action` must be an action name or a non-empty list of them".into(),
+            );
             return None;
         }
     };
@@ -355,11 +415,20 @@ fn parse_actions(v: &Node, rule: Option<&str>, ctx: &mut Errors) -> Option<Vec<A
     ok.then_some(out)
 }
 
-fn string_map(v: &Node, field: &str, rule: Option<&str>, ctx: &mut Errors) -> BTreeMap<String, String> {
+fn string_map(
+    v: &Node,
+    field: &str,
+    rule: Option<&str>,
+    ctx: &mut Errors,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let Kind::Map(entries) = &v.kind else {
         if !v.is_null() {
-            ctx.push(v.line, rule, format!("`{field}` must be a mapping of strings"));
+            ctx.push(
+                v.line,
+                rule,
+                format!("`{field}` must be a mapping of strings"),
+            );
         }
         return out;
     };
@@ -381,18 +450,34 @@ fn string_map(v: &Node, field: &str, rule: Option<&str>, ctx: &mut Errors) -> BT
 
 fn parse_group_by(v: &Node, rule: Option<&str>, ctx: &mut Errors) -> Vec<String> {
     let Kind::Seq(items) = &v.kind else {
-        ctx.push(v.line, rule, "`group_by` must be a list of label names".into());
+        ctx.push(
+            v.line,
+            rule,
+            "`group_by` must be a list of label names".into(),
+        );
         return Vec::new();
     };
     if items.is_empty() {
-        ctx.push(v.line, rule, "`group_by` must name at least one label".into());
+        ctx.push(
+            v.line,
+            rule,
+            "`group_by` must name at least one label".into(),
+        );
     }
     let mut out: Vec<String> = Vec::new();
     for item in items {
         match item.as_str() {
-            Some(s) if valid_label_name(s) && !out.iter().any(|o| o == s) => out.push(s.to_string()),
-            Some(s) if valid_label_name(s) => ctx.push(item.line, rule, format!("`group_by` lists `{s}` twice")),
-            _ => ctx.push(item.line, rule, "`group_by` entries must be label names".into()),
+            Some(s) if valid_label_name(s) && !out.iter().any(|o| o == s) => {
+                out.push(s.to_string())
+            }
+            Some(s) if valid_label_name(s) => {
+                ctx.push(item.line, rule, format!("`group_by` lists `{s}` twice"))
+            }
+            _ => ctx.push(
+                item.line,
+                rule,
+                "`group_by` entries must be label names".into(),
+            ),
         }
     }
     out

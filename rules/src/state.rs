@@ -118,7 +118,12 @@ impl AlertState {
 /// Advances one alert by one observation at `now`. Returns the change of
 /// phase, if any. `now` must not go backwards for one alert; the engine
 /// guarantees that by evaluating at its watermark.
-pub fn step(state: &mut AlertState, obs: Observation, now: Timestamp, timing: &Timing) -> Option<Change> {
+pub fn step(
+    state: &mut AlertState,
+    obs: Observation,
+    now: Timestamp,
+    timing: &Timing,
+) -> Option<Change> {
     let from = state.phase;
     state.last = obs;
     state.evaluated_at = Some(now);
@@ -186,59 +191,88 @@ mod tests {
         }
     }
 
-    const FIVE_MIN: Timing = Timing { hold: Span(300_000), keep_firing_for: Span::ZERO };
+    const FIVE_MIN: Timing = Timing {
+        hold: Span(300_000),
+        keep_firing_for: Span::ZERO,
+    };
 
     #[test]
     fn fires_only_after_holding_for_the_duration() {
-        run(FIVE_MIN, &[
-            (0, True, Pending),
-            (299, True, Pending),
-            (300, True, Firing),
-            (400, False, Resolved),
-        ]);
+        run(
+            FIVE_MIN,
+            &[
+                (0, True, Pending),
+                (299, True, Pending),
+                (300, True, Firing),
+                (400, False, Resolved),
+            ],
+        );
     }
 
     #[test]
     fn a_false_observation_resets_pending() {
-        run(FIVE_MIN, &[
-            (0, True, Pending),
-            (200, False, Inactive),
-            (250, True, Pending),
-            (500, True, Pending),
-            (550, True, Firing),
-        ]);
+        run(
+            FIVE_MIN,
+            &[
+                (0, True, Pending),
+                (200, False, Inactive),
+                (250, True, Pending),
+                (500, True, Pending),
+                (550, True, Firing),
+            ],
+        );
     }
 
     #[test]
     fn zero_duration_fires_on_first_match() {
-        let timing = Timing { hold: Span::ZERO, keep_firing_for: Span::ZERO };
-        run(timing, &[(0, False, Inactive), (1, True, Firing), (2, False, Resolved), (3, True, Firing)]);
+        let timing = Timing {
+            hold: Span::ZERO,
+            keep_firing_for: Span::ZERO,
+        };
+        run(
+            timing,
+            &[
+                (0, False, Inactive),
+                (1, True, Firing),
+                (2, False, Resolved),
+                (3, True, Firing),
+            ],
+        );
     }
 
     #[test]
     fn no_data_neither_fires_nor_resolves() {
-        run(FIVE_MIN, &[
-            (0, NoData, Inactive),
-            (10, True, Pending),
-            (400, NoData, Pending),
-            (401, True, Firing),
-            (500, NoData, Firing),
-            (900, NoData, Firing),
-            (901, False, Resolved),
-        ]);
+        run(
+            FIVE_MIN,
+            &[
+                (0, NoData, Inactive),
+                (10, True, Pending),
+                (400, NoData, Pending),
+                (401, True, Firing),
+                (500, NoData, Firing),
+                (900, NoData, Firing),
+                (901, False, Resolved),
+            ],
+        );
     }
 
     #[test]
     fn keep_firing_for_delays_resolution() {
-        let timing = Timing { hold: Span::ZERO, keep_firing_for: Span(60_000) };
-        run(timing, &[
-            (0, True, Firing),
-            (30, False, Firing),
-            (59, False, Firing),
-            (60, True, Firing),
-            (100, False, Firing),
-            (120, False, Resolved),
-        ]);
+        let timing = Timing {
+            hold: Span::ZERO,
+            keep_firing_for: Span(60_000),
+        };
+        run(
+            timing,
+            &[
+                (0, True, Firing),
+                (30, False, Firing),
+                (59, False, Firing),
+                (60, True, Firing),
+                (100, False, Firing),
+                (120, False, Resolved),
+            ],
+        );
     }
 
     #[test]
@@ -250,7 +284,11 @@ mod tests {
         assert_eq!(state.phase, Resolved);
         step(&mut state, True, t(302), &FIVE_MIN);
         assert_eq!(state.phase, Pending);
-        assert_eq!(state.active_since, Some(t(302)), "new episode, new identity");
+        assert_eq!(
+            state.active_since,
+            Some(t(302)),
+            "new episode, new identity"
+        );
     }
 
     #[test]
@@ -260,8 +298,15 @@ mod tests {
         step(&mut state, True, t(10), &FIVE_MIN);
         assert_eq!(state.due(&FIVE_MIN), Some(t(310)));
         step(&mut state, NoData, t(20), &FIVE_MIN);
-        assert_eq!(state.due(&FIVE_MIN), None, "no data must not complete a duration");
-        let keep = Timing { hold: Span::ZERO, keep_firing_for: Span(60_000) };
+        assert_eq!(
+            state.due(&FIVE_MIN),
+            None,
+            "no data must not complete a duration"
+        );
+        let keep = Timing {
+            hold: Span::ZERO,
+            keep_firing_for: Span(60_000),
+        };
         let mut state = AlertState::default();
         step(&mut state, True, t(0), &keep);
         step(&mut state, False, t(5), &keep);
@@ -271,9 +316,21 @@ mod tests {
     #[test]
     fn transitions_are_reported_once() {
         let mut state = AlertState::default();
-        assert_eq!(step(&mut state, True, t(0), &FIVE_MIN), Some(Change { from: Inactive, to: Pending }));
+        assert_eq!(
+            step(&mut state, True, t(0), &FIVE_MIN),
+            Some(Change {
+                from: Inactive,
+                to: Pending
+            })
+        );
         assert_eq!(step(&mut state, True, t(1), &FIVE_MIN), None);
-        assert_eq!(step(&mut state, True, t(300), &FIVE_MIN), Some(Change { from: Pending, to: Firing }));
+        assert_eq!(
+            step(&mut state, True, t(300), &FIVE_MIN),
+            Some(Change {
+                from: Pending,
+                to: Firing
+            })
+        );
         assert_eq!(step(&mut state, True, t(301), &FIVE_MIN), None);
     }
 }

@@ -58,7 +58,10 @@ pub fn render_all(
         .iter()
         .map(|(key, source)| {
             let text = env
-                .render_str(source, minijinja::Value::from(minijinja::value::Serde(context)))
+                .render_str(
+                    source,
+                    minijinja::Value::from(minijinja::value::Serde(context)),
+                )
                 .unwrap_or_else(|e| format!("{source} [template error: {e}]"));
             (key.clone(), text)
         })
@@ -77,7 +80,10 @@ mod tests {
             "{{ subject.model }} error rate {{ values.canary_error_rate }}".to_string(),
         );
         let ctx = serde_json::json!({"subject": {"model": "summarizer"}, "values": {"canary_error_rate": 0.07}});
-        assert_eq!(render_all(&a, &ctx)["summary"], "summarizer error rate 0.07");
+        assert_eq!(
+            render_all(&a, &ctx)["summary"],
+            "summarizer error rate 0.07"
+        );
     }
 
     #[test]
@@ -85,7 +91,11 @@ mod tests {
         assert!(check("{{ subject.model }} {{ values.x }}").is_ok());
         let err = check("{{ subjet.model }}").unwrap_err();
         assert!(err.contains("did you mean `subject`"), "{err}");
-        assert!(check("{{ unclosed ").unwrap_err().contains("does not compile"));
+        assert!(
+            check("{{ unclosed ")
+                .unwrap_err()
+                .contains("does not compile")
+        );
     }
 
     #[test]

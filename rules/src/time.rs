@@ -229,7 +229,17 @@ mod tests {
 
     #[test]
     fn bad_durations_are_rejected_with_a_reason() {
-        for text in ["", "5", "5x", "m", "-5m", "5m1h", "1m1m", "1.5m", "99999999999999999w"] {
+        for text in [
+            "",
+            "5",
+            "5x",
+            "m",
+            "-5m",
+            "5m1h",
+            "1m1m",
+            "1.5m",
+            "99999999999999999w",
+        ] {
             let err = Span::parse(text).expect_err(text);
             assert!(err.to_string().contains("invalid duration"), "{err}");
         }

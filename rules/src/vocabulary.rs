@@ -101,7 +101,10 @@ impl Vocabulary {
 }
 
 /// The candidate closest to `unknown` by edit distance, if plausibly a typo.
-pub fn suggest<'a>(unknown: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn suggest<'a>(
+    unknown: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (unknown.chars().count() / 3).max(2);
     candidates
         .into_iter()
@@ -120,7 +123,10 @@ mod tests {
         let v = Vocabulary::builtin();
         assert_eq!(v.suggest("canary_eror_rate"), Some("canary_error_rate"));
         assert_eq!(v.suggest("canary_p95_latncy"), Some("canary_p95_latency"));
-        assert_eq!(v.suggest("stable_cost_per_req"), Some("stable_cost_per_request"));
+        assert_eq!(
+            v.suggest("stable_cost_per_req"),
+            Some("stable_cost_per_request")
+        );
         assert_eq!(v.suggest("banana"), None);
     }
 

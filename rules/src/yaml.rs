@@ -129,7 +129,9 @@ impl Builder {
         if self.count > MAX_NODES && self.error.is_none() {
             self.error = Some(SyntaxError {
                 line: mark.line(),
-                message: format!("document too large: more than {MAX_NODES} nodes after expanding aliases"),
+                message: format!(
+                    "document too large: more than {MAX_NODES} nodes after expanding aliases"
+                ),
             });
         }
         self.error.is_none()
@@ -140,7 +142,12 @@ fn size(node: &Node) -> usize {
     match &node.kind {
         Kind::Scalar { .. } => 1,
         Kind::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
-        Kind::Map(entries) => 1 + entries.iter().map(|(k, v)| size(k) + size(v)).sum::<usize>(),
+        Kind::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| size(k) + size(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -154,14 +161,34 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, style, anchor, _tag) => {
                 if self.count(1, mark) {
                     let quoted = !matches!(style, TScalarStyle::Plain);
-                    self.finish(Node { line, kind: Kind::Scalar { text, quoted } }, anchor);
+                    self.finish(
+                        Node {
+                            line,
+                            kind: Kind::Scalar { text, quoted },
+                        },
+                        anchor,
+                    );
                 }
             }
             Event::SequenceStart(anchor, _) => {
-                self.stack.push((Node { line, kind: Kind::Seq(Vec::new()) }, None, anchor));
+                self.stack.push((
+                    Node {
+                        line,
+                        kind: Kind::Seq(Vec::new()),
+                    },
+                    None,
+                    anchor,
+                ));
             }
             Event::MappingStart(anchor, _) => {
-                self.stack.push((Node { line, kind: Kind::Map(Vec::new()) }, None, anchor));
+                self.stack.push((
+                    Node {
+                        line,
+                        kind: Kind::Map(Vec::new()),
+                    },
+                    None,
+                    anchor,
+                ));
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some((node, _, anchor)) = self.stack.pop()
@@ -198,10 +225,18 @@ mod tests {
 
     #[test]
     fn lines_are_kept() {
-        let root = parse("# c\nalerts:\n  - name: a\n    duration: 5m\n").unwrap().unwrap();
-        let Kind::Map(entries) = &root.kind else { panic!() };
-        let Kind::Seq(items) = &entries[0].1.kind else { panic!() };
-        let Kind::Map(rule) = &items[0].kind else { panic!() };
+        let root = parse("# c\nalerts:\n  - name: a\n    duration: 5m\n")
+            .unwrap()
+            .unwrap();
+        let Kind::Map(entries) = &root.kind else {
+            panic!()
+        };
+        let Kind::Seq(items) = &entries[0].1.kind else {
+            panic!()
+        };
+        let Kind::Map(rule) = &items[0].kind else {
+            panic!()
+        };
         assert_eq!(rule[1].0.line, 4);
         assert_eq!(rule[1].1.as_str(), Some("5m"));
     }

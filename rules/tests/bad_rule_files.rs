@@ -1,6 +1,8 @@
 //! Every kind of bad rule file is rejected with its line, its rule and a
 //! message that says what to fix.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 use canaryd_rules::{LoadOptions, RuleError, load_rules};
 
 fn errors(text: &[u8]) -> Vec<RuleError> {
@@ -157,10 +159,19 @@ fn non_utf8_files_are_rejected_with_the_line() {
 
 #[test]
 fn oversized_files_are_rejected_before_parsing() {
-    let options = LoadOptions { max_bytes: 1024, ..LoadOptions::default() };
+    let options = LoadOptions {
+        max_bytes: 1024,
+        ..LoadOptions::default()
+    };
     let big = format!("alerts:\n{}", "  # padding\n".repeat(200));
     let errs = load_rules("big.yaml", big.as_bytes(), &options).unwrap_err();
-    assert!(errs[0].message.contains("larger than the limit of 1024 bytes"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .message
+            .contains("larger than the limit of 1024 bytes"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
@@ -181,10 +192,16 @@ fn every_error_in_a_file_is_reported_not_just_the_first() {
     severity: low
 ";
     let errs = errors(text.as_bytes());
-    let summary: Vec<(usize, Option<&str>)> = errs.iter().map(|e| (e.line, e.rule.as_deref())).collect();
+    let summary: Vec<(usize, Option<&str>)> =
+        errs.iter().map(|e| (e.line, e.rule.as_deref())).collect();
     assert_eq!(
         summary,
-        vec![(3, Some("one")), (8, Some("two")), (9, Some("two")), (10, Some("two"))],
+        vec![
+            (3, Some("one")),
+            (8, Some("two")),
+            (9, Some("two")),
+            (10, Some("two"))
+        ],
         "{errs:#?}"
     );
 }
@@ -200,20 +217,47 @@ fn the_playbook_file_loads_unchanged_with_matrix_deadlines() {
                 r.name.as_str(),
                 r.severity.as_str(),
                 r.deadline.millis() / 1000,
-                r.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
+                r.actions
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
             )
         })
         .collect();
     assert_eq!(
         summary,
         vec![
-            ("Canary Error Rate High", "critical", 30, "auto_rollback".to_string()),
-            ("Canary Latency High", "high", 120, "notify_on_call".to_string()),
-            ("Canary Fairness Violation", "high", 120, "notify_ml_team".to_string()),
-            ("Canary Cost Overrun", "medium", 300, "notify_finops".to_string()),
+            (
+                "Canary Error Rate High",
+                "critical",
+                30,
+                "auto_rollback".to_string()
+            ),
+            (
+                "Canary Latency High",
+                "high",
+                120,
+                "notify_on_call".to_string()
+            ),
+            (
+                "Canary Fairness Violation",
+                "high",
+                120,
+                "notify_ml_team".to_string()
+            ),
+            (
+                "Canary Cost Overrun",
+                "medium",
+                300,
+                "notify_finops".to_string()
+            ),
         ]
     );
-    assert_eq!(rules[3].condition.variables(), ["canary_cost_per_request", "stable_cost_per_request"]);
+    assert_eq!(
+        rules[3].condition.variables(),
+        ["canary_cost_per_request", "stable_cost_per_request"]
+    );
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! The engine, table-driven: events in, transitions out, in event time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use canaryd_rules::event::{AlertEvent, AlertStatus, MetricEvent};
 use canaryd_rules::{
-    Engine, EngineConfig, Event, Ingested, LoadOptions, Output, Phase, RuleSet, Span, Timestamp, load_rules,
+    Engine, EngineConfig, Event, Ingested, LoadOptions, Output, Phase, RuleSet, Span, Timestamp,
+    load_rules,
 };
 
 const RULES: &str = r#"
@@ -29,15 +32,27 @@ alerts:
 fn engine(config: EngineConfig) -> Engine {
     let options = LoadOptions::default();
     let rules = load_rules("t.yaml", RULES.as_bytes(), &options).unwrap();
-    Engine::new(Arc::new(RuleSet::new(rules).unwrap()), &options.vocabulary, config)
+    Engine::new(
+        Arc::new(RuleSet::new(rules).unwrap()),
+        &options.vocabulary,
+        config,
+    )
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn metric(sec: i64, name: &str, value: f64, l: &[(&str, &str)]) -> Event {
-    Event::Metric(MetricEvent { ts: Timestamp(sec * 1000), name: name.into(), value, labels: labels(l) })
+    Event::Metric(MetricEvent {
+        ts: Timestamp(sec * 1000),
+        name: name.into(),
+        value,
+        labels: labels(l),
+    })
 }
 
 fn alert(sec: i64, status: AlertStatus, l: &[(&str, &str)]) -> Event {
@@ -71,7 +86,11 @@ fn run(engine: &mut Engine, events: &[Event]) -> Vec<String> {
                     )
                 }
                 Output::Stale { ts, subject } => {
-                    format!("{} stale {}", ts.millis() / 1000, subject.values().cloned().collect::<Vec<_>>().join("/"))
+                    format!(
+                        "{} stale {}",
+                        ts.millis() / 1000,
+                        subject.values().cloned().collect::<Vec<_>>().join("/")
+                    )
                 }
             });
         }
@@ -85,29 +104,44 @@ const T: &[(&str, &str)] = &[("model", "translator")];
 #[test]
 fn subjects_are_independent_and_fire_at_the_due_time() {
     let mut e = engine(EngineConfig::default());
-    let got = run(&mut e, &[
-        metric(0, "canary_error_rate", 0.07, S),
-        metric(10, "canary_error_rate", 0.01, T),
-        metric(200, "canary_error_rate", 0.08, T),
-        // No summarizer event after 0 s: its duration completes at 300 s,
-        // noticed when the watermark passes it.
-        metric(320, "canary_error_rate", 0.09, T),
-        metric(330, "canary_error_rate", 0.01, S),
-    ]);
-    assert_eq!(got, vec![
-        "0 Error Rate summarizer inactive->pending",
-        "200 Error Rate translator inactive->pending",
-        "300 Error Rate summarizer pending->firing",
-        "330 Error Rate summarizer firing->resolved",
-    ]);
+    let got = run(
+        &mut e,
+        &[
+            metric(0, "canary_error_rate", 0.07, S),
+            metric(10, "canary_error_rate", 0.01, T),
+            metric(200, "canary_error_rate", 0.08, T),
+            // No summarizer event after 0 s: its duration completes at 300 s,
+            // noticed when the watermark passes it.
+            metric(320, "canary_error_rate", 0.09, T),
+            metric(330, "canary_error_rate", 0.01, S),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            "0 Error Rate summarizer inactive->pending",
+            "200 Error Rate translator inactive->pending",
+            "300 Error Rate summarizer pending->firing",
+            "330 Error Rate summarizer firing->resolved",
+        ]
+    );
 }
 
 #[test]
 fn late_events_are_dropped_and_counted() {
-    let mut e = engine(EngineConfig { allowed_lateness: Span::seconds(30), ..EngineConfig::default() });
+    let mut e = engine(EngineConfig {
+        allowed_lateness: Span::seconds(30),
+        ..EngineConfig::default()
+    });
     let mut out = Vec::new();
-    assert_eq!(e.ingest(&metric(100, "canary_error_rate", 0.01, S), &mut out), Ingested::Applied);
-    assert_eq!(e.ingest(&metric(69, "canary_error_rate", 0.9, S), &mut out), Ingested::Late);
+    assert_eq!(
+        e.ingest(&metric(100, "canary_error_rate", 0.01, S), &mut out),
+        Ingested::Applied
+    );
+    assert_eq!(
+        e.ingest(&metric(69, "canary_error_rate", 0.9, S), &mut out),
+        Ingested::Late
+    );
     assert_eq!(e.stats().late, 1);
     assert!(out.is_empty());
 }
@@ -115,43 +149,68 @@ fn late_events_are_dropped_and_counted() {
 #[test]
 fn an_older_sample_within_lateness_does_not_replace_a_newer_one() {
     let mut e = engine(EngineConfig::default());
-    let got = run(&mut e, &[
-        metric(100, "canary_error_rate", 0.01, S),
-        metric(90, "canary_error_rate", 0.9, S),
-    ]);
+    let got = run(
+        &mut e,
+        &[
+            metric(100, "canary_error_rate", 0.01, S),
+            metric(90, "canary_error_rate", 0.9, S),
+        ],
+    );
     assert!(got.is_empty(), "{got:?}");
     assert_eq!(e.stats().out_of_order, 1);
 }
 
 #[test]
 fn stale_data_is_no_data_and_is_reported() {
-    let mut e = engine(EngineConfig { stale_after: Span::seconds(60), ..EngineConfig::default() });
-    let got = run(&mut e, &[
-        metric(0, "canary_error_rate", 0.07, S),
-        // Only translator talks from here on; summarizer's sample goes stale
-        // before its 5 minutes are up, so it must not fire.
-        metric(30, "canary_error_rate", 0.01, T),
-        metric(100, "canary_error_rate", 0.01, T),
-        metric(400, "canary_error_rate", 0.01, T),
-    ]);
-    assert_eq!(got, vec!["0 Error Rate summarizer inactive->pending", "100 stale summarizer"]);
+    let mut e = engine(EngineConfig {
+        stale_after: Span::seconds(60),
+        ..EngineConfig::default()
+    });
+    let got = run(
+        &mut e,
+        &[
+            metric(0, "canary_error_rate", 0.07, S),
+            // Only translator talks from here on; summarizer's sample goes stale
+            // before its 5 minutes are up, so it must not fire.
+            metric(30, "canary_error_rate", 0.01, T),
+            metric(100, "canary_error_rate", 0.01, T),
+            metric(400, "canary_error_rate", 0.01, T),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            "0 Error Rate summarizer inactive->pending",
+            "100 stale summarizer"
+        ]
+    );
     let state = e.alert("Error Rate", &labels(S)).unwrap();
-    assert_eq!(state.phase, Phase::Pending, "no data neither fires nor resolves");
+    assert_eq!(
+        state.phase,
+        Phase::Pending,
+        "no data neither fires nor resolves"
+    );
     assert_eq!(e.is_stale(&labels(S)), Some(true));
 }
 
 #[test]
 fn alert_events_drive_critical_errors() {
     let mut e = engine(EngineConfig::default());
-    let got = run(&mut e, &[
-        alert(10, AlertStatus::Firing, S),
-        alert(20, AlertStatus::Firing, S), // a repeat changes nothing
-        alert(50, AlertStatus::Resolved, S),
-    ]);
-    assert_eq!(got, vec![
-        "10 Critical Errors summarizer inactive->firing",
-        "50 Critical Errors summarizer firing->resolved",
-    ]);
+    let got = run(
+        &mut e,
+        &[
+            alert(10, AlertStatus::Firing, S),
+            alert(20, AlertStatus::Firing, S), // a repeat changes nothing
+            alert(50, AlertStatus::Resolved, S),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            "10 Critical Errors summarizer inactive->firing",
+            "50 Critical Errors summarizer firing->resolved",
+        ]
+    );
 }
 
 #[test]
@@ -159,29 +218,59 @@ fn group_by_makes_finer_subjects_and_needs_its_labels() {
     let mut e = engine(EngineConfig::default());
     let eu = &[("model", "summarizer"), ("region", "eu")];
     let us = &[("model", "summarizer"), ("region", "us")];
-    let got = run(&mut e, &[
-        metric(0, "stable_p95_latency", 1000.0, eu),
-        metric(0, "stable_p95_latency", 1000.0, us),
-        metric(1, "canary_p95_latency", 1300.0, eu),
-        metric(1, "canary_p95_latency", 1100.0, us),
-        metric(61, "canary_p95_latency", 1250.0, eu),
-    ]);
-    assert_eq!(got, vec![
-        "1 Regional Latency summarizer/eu inactive->pending",
-        "61 Regional Latency summarizer/eu pending->firing",
-    ]);
+    let got = run(
+        &mut e,
+        &[
+            metric(0, "stable_p95_latency", 1000.0, eu),
+            metric(0, "stable_p95_latency", 1000.0, us),
+            metric(1, "canary_p95_latency", 1300.0, eu),
+            metric(1, "canary_p95_latency", 1100.0, us),
+            metric(61, "canary_p95_latency", 1250.0, eu),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            "1 Regional Latency summarizer/eu inactive->pending",
+            "61 Regional Latency summarizer/eu pending->firing",
+        ]
+    );
     let mut out = Vec::new();
-    assert_eq!(e.ingest(&metric(70, "canary_p95_latency", 9999.0, S), &mut out), Ingested::Unmatched);
-    assert_eq!(e.ingest(&metric(70, "gpu_temperature", 80.0, S), &mut out), Ingested::Unused);
+    assert_eq!(
+        e.ingest(&metric(70, "canary_p95_latency", 9999.0, S), &mut out),
+        Ingested::Unmatched
+    );
+    assert_eq!(
+        e.ingest(&metric(70, "gpu_temperature", 80.0, S), &mut out),
+        Ingested::Unused
+    );
 }
 
 #[test]
 fn transitions_carry_the_evidence() {
     let mut e = engine(EngineConfig::default());
     let mut out = Vec::new();
-    e.ingest(&metric(0, "stable_p95_latency", 1000.0, &[("model", "m"), ("region", "eu")]), &mut out);
-    e.ingest(&metric(5, "canary_p95_latency", 1500.0, &[("model", "m"), ("region", "eu")]), &mut out);
-    let Some(Output::Transition(t)) = out.pop() else { panic!("{out:?}") };
+    e.ingest(
+        &metric(
+            0,
+            "stable_p95_latency",
+            1000.0,
+            &[("model", "m"), ("region", "eu")],
+        ),
+        &mut out,
+    );
+    e.ingest(
+        &metric(
+            5,
+            "canary_p95_latency",
+            1500.0,
+            &[("model", "m"), ("region", "eu")],
+        ),
+        &mut out,
+    );
+    let Some(Output::Transition(t)) = out.pop() else {
+        panic!("{out:?}")
+    };
     assert_eq!(t.values["canary_p95_latency"], 1500.0);
     assert_eq!(t.values["stable_p95_latency"], 1000.0);
     assert_eq!(t.active_since, Some(Timestamp(5000)));

@@ -1,11 +1,15 @@
 //! Properties: evaluation is deterministic, respects event order, and agrees
 //! with an independent model of "the condition held for the duration".
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use canaryd_rules::event::MetricEvent;
-use canaryd_rules::{Engine, EngineConfig, Event, LoadOptions, Output, RuleSet, Span, Timestamp, load_rules};
+use canaryd_rules::{
+    Engine, EngineConfig, Event, LoadOptions, Output, RuleSet, Span, Timestamp, load_rules,
+};
 use proptest::prelude::*;
 
 fn engine(hold_s: i64) -> Engine {
@@ -14,8 +18,15 @@ fn engine(hold_s: i64) -> Engine {
     );
     let options = LoadOptions::default();
     let rules = load_rules("p.yaml", text.as_bytes(), &options).unwrap();
-    let config = EngineConfig { stale_after: Span::seconds(1_000_000), allowed_lateness: Span::ZERO };
-    Engine::new(Arc::new(RuleSet::new(rules).unwrap()), &options.vocabulary, config)
+    let config = EngineConfig {
+        stale_after: Span::seconds(1_000_000),
+        allowed_lateness: Span::ZERO,
+    };
+    Engine::new(
+        Arc::new(RuleSet::new(rules).unwrap()),
+        &options.vocabulary,
+        config,
+    )
 }
 
 fn event(ts_s: i64, model: u8, value: f64) -> Event {
@@ -29,7 +40,14 @@ fn event(ts_s: i64, model: u8, value: f64) -> Event {
 
 /// (seconds since previous event, model, value)
 fn events() -> impl Strategy<Value = Vec<(i64, u8, f64)>> {
-    prop::collection::vec((0i64..120, 0u8..3, prop_oneof![Just(0.1), Just(0.9), 0.0f64..1.0]), 0..80)
+    prop::collection::vec(
+        (
+            0i64..120,
+            0u8..3,
+            prop_oneof![Just(0.1), Just(0.9), 0.0f64..1.0],
+        ),
+        0..80,
+    )
 }
 
 fn to_events(steps: &[(i64, u8, f64)]) -> Vec<Event> {
@@ -59,7 +77,11 @@ fn transitions(engine: &mut Engine, events: &[Event], ticks: &[i64]) -> Vec<(i64
         engine.ingest(e, &mut out);
         for o in out.drain(..) {
             if let Output::Transition(t) = o {
-                lines.push((t.ts.millis() / 1000, t.subject["model"].clone(), format!("{}->{}", t.from, t.to)));
+                lines.push((
+                    t.ts.millis() / 1000,
+                    t.subject["model"].clone(),
+                    format!("{}->{}", t.from, t.to),
+                ));
             }
         }
     }
@@ -142,7 +164,13 @@ fn oracle_with_watermark(mine: &[(i64, f64)], watermarks: &[i64], hold: i64) -> 
     out
 }
 
-fn oracle_step(run_start: &mut Option<i64>, fired: &mut bool, ts: i64, value: f64, hold: i64) -> Vec<(i64, String)> {
+fn oracle_step(
+    run_start: &mut Option<i64>,
+    fired: &mut bool,
+    ts: i64,
+    value: f64,
+    hold: i64,
+) -> Vec<(i64, String)> {
     let mut out = Vec::new();
     if value > 0.5 {
         if run_start.is_none() {
@@ -160,7 +188,15 @@ fn oracle_step(run_start: &mut Option<i64>, fired: &mut bool, ts: i64, value: f6
             *fired = true;
         }
     } else if run_start.take().is_some() {
-        out.push((ts, if *fired { "firing->resolved" } else { "pending->inactive" }.into()));
+        out.push((
+            ts,
+            if *fired {
+                "firing->resolved"
+            } else {
+                "pending->inactive"
+            }
+            .into(),
+        ));
         *fired = false;
     }
     out

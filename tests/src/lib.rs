@@ -66,7 +66,10 @@ pub fn assert_golden(name: &str, actual: &str) {
         .unwrap_or_else(|e| panic!("{}: {e} (create it with UPDATE_GOLDEN=1)", path.display()));
     if expected != actual {
         let diff = similar_lines(&expected, actual);
-        panic!("{} differs from the output (UPDATE_GOLDEN=1 to accept):\n{diff}", path.display());
+        panic!(
+            "{} differs from the output (UPDATE_GOLDEN=1 to accept):\n{diff}",
+            path.display()
+        );
     }
 }
 
@@ -78,7 +81,12 @@ fn similar_lines(expected: &str, actual: &str) -> String {
         match (e.get(i), a.get(i)) {
             (Some(x), Some(y)) if x == y => {}
             (x, y) => {
-                out.push_str(&format!("line {}:\n  - {}\n  + {}\n", i + 1, x.unwrap_or(&""), y.unwrap_or(&"")));
+                out.push_str(&format!(
+                    "line {}:\n  - {}\n  + {}\n",
+                    i + 1,
+                    x.unwrap_or(&""),
+                    y.unwrap_or(&"")
+                ));
             }
         }
     }

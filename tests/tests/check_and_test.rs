@@ -1,5 +1,7 @@
 //! `canaryd check` and `canaryd test`, through the binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 use canaryd_tests::{canaryd, repo, stderr, stdout};
 
 #[test]
@@ -11,10 +13,19 @@ fn the_examples_are_valid() {
         "deploy/examples/canaryd.yaml",
         "deploy/examples/canary-alerts.test.yaml",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let text = stdout(&out);
     assert!(text.contains("canary-alerts.yaml: ok, 4 rules"), "{text}");
-    assert!(text.contains("canaryd.yaml: ok, config with 8 rules from 2 files"), "{text}");
+    assert!(
+        text.contains("canaryd.yaml: ok, config with 8 rules from 2 files"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -26,12 +37,22 @@ fn check_lists_every_error_and_exits_1() {
         "alerts:\n  - name: a\n    condition: canary_eror_rate > 1\n    duration: 5m\n    severity: critical\n  - name: b\n    condition: canary_error_rate > 1\n    duration: soon\n    severity: critical\n",
     )
     .unwrap();
-    let out = canaryd(&["check", bad.to_str().unwrap(), "deploy/examples/canary-alerts.yaml"]);
+    let out = canaryd(&[
+        "check",
+        bad.to_str().unwrap(),
+        "deploy/examples/canary-alerts.yaml",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(text.contains("bad.yaml:3: rule \"a\": unknown variable `canary_eror_rate`; did you mean `canary_error_rate`?"), "{text}");
-    assert!(text.contains("bad.yaml:8: rule \"b\": `duration`: invalid duration \"soon\""), "{text}");
-    assert!(text.contains("canary-alerts.yaml: ok"), "the good file is still checked: {text}");
+    assert!(
+        text.contains("bad.yaml:8: rule \"b\": `duration`: invalid duration \"soon\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("canary-alerts.yaml: ok"),
+        "the good file is still checked: {text}"
+    );
 }
 
 #[test]
@@ -41,19 +62,31 @@ fn a_config_with_a_missing_rule_file_or_unknown_key_is_rejected() {
     std::fs::write(&config, "rules: [nope.yaml]\n").unwrap();
     let out = canaryd(&["check", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("nope.yaml: cannot read"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("nope.yaml: cannot read"),
+        "{}",
+        stdout(&out)
+    );
 
     std::fs::write(&config, "rules: [x.yaml]\ndry_rnu: true\n").unwrap();
     let out = canaryd(&["check", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("unknown field `dry_rnu`"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("unknown field `dry_rnu`"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn rule_tests_pass_on_the_examples() {
     let out = canaryd(&["test", "deploy/examples/canary-alerts.test.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(stdout(&out).contains("6 passed, 0 failed"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("6 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -85,8 +118,14 @@ tests:
     let out = canaryd(&["test", test.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("FAIL  expects a rollback that cannot happen"), "{text}");
-    assert!(text.contains("- expected firing {model=\"summarizer\"}"), "{text}");
+    assert!(
+        text.contains("FAIL  expects a rollback that cannot happen"),
+        "{text}"
+    );
+    assert!(
+        text.contains("- expected firing {model=\"summarizer\"}"),
+        "{text}"
+    );
     assert!(text.contains("+ got      (none)"), "{text}");
     assert!(text.contains("0 passed, 1 failed"), "{text}");
 }

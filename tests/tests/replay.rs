@@ -1,5 +1,7 @@
 //! `canaryd replay` on the built-in example, as the README's first command runs it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 use canaryd_tests::{assert_golden, canaryd, repo, stderr, stdout};
 use serde_json::Value;
 
@@ -7,12 +9,16 @@ const RULES: &str = "deploy/examples/canary-alerts.yaml";
 const EVENTS: &str = "deploy/examples/incident.jsonl";
 
 fn json_lines(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 #[test]
 fn the_example_incident_rolls_the_summarizer_back() {
-    let out = canaryd(&["replay", "--rules", RULES, "--events", EVENTS, "--output", "json"]);
+    let out = canaryd(&[
+        "replay", "--rules", RULES, "--events", EVENTS, "--output", "json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&stdout(&out));
     let actions: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "action").collect();
@@ -25,12 +31,21 @@ fn the_example_incident_rolls_the_summarizer_back() {
     assert_eq!(rollback["rule"], "Canary Error Rate High");
     // The spike starts at 12:06; the rule needs 5 minutes.
     assert_eq!(rollback["ts"], "2026-03-01T12:11:00.000Z");
-    assert!(rollback["evidence"]["values"]["canary_error_rate"].as_f64().unwrap() > 0.05);
+    assert!(
+        rollback["evidence"]["values"]["canary_error_rate"]
+            .as_f64()
+            .unwrap()
+            > 0.05
+    );
     assert_eq!(rollback["evidence"]["thresholds"][0]["value"], 0.05);
     // Every action follows the transition that caused it, at the same time.
     let firing = lines
         .iter()
-        .position(|l| l["kind"] == "transition" && l["to"] == "firing" && l["rule"] == "Canary Error Rate High")
+        .position(|l| {
+            l["kind"] == "transition"
+                && l["to"] == "firing"
+                && l["rule"] == "Canary Error Rate High"
+        })
         .unwrap();
     assert_eq!(lines[firing + 1]["kind"], "action");
     assert_eq!(lines[firing]["ts"], rollback["ts"]);
@@ -44,7 +59,9 @@ fn the_example_incident_rolls_the_summarizer_back() {
 
 #[test]
 fn json_output_matches_the_golden_file() {
-    let out = canaryd(&["replay", "--rules", RULES, "--events", EVENTS, "--output", "json"]);
+    let out = canaryd(&[
+        "replay", "--rules", RULES, "--events", EVENTS, "--output", "json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_golden("incident.json", &stdout(&out));
 }
@@ -73,7 +90,11 @@ fn malformed_lines_are_reported_skipped_and_change_no_decision() {
     let mut noisy = Vec::new();
     let mut expected_lines = Vec::new();
     let mut line_no = 0;
-    for (i, line) in clean.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+    for (i, line) in clean
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
         if i % 50 == 7 {
             let bad = &noise[(i / 50) % noise.len()];
             noisy.extend_from_slice(bad);
@@ -90,10 +111,16 @@ fn malformed_lines_are_reported_skipped_and_change_no_decision() {
     std::fs::write(&path, &noisy).unwrap();
 
     let decisions = |events: &str| {
-        let out = canaryd(&["replay", "--rules", RULES, "--events", events, "--output", "json"]);
+        let out = canaryd(&[
+            "replay", "--rules", RULES, "--events", events, "--output", "json",
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
         let lines = json_lines(&stdout(&out));
-        let kept: Vec<Value> = lines.iter().filter(|l| l["kind"] != "summary").cloned().collect();
+        let kept: Vec<Value> = lines
+            .iter()
+            .filter(|l| l["kind"] != "summary")
+            .cloned()
+            .collect();
         (kept, lines.last().cloned().unwrap(), stderr(&out))
     };
     let (clean_decisions, _, _) = decisions(EVENTS);
@@ -102,13 +129,24 @@ fn malformed_lines_are_reported_skipped_and_change_no_decision() {
     assert!(!clean_decisions.is_empty());
     assert_eq!(summary["malformed"], expected_lines.len());
     for n in &expected_lines {
-        assert!(diag.contains(&format!("line {n}: skipped: ")), "line {n} not reported in:\n{diag}");
+        assert!(
+            diag.contains(&format!("line {n}: skipped: ")),
+            "line {n} not reported in:\n{diag}"
+        );
     }
 }
 
 #[test]
 fn replay_with_a_config_applies_its_extra_rules() {
-    let out = canaryd(&["replay", "--config", "deploy/examples/canaryd.yaml", "--events", EVENTS, "--output", "json"]);
+    let out = canaryd(&[
+        "replay",
+        "--config",
+        "deploy/examples/canaryd.yaml",
+        "--events",
+        EVENTS,
+        "--output",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&stdout(&out));
     // The 20%-over-baseline latency criterion fires too (medium: reduce traffic).
@@ -124,5 +162,9 @@ fn replay_with_a_config_applies_its_extra_rules() {
 fn a_missing_events_file_is_a_clear_error() {
     let out = canaryd(&["replay", "--rules", RULES, "--events", "no/such/file.jsonl"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("no/such/file.jsonl"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no/such/file.jsonl"),
+        "{}",
+        stderr(&out)
+    );
 }
