@@ -59,6 +59,15 @@ pub fn check_file(path: &Path) -> Result<String, Vec<String>> {
         },
         FileKind::Config => {
             let config = Config::read(path).map_err(|e| e.lines())?;
+            if let Some(kafka) = &config.kafka {
+                let problems = kafka.problems();
+                if !problems.is_empty() {
+                    return Err(problems
+                        .into_iter()
+                        .map(|p| format!("{name}: {p}"))
+                        .collect());
+                }
+            }
             let options = LoadOptions {
                 vocabulary: canaryd_rules::Vocabulary::builtin()
                     .with_extra(config.variables.iter().cloned()),

@@ -49,6 +49,15 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the daemon: consume events from Kafka and act on firing rules.
+    Run {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// This replica's name in logs and audit records (default: host name and pid).
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Feed recorded events through the rules; every action is a dry run.
     Replay {
         /// Rule files (or use --config).
@@ -99,7 +108,80 @@ pub fn run(cli: Cli) -> ExitCode {
             events,
             output,
         } => run_replay(rules, config, events, output),
+        Command::Run { config, instance } => run_daemon(&config, instance),
     }
+}
+
+fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
+    let loaded = match Config::read(path).and_then(Config::load) {
+        Ok(l) => l,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::from(INVALID);
+        }
+    };
+    let instance = instance.unwrap_or_else(default_instance);
+    let live = match crate::live::Live::new(loaded, instance) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(INVALID);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(IO_ERROR);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let result = live.run(shutdown).await;
+        signals.abort();
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "canaryd stopped");
+            eprintln!("canaryd stopped: {e}");
+            ExitCode::from(IO_ERROR)
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for signals; stopping");
+        }
+    }
+    token.cancel();
+}
+
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "canaryd".into());
+    format!("{host}-{}", std::process::id())
 }
 
 fn run_check(files: &[PathBuf]) -> ExitCode {

@@ -26,6 +26,9 @@ pub struct Config {
     /// Site-specific metric names that conditions may use, beyond the built-in ones.
     #[serde(default)]
     pub variables: Vec<String>,
+    /// Where events come from; required by `canaryd run`.
+    #[serde(default)]
+    pub kafka: Option<crate::kafka::KafkaConfig>,
 }
 
 /// Why configuration could not be loaded. Every variant lists all it found.

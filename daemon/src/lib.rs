@@ -8,11 +8,21 @@
 //! - [`ruletest`]: `canaryd test`, promtool-style rule unit tests.
 //! - [`replay`]: `canaryd replay`, recorded events through the engine.
 //! - [`decide`]: from alert transitions to actions.
+//! - [`live`]: `canaryd run`, the Kafka consume loop.
+//! - [`kafka`]: Kafka settings and the consumer group context.
+//! - [`pipeline`]: the bounded action queue and its worker.
+//! - [`audit`]: transitions and outcomes published as JSON.
+//! - [`secret`]: values read inline, from the environment or from files.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod kafka;
+pub mod live;
+pub mod pipeline;
 pub mod replay;
 pub mod ruletest;
+pub mod secret;

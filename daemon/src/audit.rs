@@ -1,0 +1,62 @@
+//! The audit trail: transitions and action outcomes as JSON, published to
+//! a Kafka topic and always logged.
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Where audit records go. Cloning shares the producer.
+#[derive(Clone)]
+pub struct Audit {
+    sink: Option<(FutureProducer, String)>,
+    instance: String,
+}
+
+impl Audit {
+    /// Publishes to `topic` through `producer`.
+    pub fn kafka(producer: FutureProducer, topic: String, instance: String) -> Audit {
+        Audit {
+            sink: Some((producer, topic)),
+            instance,
+        }
+    }
+
+    /// Logs only.
+    pub fn log_only(instance: String) -> Audit {
+        Audit {
+            sink: None,
+            instance,
+        }
+    }
+
+    /// Publishes one record keyed by `key`. Waits for the broker's
+    /// acknowledgement, retrying; a record that cannot be delivered within a
+    /// minute is logged in full, so it is never silently lost.
+    pub async fn publish(&self, key: &str, mut record: serde_json::Value) {
+        if let Some(map) = record.as_object_mut() {
+            map.insert("instance".into(), self.instance.clone().into());
+        }
+        let Some((producer, topic)) = &self.sink else {
+            return;
+        };
+        let payload = record.to_string();
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=8 {
+            let sent = producer
+                .send(
+                    FutureRecord::to(topic).key(key).payload(&payload),
+                    Duration::from_secs(5),
+                )
+                .await;
+            match sent {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, attempt, topic = %topic, "audit record not delivered; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::error!(topic = %topic, record = %payload, "audit record could not be delivered");
+    }
+}

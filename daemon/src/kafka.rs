@@ -1,0 +1,205 @@
+//! Kafka settings and clients: the consumer group, and the producer used
+//! for dead letters and the audit topic.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+
+use canaryd_rules::Span;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::secret;
+
+/// `kafka:` in the config file.
+///
+/// Producers must key events by subject (the model), so that canary and
+/// stable events for one model land in one partition and so meet in one
+/// replica of the consumer group.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `kafka-0:9092,kafka-1:9092`.
+    pub brokers: String,
+    /// The consumer group; replicas with the same id split the partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topics carrying events.
+    pub topics: Vec<String>,
+    /// Where malformed messages go, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// Where transitions and action outcomes are published as JSON.
+    #[serde(default)]
+    pub audit_topic: Option<String>,
+    /// Extra librdkafka properties, passed through: `security.protocol`,
+    /// `sasl.*`, `ssl.*`, ... Secrets must come from `{env: NAME}` or `{file: PATH}`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, secret::Value>,
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch. Small
+    /// values cut decision latency; some brokers hold every fetch this long.
+    #[serde(default = "default_fetch_wait")]
+    pub fetch_wait_max: Span,
+    /// How often stored offsets are committed (and always on shutdown).
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: Span,
+    /// How long the group waits for a silent replica before moving its partitions.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout: Span,
+}
+
+fn default_group() -> String {
+    "canaryd".into()
+}
+fn default_fetch_wait() -> Span {
+    Span(5)
+}
+fn default_commit_interval() -> Span {
+    Span::seconds(1)
+}
+fn default_session_timeout() -> Span {
+    Span::seconds(10)
+}
+
+/// Properties canaryd sets itself, and the setting that controls each.
+const MANAGED: [(&str, &str); 8] = [
+    ("bootstrap.servers", "kafka.brokers"),
+    ("group.id", "kafka.group_id"),
+    (
+        "enable.auto.commit",
+        "nothing: canaryd commits only processed events",
+    ),
+    (
+        "enable.auto.offset.store",
+        "nothing: canaryd commits only processed events",
+    ),
+    ("auto.commit.interval.ms", "kafka.commit_interval"),
+    ("fetch.wait.max.ms", "kafka.fetch_wait_max"),
+    ("session.timeout.ms", "kafka.session_timeout"),
+    ("enable.partition.eof", "nothing"),
+];
+
+impl KafkaConfig {
+    /// Every problem with these settings, for `canaryd check`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.brokers.trim().is_empty() {
+            out.push("kafka.brokers is empty".to_string());
+        }
+        if self.topics.is_empty() {
+            out.push("kafka.topics must list at least one topic".to_string());
+        }
+        if self.topics.contains(&self.dead_letter_topic) {
+            out.push("kafka.dead_letter_topic must not be one of kafka.topics".to_string());
+        }
+        for (key, value) in &self.properties {
+            if let Some((_, instead)) = MANAGED.iter().find(|(k, _)| k == key) {
+                out.push(format!(
+                    "kafka.properties.{key} is set by canaryd; use {instead}"
+                ));
+            } else if secret::is_secret_key(key) && value.is_inline() {
+                out.push(format!(
+                    "kafka.properties.{key} looks like a secret: give it as {{env: NAME}} or {{file: PATH}}, not inline"
+                ));
+            }
+        }
+        out
+    }
+
+    /// Properties shared by the consumer and the producer, secrets resolved.
+    fn common(&self) -> Result<ClientConfig, String> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            let resolved = value
+                .resolve()
+                .map_err(|e| format!("kafka.properties.{key}: {e}"))?;
+            config.set(key, resolved);
+        }
+        Ok(config)
+    }
+
+    /// The consumer's configuration: offsets are stored by canaryd after an
+    /// event is processed, then committed in the background and on shutdown.
+    pub fn consumer_config(&self) -> Result<ClientConfig, String> {
+        let mut config = self.common()?;
+        config
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.commit.interval.ms",
+                self.commit_interval.millis().max(1).to_string(),
+            )
+            .set(
+                "fetch.wait.max.ms",
+                self.fetch_wait_max.millis().max(0).to_string(),
+            )
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.millis().max(1).to_string(),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        Ok(config)
+    }
+
+    /// The producer's configuration: idempotent, acknowledged by all replicas.
+    pub fn producer_config(&self) -> Result<ClientConfig, String> {
+        let mut config = self.common()?;
+        config
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "30000");
+        Ok(config)
+    }
+}
+
+/// A partition assignment change, sent from librdkafka's callback to the
+/// consume loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Assignment {
+    /// These partitions are now ours: start their state fresh.
+    Assigned(Vec<(String, i32)>),
+    /// These partitions are no longer ours: drop their state.
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Consumer context that reports rebalances to the consume loop.
+pub struct GroupContext {
+    /// Where assignment changes go; the loop drains it before each message.
+    pub events: mpsc::Sender<Assignment>,
+}
+
+impl ClientContext for GroupContext {}
+
+fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Commit what was processed before the partitions move on.
+            use rdkafka::consumer::Consumer;
+            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                tracing::debug!(error = %e, "no offsets to commit before revocation");
+            }
+            // The loop is gone only during shutdown, when state is dropped anyway.
+            let _ = self.events.send(Assignment::Revoked(list(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let _ = self.events.send(Assignment::Assigned(list(tpl)));
+            }
+            Rebalance::Error(e) => tracing::error!(error = %e, "consumer group rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! `canaryd run`: consume events from Kafka as part of a consumer group,
+//! evaluate rules per partition in event time, and hand actions to the
+//! pipeline. At least once: an offset is stored only after its event has
+//! been evaluated and its actions accepted (or it was dead-lettered).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use canaryd_connectors::DryRun;
+use canaryd_rules::{Engine, Ingested, Output, Timestamp, decode};
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Audit;
+use crate::config::Loaded;
+use crate::decide::actions_for;
+use crate::kafka::{Assignment, GroupContext, KafkaConfig};
+use crate::pipeline::Pipeline;
+
+/// Why live mode stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config has no `kafka:` section or it is invalid.
+    #[error("config: {0}")]
+    Config(String),
+    /// A Kafka client could not be created or subscribed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The action pipeline's worker panicked.
+    #[error("action pipeline failed: {0}")]
+    Pipeline(String),
+}
+
+/// Counters for logs (and, later, metrics).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Messages consumed.
+    pub consumed: AtomicU64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Events dropped as late.
+    pub late: AtomicU64,
+    /// Alert transitions.
+    pub transitions: AtomicU64,
+    /// Actions accepted by the pipeline.
+    pub actions: AtomicU64,
+}
+
+/// One assigned partition's evaluation state.
+struct PartitionState {
+    engine: Engine,
+    /// Wall-clock time of the last event, to move an idle partition's event
+    /// time forward at wall-clock speed.
+    last_event_at: Instant,
+    /// The watermark right after that event.
+    watermark_then: Option<Timestamp>,
+}
+
+/// The running daemon's consume loop.
+pub struct Live {
+    loaded: Loaded,
+    kafka: KafkaConfig,
+    instance: String,
+    /// Counters, shared with whoever reports them.
+    pub stats: Arc<LiveStats>,
+    tick: Duration,
+}
+
+impl Live {
+    /// Prepares live mode from a loaded config; fails if it has no `kafka:`.
+    pub fn new(loaded: Loaded, instance: String) -> Result<Live, RunError> {
+        let kafka = loaded
+            .config
+            .kafka
+            .clone()
+            .ok_or_else(|| RunError::Config("`kafka:` is required for `canaryd run`".into()))?;
+        let problems = kafka.problems();
+        if !problems.is_empty() {
+            return Err(RunError::Config(problems.join("; ")));
+        }
+        Ok(Live {
+            loaded,
+            kafka,
+            instance,
+            stats: Arc::new(LiveStats::default()),
+            tick: Duration::from_secs(1),
+        })
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains the pipeline and
+    /// commits offsets.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
+        let (assign_tx, assign_rx) = mpsc::channel();
+        let consumer: StreamConsumer<GroupContext> = self
+            .kafka
+            .consumer_config()
+            .map_err(RunError::Config)?
+            .create_with_context(GroupContext { events: assign_tx })?;
+        let topics: Vec<&str> = self.kafka.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let producer: FutureProducer = self
+            .kafka
+            .producer_config()
+            .map_err(RunError::Config)?
+            .create()?;
+        let audit = match &self.kafka.audit_topic {
+            Some(topic) => Audit::kafka(producer.clone(), topic.clone(), self.instance.clone()),
+            None => Audit::log_only(self.instance.clone()),
+        };
+        if !self.loaded.config.dry_run {
+            tracing::warn!(
+                "no action connectors are available yet: every action is recorded as a dry run"
+            );
+        }
+        let (pipeline, worker) = Pipeline::start(Arc::new(DryRun::new()), 1024, audit.clone());
+        tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded.rules.len(), "consuming");
+
+        let mut partitions: HashMap<(String, i32), PartitionState> = HashMap::new();
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outputs = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                message = consumer.recv() => {
+                    self.rebalanced(&assign_rx, &mut partitions);
+                    let message = match message {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consume error");
+                            continue;
+                        }
+                    };
+                    self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+                    let (topic, partition, offset) = (message.topic().to_string(), message.partition(), message.offset());
+                    let event = match message.payload().map(decode) {
+                        Some(Ok(event)) => event,
+                        failed => {
+                            let (reason, detail) = match failed {
+                                Some(Err(e)) => (e.kind.as_str(), e.message),
+                                _ => ("missing_payload", "message has no payload".to_string()),
+                            };
+                            if !self.dead_letter(&producer, &message, reason, &detail, &shutdown).await {
+                                break; // shutting down; the message will be redelivered
+                            }
+                            self.store(&consumer, &topic, partition, offset);
+                            continue;
+                        }
+                    };
+                    let state = partitions.entry((topic.clone(), partition)).or_insert_with(|| self.fresh_state());
+                    if state.engine.ingest(&event, &mut outputs) == Ingested::Late {
+                        self.stats.late.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(topic = %topic, partition, offset, "late event dropped");
+                    }
+                    state.last_event_at = Instant::now();
+                    state.watermark_then = state.engine.watermark();
+                    if !self.dispatch(&mut outputs, &pipeline, &audit, partition).await {
+                        break;
+                    }
+                    self.store(&consumer, &topic, partition, offset);
+                }
+                _ = tick.tick() => {
+                    self.rebalanced(&assign_rx, &mut partitions);
+                    let mut ok = true;
+                    for state in partitions.values_mut() {
+                        // An idle partition's event time moves at wall-clock speed,
+                        // so durations complete and silence shows without events.
+                        if let Some(wm) = state.watermark_then {
+                            let idle = state.last_event_at.elapsed().as_millis() as i64;
+                            state.engine.advance(Timestamp(wm.0.saturating_add(idle)), &mut outputs);
+                        }
+                        ok &= self.dispatch(&mut outputs, &pipeline, &audit, -1).await;
+                    }
+                    if !ok {
+                        break;
+                    }
+                }
+            }
+        }
+
+        tracing::info!("shutting down: draining actions and committing offsets");
+        drop(pipeline);
+        let drained = worker.await;
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final offset commit failed; uncommitted events will be redelivered")
+            }
+        }
+        tracing::info!(
+            consumed = self.stats.consumed.load(Ordering::Relaxed),
+            dead_lettered = self.stats.dead_lettered.load(Ordering::Relaxed),
+            late = self.stats.late.load(Ordering::Relaxed),
+            transitions = self.stats.transitions.load(Ordering::Relaxed),
+            actions = self.stats.actions.load(Ordering::Relaxed),
+            "stopped"
+        );
+        drained.map_err(|e| RunError::Pipeline(e.to_string()))
+    }
+
+    fn fresh_state(&self) -> PartitionState {
+        PartitionState {
+            engine: Engine::new(
+                self.loaded.rules.clone(),
+                &self.loaded.vocabulary,
+                self.loaded.config.engine.clone(),
+            ),
+            last_event_at: Instant::now(),
+            watermark_then: None,
+        }
+    }
+
+    /// Applies assignment changes: revoked partitions lose their state,
+    /// assigned ones start fresh.
+    fn rebalanced(
+        &self,
+        rx: &mpsc::Receiver<Assignment>,
+        partitions: &mut HashMap<(String, i32), PartitionState>,
+    ) {
+        while let Ok(change) = rx.try_recv() {
+            match change {
+                Assignment::Assigned(list) => {
+                    tracing::info!(instance = %self.instance, partitions = ?list, "partitions assigned");
+                    for tp in list {
+                        partitions.insert(tp, self.fresh_state());
+                    }
+                }
+                Assignment::Revoked(list) => {
+                    tracing::info!(instance = %self.instance, partitions = ?list, "partitions revoked");
+                    for tp in list {
+                        partitions.remove(&tp);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes transitions and submits their actions. False once the
+    /// pipeline has closed.
+    async fn dispatch(
+        &self,
+        outputs: &mut Vec<Output>,
+        pipeline: &Pipeline,
+        audit: &Audit,
+        partition: i32,
+    ) -> bool {
+        for output in outputs.drain(..) {
+            match output {
+                Output::Stale { ts, subject } => {
+                    tracing::warn!(subject = ?subject, %ts, "subject has no fresh data");
+                    audit
+                        .publish(
+                            "stale",
+                            json!({"kind": "stale", "ts": ts, "subject": subject}),
+                        )
+                        .await;
+                }
+                Output::Transition(t) => {
+                    self.stats.transitions.fetch_add(1, Ordering::Relaxed);
+                    let Some(rule) = self.loaded.rules.rules().get(t.rule) else {
+                        continue;
+                    };
+                    tracing::info!(rule = %rule.name, subject = ?t.subject, from = %t.from, to = %t.to, ts = %t.ts, values = ?t.values, "alert transition");
+                    audit
+                        .publish(&rule.name, json!({
+                            "kind": "transition", "ts": t.ts, "rule": rule.name, "subject": t.subject,
+                            "from": t.from, "to": t.to, "severity": rule.severity, "values": t.values,
+                            "partition": partition,
+                        }))
+                        .await;
+                    for action in actions_for(&t, &self.loaded.rules, self.loaded.config.dry_run) {
+                        if pipeline.submit(action).await.is_err() {
+                            return false;
+                        }
+                        self.stats.actions.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn store(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) {
+        // Fails only if the partition was revoked meanwhile; its new owner
+        // will then process the event again, which is at-least-once.
+        if let Err(e) = consumer.store_offset(topic, partition, offset) {
+            tracing::debug!(error = %e, topic, partition, offset, "offset not stored");
+        }
+    }
+
+    /// Sends a malformed message to the dead-letter topic, retrying until it
+    /// is delivered. False if shutdown came first.
+    async fn dead_letter(
+        &self,
+        producer: &FutureProducer,
+        message: &rdkafka::message::BorrowedMessage<'_>,
+        reason: &str,
+        detail: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        tracing::warn!(topic = message.topic(), partition = %partition, offset = %offset, reason, detail, "malformed message dead-lettered");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "canaryd-reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "canaryd-error",
+                value: Some(detail),
+            })
+            .insert(Header {
+                key: "canaryd-source-topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "canaryd-source-partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "canaryd-source-offset",
+                value: Some(&offset),
+            });
+        let payload = message.payload().unwrap_or_default();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.kafka.dead_letter_topic)
+                .payload(payload)
+                .headers(headers.clone());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            match producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err((e, _)) => {
+                    tracing::error!(error = %e, topic = %self.kafka.dead_letter_topic, "dead letter not delivered; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
