@@ -34,6 +34,60 @@ pub async fn send(
     }
 }
 
+/// Sends many messages to one partition, in order, then waits for all.
+pub async fn send_all(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    messages: &[(String, Vec<u8>)],
+) {
+    let mut pending = Vec::with_capacity(messages.len());
+    for (key, payload) in messages {
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(key.as_str())
+            .payload(payload.as_slice());
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => panic!("enqueue to {topic}/{partition}: {e}"),
+        }
+        // Keep librdkafka's queue from filling up.
+        if pending.len() >= 5_000 {
+            for d in pending.drain(..) {
+                await_delivery(d).await;
+            }
+        }
+    }
+    for d in pending {
+        await_delivery(d).await;
+    }
+}
+
+async fn await_delivery(d: rdkafka::producer::DeliveryFuture) {
+    match d.await {
+        Ok(Ok(_)) => {}
+        Ok(Err((e, _))) => panic!("delivery failed: {e}"),
+        Err(_) => panic!("delivery cancelled"),
+    }
+}
+
+/// The committed offset of `group` on `topic`/`partition`, if any.
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap_or_else(|e| panic!("consumer: {e}"));
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("committed offsets: {e}"));
+    got.find_partition(topic, partition)
+        .and_then(|e| e.offset().to_raw())
+}
+
 /// One consumed record.
 #[derive(Clone, Debug)]
 pub struct Record {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use canaryd_tests::kafka::{Record, producer, read_until, send};
+use canaryd_tests::kafka::{Record, producer, read_until, send, send_all};
 use canaryd_tests::tansu::Tansu;
 use canaryd_tests::{Daemon, repo};
 use serde_json::Value;
@@ -165,4 +165,226 @@ async fn malformed_messages_are_dead_lettered_with_their_reason() {
                 .is_some_and(|e| !e.is_empty())
         );
     }
+}
+
+/// A small deterministic generator, so failures reproduce.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// Ten thousand kinds of garbage: random bytes, truncated events, wrong
+/// types, bad times, negative latencies, unknown types, empty payloads.
+fn malformed(rng: &mut Lcg, valid: &str) -> Vec<u8> {
+    match rng.next() % 8 {
+        0 => (0..(rng.next() % 64)).map(|_| rng.next() as u8).collect(),
+        1 => valid.as_bytes()[..(rng.next() as usize % valid.len().max(1))].to_vec(),
+        2 => valid.replace("\"value\":", "\"value\":\"").into_bytes(),
+        3 => valid.replace("2026-03-01T", "2026-03-01 noon ").into_bytes(),
+        4 => br#"{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"summarizer","version":"v","track":"canary","latency_ms":-3,"error":false}"#.to_vec(),
+        5 => br#"{"type":"histogram","ts":"2026-03-01T12:00:00Z"}"#.to_vec(),
+        6 => valid.replace("\"name\"", "\"nom\"").into_bytes(),
+        _ => b"[]".to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_malformed_messages_change_no_decision_and_offsets_advance() {
+    let broker = start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = "canaryd-noise";
+    let cfg = config(dir.path(), &broker.bootstrap(), group);
+    let mut daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path().join("canaryd.log"),
+    );
+    assert!(
+        daemon.wait_for_log("partitions assigned", WAIT),
+        "{}",
+        daemon.log_text()
+    );
+
+    let valid = incident_lines();
+    let mut rng = Lcg(42);
+    let mut messages = Vec::new();
+    let mut noise = 0;
+    for (i, line) in valid.iter().enumerate() {
+        // 10,000 malformed messages spread among the 714 valid ones.
+        let burst = 10_000 / valid.len() + usize::from(i < 10_000 % valid.len());
+        for _ in 0..burst {
+            messages.push(("noise".to_string(), malformed(&mut rng, line)));
+            noise += 1;
+        }
+        messages.push((model_of(line), line.clone().into_bytes()));
+    }
+    assert_eq!(noise, 10_000);
+    send_all(&producer(&broker.bootstrap()), "events", 0, &messages).await;
+
+    let dlq = read_until(&broker.bootstrap(), "events-dlq", WAIT, |r| {
+        r.len() >= noise
+    });
+    assert_eq!(dlq.len(), noise, "{}", daemon.log_text());
+    let reasons = [
+        "not_json",
+        "missing_field",
+        "wrong_type",
+        "bad_time",
+        "bad_value",
+    ];
+    assert!(dlq.iter().all(|r| {
+        r.header("canaryd-reason")
+            .is_some_and(|h| reasons.contains(&h))
+    }));
+
+    // Decided exactly as the replay of the clean events decides.
+    let expected: Vec<(String, String, String, String)> = {
+        let out = canaryd_tests::canaryd(&[
+            "replay",
+            "--rules",
+            "deploy/examples/canary-alerts.yaml",
+            "--events",
+            "deploy/examples/incident.jsonl",
+            "--output",
+            "json",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["kind"] == "transition")
+            .map(|v| key(&v))
+            .collect()
+    };
+    let last_ts = "2026-03-01T12:25:00.000Z";
+    let audit = read_until(&broker.bootstrap(), "canaryd-audit", WAIT, |r| {
+        of_kind(r, "transition").len() >= expected.len()
+    });
+    let got: Vec<(String, String, String, String)> = of_kind(&audit, "transition")
+        .iter()
+        .filter(|v| v["ts"].as_str().unwrap() <= last_ts)
+        .map(key)
+        .collect();
+    assert_eq!(got, expected);
+
+    // Graceful stop commits the offsets of everything processed.
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(WAIT), Some(0), "{}", daemon.log_text());
+    let committed = canaryd_tests::kafka::committed(&broker.bootstrap(), group, "events", 0);
+    assert_eq!(
+        committed,
+        Some(messages.len() as i64),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+fn key(v: &Value) -> (String, String, String, String) {
+    (
+        v["ts"].as_str().unwrap().to_string(),
+        v["rule"].as_str().unwrap().to_string(),
+        v["subject"]["model"].as_str().unwrap().to_string(),
+        format!(
+            "{}->{}",
+            v["from"].as_str().unwrap(),
+            v["to"].as_str().unwrap()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_split_the_partitions_and_a_survivor_takes_over() {
+    let broker = start(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &broker.bootstrap(), "canaryd-group");
+    let cfg = cfg.to_str().unwrap();
+    let a = Daemon::spawn(
+        &["run", "--config", cfg, "--instance", "replica-a"],
+        dir.path().join("a.log"),
+    );
+    assert!(
+        a.wait_for_log("partitions assigned", WAIT),
+        "{}",
+        a.log_text()
+    );
+    let b = Daemon::spawn(
+        &["run", "--config", cfg, "--instance", "replica-b"],
+        dir.path().join("b.log"),
+    );
+    assert!(
+        b.wait_for_log("partitions assigned", WAIT),
+        "{}",
+        b.log_text()
+    );
+    assert!(
+        a.wait_for_log("partitions revoked", WAIT),
+        "a keeps everything: {}",
+        a.log_text()
+    );
+
+    // One model per partition, each with an error spike held for 5 minutes.
+    let p = producer(&broker.bootstrap());
+    let spike = |model: &str, hour: u32| {
+        [0, 5].map(|minute| {
+            format!(
+                r#"{{"type":"metric","ts":"2026-03-01T{hour:02}:{minute:02}:00Z","name":"canary_error_rate","value":0.2,"labels":{{"model":"{model}"}}}}"#
+            )
+        })
+    };
+    for partition in 0..4 {
+        let model = format!("first-{partition}");
+        for line in spike(&model, 13) {
+            send(&p, "events", partition, &model, line.as_bytes()).await;
+        }
+    }
+    let firing = |r: &[Record], prefix: &str| -> Vec<Value> {
+        of_kind(r, "transition")
+            .into_iter()
+            .filter(|t| {
+                t["to"] == "firing" && t["subject"]["model"].as_str().unwrap().starts_with(prefix)
+            })
+            .collect()
+    };
+    let audit = read_until(&broker.bootstrap(), "canaryd-audit", WAIT, |r| {
+        firing(r, "first-").len() >= 4
+    });
+    let first = firing(&audit, "first-");
+    assert_eq!(first.len(), 4, "a: {}\nb: {}", a.log_text(), b.log_text());
+    let instances: std::collections::BTreeSet<&str> = first
+        .iter()
+        .map(|t| t["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        instances,
+        ["replica-a", "replica-b"].into(),
+        "both replicas work: {first:?}"
+    );
+
+    // Kill one replica outright; the survivor must take all four partitions.
+    a.signal("KILL");
+    let taken = b.log_text().matches("partitions assigned").count();
+    let start = std::time::Instant::now();
+    while b.log_text().matches("partitions assigned").count() == taken && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for partition in 0..4 {
+        let model = format!("second-{partition}");
+        for line in spike(&model, 14) {
+            send(&p, "events", partition, &model, line.as_bytes()).await;
+        }
+    }
+    let audit = read_until(&broker.bootstrap(), "canaryd-audit", WAIT, |r| {
+        firing(r, "second-").len() >= 4
+    });
+    let second = firing(&audit, "second-");
+    assert_eq!(second.len(), 4, "b: {}", b.log_text());
+    assert!(
+        second.iter().all(|t| t["instance"] == "replica-b"),
+        "{second:?}"
+    );
 }
