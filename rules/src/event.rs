@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::time::Timestamp;
 
 /// One decoded event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event {
     /// A metric sample that sets a variable for a subject.
@@ -31,17 +31,15 @@ impl Event {
 }
 
 /// `{"type":"metric","ts":…,"name":"canary_error_rate","value":0.06,"labels":{"model":"summarizer"}}`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MetricEvent {
     /// Event time.
     pub ts: Timestamp,
     /// The variable it sets, e.g. `canary_error_rate`.
     pub name: String,
     /// The value; must be finite.
-    #[serde(deserialize_with = "finite")]
     pub value: f64,
     /// Labels; those in a rule's `group_by` pick the subject.
-    #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -56,7 +54,7 @@ pub enum AlertStatus {
 }
 
 /// `{"type":"alert","ts":…,"name":"OOMKilled","status":"firing","severity":"critical","labels":{…}}`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AlertEvent {
     /// Event time.
     pub ts: Timestamp,
@@ -65,13 +63,10 @@ pub struct AlertEvent {
     /// Firing or resolved.
     pub status: AlertStatus,
     /// Free text; `critical` counts towards `critical_errors`.
-    #[serde(default)]
     pub severity: Option<String>,
     /// Labels; those in a rule's `group_by` pick the subject.
-    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Free-form annotations, carried along.
-    #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -104,7 +99,7 @@ pub enum Track {
 }
 
 /// `{"type":"inference","ts":…,"model":"summarizer","version":"v2.1.0","track":"canary","latency_ms":812.5,"error":false,…}`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct InferenceEvent {
     /// Event time.
     pub ts: Timestamp,
@@ -115,21 +110,16 @@ pub struct InferenceEvent {
     /// Canary or stable.
     pub track: Track,
     /// Latency in milliseconds; finite and non-negative.
-    #[serde(deserialize_with = "non_negative")]
     pub latency_ms: f64,
     /// Whether the request failed.
     pub error: bool,
     /// Cost in USD, when known.
-    #[serde(default, deserialize_with = "opt_non_negative")]
     pub cost_usd: Option<f64>,
     /// Protected group for fairness metrics.
-    #[serde(default)]
     pub group: Option<String>,
     /// Binary prediction: 1/true is the positive outcome.
-    #[serde(default, deserialize_with = "opt_binary")]
     pub prediction: Option<bool>,
     /// Ground-truth label, when known: 1/true is positive.
-    #[serde(default, deserialize_with = "opt_binary")]
     pub label: Option<bool>,
 }
 
@@ -174,27 +164,142 @@ pub struct DecodeError {
 }
 
 /// Decodes one event.
+///
+/// One pass into a flat record with borrowed strings, then checked by
+/// type: internally tagged serde enums buffer every field first, which
+/// costs more than the rest of evaluation.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let message = e.to_string();
-        let kind = match e.classify() {
-            serde_json::error::Category::Syntax
-            | serde_json::error::Category::Eof
-            | serde_json::error::Category::Io => DecodeErrorKind::NotJson,
-            serde_json::error::Category::Data => {
-                if message.starts_with("missing field") {
-                    DecodeErrorKind::MissingField
-                } else if message.contains("invalid timestamp") {
-                    DecodeErrorKind::BadTime
-                } else if message.contains(OUT_OF_RANGE) {
-                    DecodeErrorKind::BadValue
-                } else {
-                    DecodeErrorKind::WrongType
-                }
-            }
-        };
-        DecodeError { kind, message }
-    })
+    let raw: Raw<'_> = serde_json::from_slice(bytes).map_err(classify)?;
+    let missing = |field: &str| DecodeError {
+        kind: DecodeErrorKind::MissingField,
+        message: format!("missing field `{field}`"),
+    };
+    let kind = raw.kind.ok_or_else(|| missing("type"))?;
+    let ts = raw.ts.ok_or_else(|| missing("ts"))?;
+    let ts = Timestamp::parse_rfc3339(&ts).map_err(|e| DecodeError {
+        kind: DecodeErrorKind::BadTime,
+        message: e.to_string(),
+    })?;
+    let text = |v: Option<std::borrow::Cow<'_, str>>, field: &str| {
+        v.map(|c| c.into_owned()).ok_or_else(|| missing(field))
+    };
+    match &*kind {
+        "metric" => Ok(Event::Metric(MetricEvent {
+            ts,
+            name: text(raw.name, "name")?,
+            value: raw.value.ok_or_else(|| missing("value"))?.0,
+            labels: raw.labels.unwrap_or_default(),
+        })),
+        "alert" => Ok(Event::Alert(AlertEvent {
+            ts,
+            name: text(raw.name, "name")?,
+            status: raw.status.ok_or_else(|| missing("status"))?,
+            severity: raw.severity.map(|c| c.into_owned()),
+            labels: raw.labels.unwrap_or_default(),
+            annotations: raw.annotations.unwrap_or_default(),
+        })),
+        "inference" => Ok(Event::Inference(InferenceEvent {
+            ts,
+            model: text(raw.model, "model")?,
+            version: text(raw.version, "version")?,
+            track: raw.track.ok_or_else(|| missing("track"))?,
+            latency_ms: raw.latency_ms.ok_or_else(|| missing("latency_ms"))?.0,
+            error: raw.error.ok_or_else(|| missing("error"))?,
+            cost_usd: raw.cost_usd.map(|c| c.0),
+            group: raw.group.map(|c| c.into_owned()),
+            prediction: raw.prediction.map(|b| b.0),
+            label: raw.label.map(|b| b.0),
+        })),
+        other => Err(DecodeError {
+            kind: DecodeErrorKind::WrongType,
+            message: format!(
+                "unknown event type `{}`: expected metric, alert or inference",
+                other.chars().take(64).collect::<String>()
+            ),
+        }),
+    }
+}
+
+fn classify(e: serde_json::Error) -> DecodeError {
+    use serde_json::error::Category;
+    let message = e.to_string();
+    let kind = match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => DecodeErrorKind::NotJson,
+        Category::Data if message.contains(OUT_OF_RANGE) => DecodeErrorKind::BadValue,
+        Category::Data => DecodeErrorKind::WrongType,
+    };
+    DecodeError { kind, message }
+}
+
+/// Every field of every event type; `decode` checks which are required.
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ts: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    value: Option<Finite>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    status: Option<AlertStatus>,
+    #[serde(borrow, default)]
+    severity: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    track: Option<Track>,
+    #[serde(default)]
+    latency_ms: Option<NonNegative>,
+    #[serde(default)]
+    error: Option<bool>,
+    #[serde(default)]
+    cost_usd: Option<NonNegative>,
+    #[serde(borrow, default)]
+    group: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    prediction: Option<Binary>,
+    #[serde(default)]
+    label: Option<Binary>,
+}
+
+/// A finite number.
+struct Finite(f64);
+
+impl<'de> Deserialize<'de> for Finite {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        finite(d).map(Finite)
+    }
+}
+
+/// A finite, non-negative number.
+struct NonNegative(f64);
+
+impl<'de> Deserialize<'de> for NonNegative {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        non_negative(d).map(NonNegative)
+    }
+}
+
+/// 0, 1, true or false.
+struct Binary(bool);
+
+impl<'de> Deserialize<'de> for Binary {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match opt_binary(d)? {
+            Some(b) => Ok(Binary(b)),
+            None => Err(serde::de::Error::custom(
+                "invalid type: null, expected 0, 1, true or false",
+            )),
+        }
+    }
 }
 
 const OUT_OF_RANGE: &str = "out of range";

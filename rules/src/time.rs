@@ -14,6 +14,9 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     /// Parses an RFC 3339 timestamp such as `2026-03-01T12:00:00.250Z`.
     pub fn parse_rfc3339(text: &str) -> Result<Self, TimeError> {
+        if let Some(t) = fast_rfc3339(text.as_bytes()) {
+            return Ok(Timestamp(t));
+        }
         chrono::DateTime::parse_from_rfc3339(text)
             .map(|t| Timestamp(t.timestamp_millis()))
             .map_err(|e| TimeError::Timestamp {
@@ -196,6 +199,75 @@ pub enum TimeError {
     },
 }
 
+/// The common shape `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, parsed
+/// without allocation; anything else (or anything odd) goes to chrono.
+fn fast_rfc3339(b: &[u8]) -> Option<i64> {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        b[range].iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 3 {
+                millis = millis * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in (i - start)..3 {
+            millis *= 10;
+        }
+    }
+    let offset = match b.get(i..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let d = |c: &u8| c.is_ascii_digit().then(|| i64::from(c - b'0'));
+            let minutes = (d(h1)? * 10 + d(h2)?) * 60 + d(m1)? * 10 + d(m2)?;
+            if *sign == b'+' { minutes } else { -minutes }
+        }
+        _ => return None,
+    };
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    // Leap seconds (60) and other rarities are left to chrono.
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset * 60;
+    Some(secs * 1000 + millis)
+}
+
 /// Keeps error messages bounded when the input is huge.
 fn truncate(text: &str) -> String {
     const MAX: usize = 64;
@@ -252,6 +324,18 @@ mod tests {
             assert_eq!(Span::parse(&span.to_string()), Ok(span));
         }
         assert_eq!(Span(5_400_000).to_string(), "1h30m");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_chrono(secs in 0i64..8_000_000_000, ms in 0i64..1000, digits in 0usize..10, off in -1439i64..1440) {
+            let t = chrono::DateTime::from_timestamp(secs, 0).unwrap();
+            let frac = if digits == 0 { String::new() } else { format!(".{:0<width$}", format!("{ms:03}"), width = digits).chars().take(digits + 1).collect() };
+            let zone = if off == 0 { "Z".to_string() } else { format!("{}{:02}:{:02}", if off > 0 { '+' } else { '-' }, off.abs() / 60, off.abs() % 60) };
+            let text = format!("{}{frac}{zone}", t.format("%Y-%m-%dT%H:%M:%S"));
+            let expected = chrono::DateTime::parse_from_rfc3339(&text).unwrap().timestamp_millis();
+            proptest::prop_assert_eq!(fast_rfc3339(text.as_bytes()), Some(expected), "{}", text);
+        }
     }
 
     #[test]
