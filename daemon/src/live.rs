@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use canaryd_connectors::DryRun;
+use canaryd_connectors::{Connector, DryRun};
 use canaryd_rules::{Engine, Ingested, Output, Timestamp, decode};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -71,6 +71,8 @@ pub struct Live {
     /// Counters, shared with whoever reports them.
     pub stats: Arc<LiveStats>,
     tick: Duration,
+    /// Carries out actions; the dry-run connector until connectors are configured.
+    connector: Arc<dyn Connector>,
 }
 
 impl Live {
@@ -91,7 +93,14 @@ impl Live {
             instance,
             stats: Arc::new(LiveStats::default()),
             tick: Duration::from_secs(1),
+            connector: Arc::new(DryRun::new()),
         })
+    }
+
+    /// Sends every action to `connector` instead (tests, benchmarks).
+    pub fn with_connector(mut self, connector: Arc<dyn Connector>) -> Live {
+        self.connector = connector;
+        self
     }
 
     /// Consumes until `shutdown` is cancelled, then drains the pipeline and
@@ -119,7 +128,7 @@ impl Live {
                 "no action connectors are available yet: every action is recorded as a dry run"
             );
         }
-        let (pipeline, worker) = Pipeline::start(Arc::new(DryRun::new()), 1024, audit.clone());
+        let (pipeline, worker) = Pipeline::start(self.connector.clone(), 1024, audit.clone());
         tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded.rules.len(), "consuming");
 
         let mut partitions: HashMap<(String, i32), PartitionState> = HashMap::new();
