@@ -15,8 +15,10 @@
 //! - [`state`]: the alert state machine, a pure `step` function.
 //! - [`event`]: the event schema and its decoder.
 //! - [`engine`]: events in, transitions out, driven by a watermark.
+//! - [`analytics`]: per subject-track sliding windows over inference events.
 #![forbid(unsafe_code)]
 
+pub mod analytics;
 pub mod condition;
 pub mod engine;
 pub mod event;
