@@ -20,6 +20,9 @@ pub struct Config {
     /// Staleness and lateness.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Windows over inference events: length, minimum samples, refresh.
+    #[serde(default)]
+    pub analytics: canaryd_rules::analytics::AnalyticsConfig,
     /// Record every action without carrying it out.
     #[serde(default)]
     pub dry_run: bool,
@@ -75,6 +78,16 @@ pub struct Loaded {
     pub vocabulary: Vocabulary,
     /// Every rule, from every file.
     pub rules: Arc<RuleSet>,
+}
+
+impl Loaded {
+    /// The engine's settings: `engine:` plus `analytics:`.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            analytics: self.config.analytics.clone(),
+            ..self.config.engine.clone()
+        }
+    }
 }
 
 impl Config {

@@ -53,6 +53,9 @@ pub struct LiveStats {
     pub actions: AtomicU64,
 }
 
+/// Evaluation state by topic, then partition: looked up by `&str` per message.
+type Partitions = HashMap<String, HashMap<i32, PartitionState>>;
+
 /// One assigned partition's evaluation state.
 struct PartitionState {
     engine: Engine,
@@ -131,7 +134,7 @@ impl Live {
         let (pipeline, worker) = Pipeline::start(self.connector.clone(), 1024, audit.clone());
         tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded.rules.len(), "consuming");
 
-        let mut partitions: HashMap<(String, i32), PartitionState> = HashMap::new();
+        let mut partitions: Partitions = HashMap::new();
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outputs = Vec::new();
@@ -149,7 +152,7 @@ impl Live {
                         }
                     };
                     self.stats.consumed.fetch_add(1, Ordering::Relaxed);
-                    let (topic, partition, offset) = (message.topic().to_string(), message.partition(), message.offset());
+                    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
                     let event = match message.payload().map(decode) {
                         Some(Ok(event)) => event,
                         failed => {
@@ -160,26 +163,31 @@ impl Live {
                             if !self.dead_letter(&producer, &message, reason, &detail, &shutdown).await {
                                 break; // shutting down; the message will be redelivered
                             }
-                            self.store(&consumer, &topic, partition, offset);
+                            self.store(&consumer, &message);
                             continue;
                         }
                     };
-                    let state = partitions.entry((topic.clone(), partition)).or_insert_with(|| self.fresh_state());
+                    let state = match partitions.get_mut(topic) {
+                        Some(by_partition) => by_partition,
+                        None => partitions.entry(topic.to_string()).or_default(),
+                    }
+                    .entry(partition)
+                    .or_insert_with(|| self.fresh_state());
                     if state.engine.ingest(&event, &mut outputs) == Ingested::Late {
                         self.stats.late.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(topic = %topic, partition, offset, "late event dropped");
                     }
                     state.last_event_at = Instant::now();
                     state.watermark_then = state.engine.watermark();
-                    if !self.dispatch(&mut outputs, &pipeline, &audit, partition).await {
+                    if !outputs.is_empty() && !self.dispatch(&mut outputs, &pipeline, &audit, partition).await {
                         break;
                     }
-                    self.store(&consumer, &topic, partition, offset);
+                    self.store(&consumer, &message);
                 }
                 _ = tick.tick() => {
                     self.rebalanced(&assign_rx, &mut partitions);
                     let mut ok = true;
-                    for state in partitions.values_mut() {
+                    for state in partitions.values_mut().flat_map(|p| p.values_mut()) {
                         // An idle partition's event time moves at wall-clock speed,
                         // so durations complete and silence shows without events.
                         if let Some(wm) = state.watermark_then {
@@ -223,7 +231,7 @@ impl Live {
             engine: Engine::new(
                 self.loaded.rules.clone(),
                 &self.loaded.vocabulary,
-                self.loaded.config.engine.clone(),
+                self.loaded.engine_config(),
             ),
             last_event_at: Instant::now(),
             watermark_then: None,
@@ -232,23 +240,24 @@ impl Live {
 
     /// Applies assignment changes: revoked partitions lose their state,
     /// assigned ones start fresh.
-    fn rebalanced(
-        &self,
-        rx: &mpsc::Receiver<Assignment>,
-        partitions: &mut HashMap<(String, i32), PartitionState>,
-    ) {
+    fn rebalanced(&self, rx: &mpsc::Receiver<Assignment>, partitions: &mut Partitions) {
         while let Ok(change) = rx.try_recv() {
             match change {
                 Assignment::Assigned(list) => {
                     tracing::info!(instance = %self.instance, partitions = ?list, "partitions assigned");
-                    for tp in list {
-                        partitions.insert(tp, self.fresh_state());
+                    for (topic, partition) in list {
+                        partitions
+                            .entry(topic)
+                            .or_default()
+                            .insert(partition, self.fresh_state());
                     }
                 }
                 Assignment::Revoked(list) => {
                     tracing::info!(instance = %self.instance, partitions = ?list, "partitions revoked");
-                    for tp in list {
-                        partitions.remove(&tp);
+                    for (topic, partition) in list {
+                        if let Some(by_partition) = partitions.get_mut(&topic) {
+                            by_partition.remove(&partition);
+                        }
                     }
                 }
             }
@@ -303,14 +312,12 @@ impl Live {
     fn store(
         &self,
         consumer: &StreamConsumer<GroupContext>,
-        topic: &str,
-        partition: i32,
-        offset: i64,
+        message: &rdkafka::message::BorrowedMessage<'_>,
     ) {
         // Fails only if the partition was revoked meanwhile; its new owner
         // will then process the event again, which is at-least-once.
-        if let Err(e) = consumer.store_offset(topic, partition, offset) {
-            tracing::debug!(error = %e, topic, partition, offset, "offset not stored");
+        if let Err(e) = consumer.store_offset_from_message(message) {
+            tracing::debug!(error = %e, topic = message.topic(), partition = message.partition(), offset = message.offset(), "offset not stored");
         }
     }
 

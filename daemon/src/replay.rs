@@ -33,7 +33,7 @@ pub struct Summary {
     pub late: u64,
     /// Metric events for variables no rule reads.
     pub unused: u64,
-    /// Inference events (their analytics are computed in live mode).
+    /// Inference events among them.
     pub inference: u64,
     /// Alert phase changes.
     pub transitions: u64,
@@ -57,7 +57,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
     let mut engine = Engine::new(
         loaded.rules.clone(),
         &loaded.vocabulary,
-        loaded.config.engine.clone(),
+        loaded.engine_config(),
     );
     let connector = DryRun::new();
     let mut summary = Summary::default();
@@ -93,6 +93,9 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
             }
         };
         summary.events += 1;
+        if matches!(event, canaryd_rules::Event::Inference(_)) {
+            summary.inference += 1;
+        }
         match engine.ingest(&event, &mut outputs) {
             Ingested::Late => {
                 summary.late += 1;
@@ -102,7 +105,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
                 )?;
             }
             Ingested::Unused => summary.unused += 1,
-            Ingested::Inference => summary.inference += 1,
+            Ingested::OutOfWindow => summary.late += 1,
             Ingested::Applied | Ingested::Unmatched => {}
         }
         for output in outputs.drain(..) {

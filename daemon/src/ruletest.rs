@@ -22,6 +22,9 @@ pub struct TestFile {
     /// Staleness and lateness for the engine.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Analytics windows, as in the config file.
+    #[serde(default)]
+    pub analytics: canaryd_rules::analytics::AnalyticsConfig,
     /// Site-specific variables, as in the config file.
     #[serde(default)]
     pub variables: Vec<String>,
@@ -199,6 +202,7 @@ pub fn load(path: &Path) -> Result<(TestFile, crate::config::Loaded), TestFileEr
     let config = crate::config::Config {
         rules: file.rule_files.clone(),
         engine: file.engine.clone(),
+        analytics: file.analytics.clone(),
         variables: file.variables.clone(),
         ..Default::default()
     };
@@ -324,7 +328,7 @@ fn run_case(case: &TestCase, loaded: &crate::config::Loaded) -> CaseResult {
     let mut engine = Engine::new(
         loaded.rules.clone(),
         &loaded.vocabulary,
-        loaded.config.engine.clone(),
+        loaded.engine_config(),
     );
     let mut outputs = Vec::new();
     let mut decided: Vec<ExpectedAction> = Vec::new();

@@ -70,6 +70,7 @@ fn events(tracks: usize, per_second: i64) -> Vec<(usize, InferenceEvent)> {
                             rng.unit() < 0.4
                         }),
                         label: (rng.unit() < 0.7).then_some(label),
+                        labels: Default::default(),
                     },
                 ));
             }

@@ -68,6 +68,7 @@ fn main() {
             group: Some((*g).into()),
             prediction: None,
             label: None,
+            labels: Default::default(),
         })
         .collect();
 

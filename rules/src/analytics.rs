@@ -71,7 +71,7 @@ pub const RELATIVE_ACCURACY: f64 = 0.01;
 pub const MIN_LATENCY_MS: f64 = 1e-6;
 
 /// Settings, deserialised from the daemon config.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnalyticsConfig {
     /// The sliding window's length (default `5m`; at least 10 ms).
@@ -82,6 +82,9 @@ pub struct AnalyticsConfig {
     /// A fairness group with fewer requests in the window is ignored; with
     /// fewer than two qualifying groups fairness metrics are `None`. Default 30.
     pub min_group_samples: u64,
+    /// How often (in event time) the engine recomputes window variables.
+    /// Default `1s`.
+    pub refresh: Span,
 }
 
 impl Default for AnalyticsConfig {
@@ -90,6 +93,7 @@ impl Default for AnalyticsConfig {
             window: Span(5 * 60_000),
             min_samples: 100,
             min_group_samples: 30,
+            refresh: Span::seconds(1),
         }
     }
 }

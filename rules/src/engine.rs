@@ -14,11 +14,12 @@ use std::sync::Arc;
 use hashbrown::Equivalent;
 use serde::Serialize;
 
-use crate::event::{AlertEvent, AlertStatus, Event, MetricEvent};
+use crate::analytics::{AnalyticsConfig, TrackWindow};
+use crate::event::{AlertEvent, AlertStatus, Event, InferenceEvent, MetricEvent, Track};
 use crate::rule::{Rule, RuleSet};
 use crate::state::{AlertState, Observation, Phase, step};
 use crate::time::{Span, Timestamp};
-use crate::vocabulary::{VarKind, Vocabulary};
+use crate::vocabulary::{TRACK_METRICS, TRACKS, VarKind, Vocabulary};
 
 /// The labels that identify a subject, e.g. `{model: summarizer}`.
 pub type Labels = Arc<BTreeMap<String, String>>;
@@ -31,6 +32,9 @@ pub struct EngineConfig {
     pub stale_after: Span,
     /// Events older than the watermark by more than this are dropped as late.
     pub allowed_lateness: Span,
+    /// Windows over inference events; set from the config's `analytics:`.
+    #[serde(skip)]
+    pub analytics: AnalyticsConfig,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +42,7 @@ impl Default for EngineConfig {
         EngineConfig {
             stale_after: Span::seconds(600),
             allowed_lateness: Span::seconds(30),
+            analytics: AnalyticsConfig::default(),
         }
     }
 }
@@ -87,8 +92,8 @@ pub enum Ingested {
     Unused,
     /// It lacked a label every rule groups by.
     Unmatched,
-    /// An inference event: analytics are computed outside this engine.
-    Inference,
+    /// An inference event older than its track's window; not counted.
+    OutOfWindow,
 }
 
 /// Counters, for logs and metrics.
@@ -108,6 +113,8 @@ pub struct EngineStats {
     pub evaluations: u64,
     /// Evaluations that failed at run time (treated as no data).
     pub eval_errors: u64,
+    /// Inference events older than their window.
+    pub out_of_window: u64,
 }
 
 /// A read-only view of one alert.
@@ -125,6 +132,31 @@ pub struct AlertView<'a> {
 struct Sample {
     value: f64,
     ts: Timestamp,
+    /// Requests behind a computed value, for `min_samples`; `u64::MAX` for
+    /// metric events and alert state, which carry no count.
+    support: u64,
+    /// Computed from inference events rather than set by a metric event.
+    computed: bool,
+}
+
+impl Sample {
+    fn set(value: f64, ts: Timestamp) -> Sample {
+        Sample {
+            value,
+            ts,
+            support: u64::MAX,
+            computed: false,
+        }
+    }
+}
+
+/// A variable computed from a track's window: which track, which metric,
+/// and whether `min_samples` guards it (counts and rates are never guarded).
+#[derive(Clone, Copy, Debug)]
+struct Computed {
+    track: usize,
+    metric: &'static str,
+    guarded: bool,
 }
 
 /// Whether a firing alert counts towards an alert-derived variable.
@@ -147,6 +179,10 @@ struct Subject {
     labels: Labels,
     samples: Vec<Option<Sample>>,
     alerts: Vec<AlertState>,
+    /// Canary and stable windows, once inference events arrive.
+    tracks: Option<Box<[TrackWindow; 2]>>,
+    /// Listed in `Engine::active` for refreshes.
+    active: bool,
     /// Firing external alerts by name and labels.
     firing: BTreeMap<(String, BTreeMap<String, String>), AlertFlags>,
     last_seen: Timestamp,
@@ -164,6 +200,8 @@ struct Group {
     rules: Vec<GroupRule>,
     /// For each slot, the local rules that read it.
     dependents: Vec<Vec<usize>>,
+    /// Slots computed from windows that some rule of this group reads.
+    computed_slots: Vec<usize>,
     index: hashbrown::HashMap<Box<[String]>, usize>,
     subjects: Vec<Subject>,
 }
@@ -204,6 +242,11 @@ pub struct Engine {
     next_stale_scan: Option<Timestamp>,
     stats: EngineStats,
     scratch: Vec<f64>,
+    /// Per slot: computed from inference windows, and how.
+    computed: Vec<Option<Computed>>,
+    /// Subjects whose windows hold data: (group, subject).
+    active: Vec<(usize, usize)>,
+    next_refresh: Option<Timestamp>,
 }
 
 impl Engine {
@@ -232,6 +275,7 @@ impl Engine {
                         labels: rule.group_by.clone(),
                         rules: Vec::new(),
                         dependents: Vec::new(),
+                        computed_slots: Vec::new(),
                         index: hashbrown::HashMap::new(),
                         subjects: Vec::new(),
                     });
@@ -253,6 +297,26 @@ impl Engine {
                 }
             }
         }
+        let mut computed = vec![None; slot_kinds.len()];
+        for (name, &slot) in &slots {
+            for (track, prefix) in TRACKS.iter().enumerate() {
+                if let Some(metric) = name.strip_prefix(prefix).and_then(|m| m.strip_prefix('_'))
+                    && let Some(&metric) = TRACK_METRICS.iter().find(|&&m| m == metric)
+                {
+                    let guarded = !matches!(metric, "requests" | "request_rate");
+                    computed[slot] = Some(Computed {
+                        track,
+                        metric,
+                        guarded,
+                    });
+                }
+            }
+        }
+        for group in &mut groups {
+            group.computed_slots = (0..computed.len())
+                .filter(|&slot| computed[slot].is_some() && !group.dependents[slot].is_empty())
+                .collect();
+        }
         let alert_slots = ALERT_SLOTS.map(|(name, _)| slots.get(name).copied());
         Engine {
             rules,
@@ -266,6 +330,9 @@ impl Engine {
             next_stale_scan: None,
             stats: EngineStats::default(),
             scratch: Vec::new(),
+            computed,
+            active: Vec::new(),
+            next_refresh: None,
         }
     }
 
@@ -303,8 +370,9 @@ impl Engine {
         let result = match event {
             Event::Metric(m) => self.ingest_metric(m, out),
             Event::Alert(a) => self.ingest_alert(a, out),
-            Event::Inference(_) => Ingested::Inference,
+            Event::Inference(i) => self.ingest_inference(i),
         };
+        self.refresh_if_due(out);
         // After the event, so a subject is not called stale as its data arrives.
         self.scan_stale_if_due(out);
         result
@@ -315,6 +383,7 @@ impl Engine {
     /// Call it on a wall-clock tick so that silence is noticed.
     pub fn advance(&mut self, now: Timestamp, out: &mut Vec<Output>) {
         self.run_timers(now, out);
+        self.refresh_if_due(out);
         self.scan_stale_if_due(out);
     }
 
@@ -381,22 +450,17 @@ impl Engine {
             if self.groups[g].dependents[slot].is_empty() {
                 continue;
             }
-            let Some(s) = self.subject_for(g, &m.labels, m.ts) else {
+            let Some(s) = self.subject_for(g, |l| m.labels.get(l).map(String::as_str), m.ts) else {
                 continue;
             };
             applied = true;
             let subject = &mut self.groups[g].subjects[s];
             match subject.samples[slot] {
-                Some(old) if old.ts > m.ts => {
+                Some(old) if !old.computed && old.ts > m.ts => {
                     self.stats.out_of_order += 1;
                     continue;
                 }
-                _ => {
-                    subject.samples[slot] = Some(Sample {
-                        value: m.value,
-                        ts: m.ts,
-                    })
-                }
+                _ => subject.samples[slot] = Some(Sample::set(m.value, m.ts)),
             }
             for i in 0..self.groups[g].dependents[slot].len() {
                 let r = self.groups[g].dependents[slot][i];
@@ -420,7 +484,7 @@ impl Engine {
         };
         let mut applied = false;
         for g in 0..self.groups.len() {
-            let Some(s) = self.subject_for(g, &a.labels, a.ts) else {
+            let Some(s) = self.subject_for(g, |l| a.labels.get(l).map(String::as_str), a.ts) else {
                 continue;
             };
             applied = true;
@@ -436,7 +500,7 @@ impl Engine {
                 };
                 let value = subject.firing.values().filter(|f| counts(f)).count() as f64;
                 if subject.samples[slot].map(|s| s.value) != Some(value) {
-                    subject.samples[slot] = Some(Sample { value, ts: a.ts });
+                    subject.samples[slot] = Some(Sample::set(value, a.ts));
                     changed.push(slot);
                 }
             }
@@ -458,17 +522,131 @@ impl Engine {
         }
     }
 
-    /// Finds or creates the subject that `labels` select in group `g`.
-    fn subject_for(
+    fn ingest_inference(&mut self, e: &InferenceEvent) -> Ingested {
+        let mut applied = false;
+        let track = match e.track {
+            Track::Canary => 0,
+            Track::Stable => 1,
+        };
+        for g in 0..self.groups.len() {
+            if self.groups[g].computed_slots.is_empty() {
+                continue;
+            }
+            let label = |l: &str| {
+                if l == "model" {
+                    Some(e.model.as_str())
+                } else {
+                    e.labels.get(l).map(String::as_str)
+                }
+            };
+            let Some(s) = self.subject_for(g, label, e.ts) else {
+                continue;
+            };
+            applied = true;
+            let config = &self.config.analytics;
+            let subject = &mut self.groups[g].subjects[s];
+            let tracks = subject.tracks.get_or_insert_with(|| {
+                Box::new([TrackWindow::new(config), TrackWindow::new(config)])
+            });
+            if !tracks[track].record(e) {
+                self.stats.out_of_window += 1;
+                return Ingested::OutOfWindow;
+            }
+            if !subject.active {
+                subject.active = true;
+                self.active.push((g, s));
+            }
+        }
+        if applied {
+            Ingested::Applied
+        } else {
+            self.stats.unmatched += 1;
+            Ingested::Unmatched
+        }
+    }
+
+    /// Once per `analytics.refresh` of event time, recomputes the window
+    /// variables of every subject with data and evaluates the rules that
+    /// read what changed. Values are stamped with the refresh time, so a
+    /// silent track reads 0 requests while its sibling still has traffic.
+    fn refresh_if_due(&mut self, out: &mut Vec<Output>) {
+        let now = self.now();
+        let every = self.config.analytics.refresh.millis().max(1);
+        match self.next_refresh {
+            Some(next) if now < next => return,
+            _ => self.next_refresh = Some(Timestamp((now.0.div_euclid(every) + 1) * every)),
+        }
+        let active = std::mem::take(&mut self.active);
+        let mut still = Vec::with_capacity(active.len());
+        let mut changed: Vec<usize> = Vec::new();
+        for (g, s) in active {
+            changed.clear();
+            let group = &mut self.groups[g];
+            let subject = &mut group.subjects[s];
+            let Some(tracks) = subject.tracks.as_mut() else {
+                continue;
+            };
+            // min_samples is applied per rule at evaluation time.
+            let stats = [tracks[0].stats(now, 1), tracks[1].stats(now, 1)];
+            for &slot in &group.computed_slots {
+                let Some(c) = self.computed[slot] else {
+                    continue;
+                };
+                // A fresh metric event for the same name takes precedence.
+                if let Some(old) = subject.samples[slot]
+                    && !old.computed
+                    && now.since(old.ts) <= self.config.stale_after
+                {
+                    continue;
+                }
+                let new = stats[c.track].get(c.metric).map(|value| Sample {
+                    value,
+                    ts: now,
+                    support: stats[c.track].requests,
+                    computed: true,
+                });
+                let differs = match (subject.samples[slot], new) {
+                    (Some(a), Some(b)) => a.value != b.value || a.support != b.support,
+                    (None, None) => false,
+                    _ => true,
+                };
+                // Restamp even when unchanged, so a steady value never goes stale.
+                subject.samples[slot] = new;
+                if differs {
+                    changed.push(slot);
+                }
+            }
+            if tracks.iter().all(TrackWindow::is_empty) {
+                subject.active = false;
+            } else {
+                still.push((g, s));
+            }
+            let mut rules: Vec<usize> = changed
+                .iter()
+                .flat_map(|&slot| group.dependents[slot].iter().copied())
+                .collect();
+            rules.sort_unstable();
+            rules.dedup();
+            for r in rules {
+                self.evaluate(g, s, r, now, out);
+            }
+        }
+        still.append(&mut self.active);
+        self.active = still;
+    }
+
+    /// Finds or creates the subject that the labels `label` returns select
+    /// in group `g`.
+    fn subject_for<'l>(
         &mut self,
         g: usize,
-        labels: &BTreeMap<String, String>,
+        label: impl Fn(&str) -> Option<&'l str>,
         ts: Timestamp,
     ) -> Option<usize> {
         let group = &mut self.groups[g];
         let mut values: Vec<&str> = Vec::with_capacity(group.labels.len());
         for l in &group.labels {
-            values.push(labels.get(l)?.as_str());
+            values.push(label(l)?);
         }
         let s = match group.index.get(&KeyRef(&values)) {
             Some(&s) => s,
@@ -477,7 +655,7 @@ impl Engine {
                 let mut samples = vec![None; self.slot_kinds.len()];
                 // Alert-derived counts start at zero: no alert seen is a fact.
                 for slot in self.alert_slots.iter().flatten() {
-                    samples[*slot] = Some(Sample { value: 0.0, ts });
+                    samples[*slot] = Some(Sample::set(0.0, ts));
                 }
                 let labels: BTreeMap<String, String> = group
                     .labels
@@ -489,6 +667,8 @@ impl Engine {
                     labels: Arc::new(labels),
                     samples,
                     alerts: vec![AlertState::default(); group.rules.len()],
+                    tracks: None,
+                    active: false,
                     firing: BTreeMap::new(),
                     last_seen: ts,
                     stale: false,
@@ -512,10 +692,21 @@ impl Engine {
         let subject = &mut group.subjects[s];
         let stale_after = self.config.stale_after;
 
+        let min_samples = rule
+            .min_samples
+            .unwrap_or(self.config.analytics.min_samples);
         self.scratch.clear();
         let mut complete = true;
         for &slot in &gr.inputs {
             match subject.samples[slot] {
+                // Too few requests behind a ratio or quantile is no data.
+                Some(sample)
+                    if sample.computed
+                        && sample.support < min_samples
+                        && self.computed[slot].is_some_and(|c| c.guarded) =>
+                {
+                    complete = false
+                }
                 Some(sample)
                     if self.slot_kinds[slot] == VarKind::AlertState
                         || at.since(sample.ts) <= stale_after =>

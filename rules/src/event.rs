@@ -121,6 +121,9 @@ pub struct InferenceEvent {
     pub prediction: Option<bool>,
     /// Ground-truth label, when known: 1/true is positive.
     pub label: Option<bool>,
+    /// Extra labels (e.g. region) for rules that group by more than the model.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Why a message is not a valid event. Each kind becomes the reason header
@@ -209,6 +212,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             group: raw.group.map(|c| c.into_owned()),
             prediction: raw.prediction.map(|b| b.0),
             label: raw.label.map(|b| b.0),
+            labels: raw.labels.unwrap_or_default(),
         })),
         other => Err(DecodeError {
             kind: DecodeErrorKind::WrongType,

@@ -51,6 +51,7 @@ fn event(ts: i64, latency_ms: f64) -> InferenceEvent {
         group: None,
         prediction: None,
         label: None,
+        labels: Default::default(),
     }
 }
 

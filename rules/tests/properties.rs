@@ -21,6 +21,7 @@ fn engine(hold_s: i64) -> Engine {
     let config = EngineConfig {
         stale_after: Span::seconds(1_000_000),
         allowed_lateness: Span::ZERO,
+        ..EngineConfig::default()
     };
     Engine::new(
         Arc::new(RuleSet::new(rules).unwrap()),

@@ -1,0 +1,182 @@
+//! The engine computing the playbook's variables from raw inference events:
+//! rules fire on computed values, guards hold back noise, silence shows.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use canaryd_rules::event::{InferenceEvent, MetricEvent, Track};
+use canaryd_rules::{
+    Engine, EngineConfig, Event, LoadOptions, Output, Phase, RuleSet, Timestamp, load_rules,
+};
+
+fn engine(rules: &str) -> Engine {
+    let options = LoadOptions::default();
+    let rules = load_rules("r.yaml", rules.as_bytes(), &options).unwrap();
+    Engine::new(
+        Arc::new(RuleSet::new(rules).unwrap()),
+        &options.vocabulary,
+        EngineConfig::default(),
+    )
+}
+
+fn request(ms: i64, track: Track, error: bool, latency: f64) -> Event {
+    Event::Inference(InferenceEvent {
+        ts: Timestamp(ms),
+        model: "summarizer".into(),
+        version: "v".into(),
+        track,
+        latency_ms: latency,
+        error,
+        cost_usd: Some(0.002),
+        group: None,
+        prediction: None,
+        label: None,
+        labels: BTreeMap::new(),
+    })
+}
+
+/// Feeds events; returns (seconds, rule, to) for every transition.
+fn feed(engine: &mut Engine, events: impl IntoIterator<Item = Event>) -> Vec<(i64, String, Phase)> {
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for e in events {
+        engine.ingest(&e, &mut out);
+        for o in out.drain(..) {
+            if let Output::Transition(t) = o {
+                seen.push((
+                    t.ts.millis() / 1000,
+                    engine.rules().rules()[t.rule].name.clone(),
+                    t.to,
+                ));
+            }
+        }
+    }
+    seen
+}
+
+fn subject() -> BTreeMap<String, String> {
+    BTreeMap::from([("model".to_string(), "summarizer".to_string())])
+}
+
+const PLAYBOOK: &str = include_str!("../../deploy/examples/canary-alerts.yaml");
+
+#[test]
+fn an_error_spike_in_raw_traffic_fires_the_playbook_rule() {
+    let mut e = engine(PLAYBOOK);
+    // 10 canary and 10 stable requests per second for 12 minutes; from
+    // minute 2 one canary request in ten fails (10 % > 5 %).
+    let events = (0..12 * 60 * 10).flat_map(|i| {
+        let ms = i * 100;
+        let failing = ms >= 120_000 && i % 10 == 0;
+        [
+            request(ms, Track::Canary, failing, 300.0),
+            request(ms, Track::Stable, false, 280.0),
+        ]
+    });
+    let seen = feed(&mut e, events);
+    let firing: Vec<_> = seen
+        .iter()
+        .filter(|(_, r, to)| r == "Canary Error Rate High" && *to == Phase::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{seen:?}");
+    // Over the 5-minute window the rate is 0.1 * (t - 120) / t, which
+    // crosses 5 % at t = 240 s; the rule then needs 5 more minutes.
+    let at = firing[0].0;
+    assert!((530..=560).contains(&at), "fired at {at}s: {seen:?}");
+    assert!(seen.iter().all(|(_, r, _)| r != "Canary Latency High"));
+}
+
+#[test]
+fn too_few_canary_requests_are_no_data_unless_the_rule_says_otherwise() {
+    let rules = r#"
+alerts:
+  - name: default guard
+    condition: canary_error_rate > 0.05
+    duration: 0s
+    severity: critical
+  - name: small canary
+    condition: canary_error_rate > 0.05
+    duration: 0s
+    severity: critical
+    min_samples: 10
+"#;
+    let mut e = engine(rules);
+    // 20 canary requests in the window, half failing: far below the default 100.
+    let events = (0..20).map(|i| request(i * 1000, Track::Canary, i % 2 == 0, 100.0));
+    let mut seen = feed(&mut e, events);
+    seen.extend(feed(&mut e, [request(25_000, Track::Stable, false, 100.0)]));
+    assert_eq!(
+        e.alert("default guard", &subject()).unwrap().phase,
+        Phase::Inactive,
+        "{seen:?}"
+    );
+    assert_eq!(
+        e.alert("small canary", &subject()).unwrap().phase,
+        Phase::Firing,
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_silent_canary_is_visible_while_stable_still_serves() {
+    let rules = r#"
+alerts:
+  - name: canary silent
+    condition: canary_request_rate == 0
+    duration: 2m
+    severity: high
+"#;
+    let mut e = engine(rules);
+    // Both tracks serve for a minute, then only stable does.
+    let events = (0..20 * 60).flat_map(|s| {
+        let ms = s * 1000;
+        let mut v = vec![request(ms, Track::Stable, false, 100.0)];
+        if s < 60 {
+            v.push(request(ms, Track::Canary, false, 100.0));
+        }
+        v
+    });
+    let seen = feed(&mut e, events);
+    let firing: Vec<_> = seen
+        .iter()
+        .filter(|(_, _, to)| *to == Phase::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{seen:?}");
+    // The canary's last request leaves the 5-minute window around 6 min;
+    // two minutes of silence later the rule fires.
+    assert!((450..=520).contains(&firing[0].0), "{seen:?}");
+}
+
+#[test]
+fn a_metric_event_takes_precedence_over_the_computed_value() {
+    let rules = r#"
+alerts:
+  - name: errors
+    condition: canary_error_rate > 0.05
+    duration: 0s
+    severity: critical
+"#;
+    let mut e = engine(rules);
+    let healthy = (0..200).map(|i| request(i * 100, Track::Canary, false, 100.0));
+    feed(&mut e, healthy);
+    assert_eq!(
+        e.alert("errors", &subject()).unwrap().phase,
+        Phase::Inactive
+    );
+    let metric = Event::Metric(MetricEvent {
+        ts: Timestamp(20_500),
+        name: "canary_error_rate".into(),
+        value: 0.5,
+        labels: subject(),
+    });
+    let more = (0..50).map(|i| request(21_000 + i * 100, Track::Canary, false, 100.0));
+    let seen = feed(&mut e, std::iter::once(metric).chain(more));
+    assert_eq!(
+        seen,
+        vec![(20, "errors".to_string(), Phase::Firing)],
+        "the computed 0 must not override it"
+    );
+    assert_eq!(e.alert("errors", &subject()).unwrap().phase, Phase::Firing);
+}
