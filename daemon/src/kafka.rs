@@ -36,10 +36,17 @@ pub struct KafkaConfig {
     /// `sasl.*`, `ssl.*`, ... Secrets must come from `{env: NAME}` or `{file: PATH}`.
     #[serde(default)]
     pub properties: BTreeMap<String, secret::Value>,
-    /// `fetch.wait.max.ms`: how long the broker may hold a fetch. Small
-    /// values cut decision latency; some brokers hold every fetch this long.
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch that has no
+    /// data. Kafka answers as soon as data arrives, so there a larger value
+    /// (e.g. 100ms) only saves idle requests; brokers that hold every fetch
+    /// this long (Tansu) add it to every decision's latency.
     #[serde(default = "default_fetch_wait")]
     pub fetch_wait_max: Span,
+    /// `fetch.queue.backoff.ms`: how long to pause fetching once the local
+    /// queue is full. librdkafka's default (1 s) starves a consumer that
+    /// does real work per message; a short pause keeps the queue fed.
+    #[serde(default = "default_fetch_queue_backoff")]
+    pub fetch_queue_backoff: Span,
     /// How often stored offsets are committed (and always on shutdown).
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Span,
@@ -52,6 +59,9 @@ fn default_group() -> String {
     "canaryd".into()
 }
 fn default_fetch_wait() -> Span {
+    Span(2)
+}
+fn default_fetch_queue_backoff() -> Span {
     Span(5)
 }
 fn default_commit_interval() -> Span {
@@ -62,7 +72,7 @@ fn default_session_timeout() -> Span {
 }
 
 /// Properties canaryd sets itself, and the setting that controls each.
-const MANAGED: [(&str, &str); 8] = [
+const MANAGED: [(&str, &str); 9] = [
     ("bootstrap.servers", "kafka.brokers"),
     ("group.id", "kafka.group_id"),
     (
@@ -75,6 +85,7 @@ const MANAGED: [(&str, &str); 8] = [
     ),
     ("auto.commit.interval.ms", "kafka.commit_interval"),
     ("fetch.wait.max.ms", "kafka.fetch_wait_max"),
+    ("fetch.queue.backoff.ms", "kafka.fetch_queue_backoff"),
     ("session.timeout.ms", "kafka.session_timeout"),
     ("enable.partition.eof", "nothing"),
 ];
@@ -134,6 +145,10 @@ impl KafkaConfig {
             .set(
                 "fetch.wait.max.ms",
                 self.fetch_wait_max.millis().max(0).to_string(),
+            )
+            .set(
+                "fetch.queue.backoff.ms",
+                self.fetch_queue_backoff.millis().max(0).to_string(),
             )
             .set(
                 "session.timeout.ms",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use canaryd_connectors::{Connector, DryRun};
 use canaryd_rules::{Engine, Ingested, Output, Timestamp, decode};
+use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -52,6 +53,52 @@ pub struct LiveStats {
     /// Actions accepted by the pipeline.
     pub actions: AtomicU64,
 }
+
+/// The highest processed offset per partition, not yet handed to librdkafka.
+#[derive(Default)]
+struct Processed {
+    offsets: Vec<(String, i32, i64)>,
+}
+
+impl Processed {
+    /// Records that `message` has been evaluated and its actions accepted.
+    fn note(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        match self
+            .offsets
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some(entry) => entry.2 = offset,
+            None => self.offsets.push((topic.to_string(), partition, offset)),
+        }
+    }
+
+    /// Stores the offsets after the processed messages; the background
+    /// commit (and the one on shutdown) sends them to the broker.
+    fn flush(&mut self, consumer: &StreamConsumer<GroupContext>) {
+        if self.offsets.is_empty() {
+            return;
+        }
+        let mut list = rdkafka::TopicPartitionList::with_capacity(self.offsets.len());
+        for (topic, partition, offset) in self.offsets.drain(..) {
+            // The stored offset is the next one to read.
+            if let Err(e) =
+                list.add_partition_offset(&topic, partition, rdkafka::Offset::Offset(offset + 1))
+            {
+                tracing::warn!(error = %e, topic, partition, "offset not stored");
+            }
+        }
+        // Fails only for partitions revoked meanwhile; their new owner reads
+        // those events again, which is at-least-once.
+        if let Err(e) = consumer.store_offsets(&list) {
+            tracing::debug!(error = %e, "offsets not stored");
+        }
+    }
+}
+
+/// Messages taken without yielding before the clock and shutdown are checked.
+const BURST: u32 = 256;
 
 /// Evaluation state by topic, then partition: looked up by `&str` per message.
 type Partitions = HashMap<String, HashMap<i32, PartitionState>>;
@@ -135,73 +182,109 @@ impl Live {
         tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded.rules.len(), "consuming");
 
         let mut partitions: Partitions = HashMap::new();
-        let mut tick = tokio::time::interval(self.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outputs = Vec::new();
+        let mut now = Instant::now();
+        let mut next_tick = now + self.tick;
+        let mut burst = 0u32;
+        let mut processed = Processed::default();
         loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                message = consumer.recv() => {
-                    self.rebalanced(&assign_rx, &mut partitions);
-                    let message = match message {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "consume error");
-                            continue;
-                        }
-                    };
-                    self.stats.consumed.fetch_add(1, Ordering::Relaxed);
-                    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-                    let event = match message.payload().map(decode) {
-                        Some(Ok(event)) => event,
-                        failed => {
-                            let (reason, detail) = match failed {
-                                Some(Err(e)) => (e.kind.as_str(), e.message),
-                                _ => ("missing_payload", "message has no payload".to_string()),
-                            };
-                            if !self.dead_letter(&producer, &message, reason, &detail, &shutdown).await {
-                                break; // shutting down; the message will be redelivered
-                            }
-                            self.store(&consumer, &message);
-                            continue;
-                        }
-                    };
-                    let state = match partitions.get_mut(topic) {
-                        Some(by_partition) => by_partition,
-                        None => partitions.entry(topic.to_string()).or_default(),
-                    }
-                    .entry(partition)
-                    .or_insert_with(|| self.fresh_state());
-                    if state.engine.ingest(&event, &mut outputs) == Ingested::Late {
-                        self.stats.late.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(topic = %topic, partition, offset, "late event dropped");
-                    }
-                    state.last_event_at = Instant::now();
-                    state.watermark_then = state.engine.watermark();
-                    if !outputs.is_empty() && !self.dispatch(&mut outputs, &pipeline, &audit, partition).await {
+            // Take messages that are already waiting without the cost of a
+            // select!; every BURST messages, look at the clock and shutdown.
+            let ready = if burst < BURST {
+                consumer.recv().now_or_never()
+            } else {
+                None
+            };
+            let message = match ready {
+                Some(m) => {
+                    burst += 1;
+                    m
+                }
+                None => {
+                    burst = 0;
+                    // Store offsets before waiting: storing per message costs a
+                    // round trip to librdkafka's thread each time.
+                    processed.flush(&consumer);
+                    now = Instant::now();
+                    if shutdown.is_cancelled() {
                         break;
                     }
-                    self.store(&consumer, &message);
-                }
-                _ = tick.tick() => {
-                    self.rebalanced(&assign_rx, &mut partitions);
-                    let mut ok = true;
-                    for state in partitions.values_mut().flat_map(|p| p.values_mut()) {
-                        // An idle partition's event time moves at wall-clock speed,
-                        // so durations complete and silence shows without events.
-                        if let Some(wm) = state.watermark_then {
-                            let idle = state.last_event_at.elapsed().as_millis() as i64;
-                            state.engine.advance(Timestamp(wm.0.saturating_add(idle)), &mut outputs);
+                    if now >= next_tick {
+                        next_tick = now + self.tick;
+                        self.rebalanced(&assign_rx, &mut partitions);
+                        if !self
+                            .tick(&mut partitions, &mut outputs, &pipeline, &audit)
+                            .await
+                        {
+                            break;
                         }
-                        ok &= self.dispatch(&mut outputs, &pipeline, &audit, -1).await;
+                        continue;
                     }
-                    if !ok {
-                        break;
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep_until(next_tick.into()) => continue,
+                        m = consumer.recv() => {
+                            now = Instant::now();
+                            m
+                        }
                     }
                 }
+            };
+            self.rebalanced(&assign_rx, &mut partitions);
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume error");
+                    continue;
+                }
+            };
+            self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+            let (topic, partition) = (message.topic(), message.partition());
+            let event = match message.payload().map(decode) {
+                Some(Ok(event)) => event,
+                failed => {
+                    let (reason, detail) = match failed {
+                        Some(Err(e)) => (e.kind.as_str(), e.message),
+                        _ => ("missing_payload", "message has no payload".to_string()),
+                    };
+                    if !self
+                        .dead_letter(&producer, &message, reason, &detail, &shutdown)
+                        .await
+                    {
+                        break; // shutting down; the message will be redelivered
+                    }
+                    processed.note(&message);
+                    continue;
+                }
+            };
+            let state = match partitions.get_mut(topic) {
+                Some(by_partition) => by_partition,
+                None => partitions.entry(topic.to_string()).or_default(),
             }
+            .entry(partition)
+            .or_insert_with(|| self.fresh_state());
+            if state.engine.ingest(&event, &mut outputs) == Ingested::Late {
+                self.stats.late.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    topic,
+                    partition,
+                    offset = message.offset(),
+                    "late event dropped"
+                );
+            }
+            state.last_event_at = now;
+            state.watermark_then = state.engine.watermark();
+            if !outputs.is_empty()
+                && !self
+                    .dispatch(&mut outputs, &pipeline, &audit, partition)
+                    .await
+            {
+                break;
+            }
+            processed.note(&message);
         }
+        processed.flush(&consumer);
 
         tracing::info!("shutting down: draining actions and committing offsets");
         drop(pipeline);
@@ -224,6 +307,30 @@ impl Live {
             "stopped"
         );
         drained.map_err(|e| RunError::Pipeline(e.to_string()))
+    }
+
+    /// Moves each partition's event time on while it is idle, at
+    /// wall-clock speed, so durations complete and silence shows without
+    /// events. False once the pipeline has closed.
+    async fn tick(
+        &self,
+        partitions: &mut Partitions,
+        outputs: &mut Vec<Output>,
+        pipeline: &Pipeline,
+        audit: &Audit,
+    ) -> bool {
+        for (partition, state) in partitions.values_mut().flat_map(|p| p.iter_mut()) {
+            if let Some(wm) = state.watermark_then {
+                let idle = state.last_event_at.elapsed().as_millis() as i64;
+                state
+                    .engine
+                    .advance(Timestamp(wm.0.saturating_add(idle)), outputs);
+            }
+            if !outputs.is_empty() && !self.dispatch(outputs, pipeline, audit, *partition).await {
+                return false;
+            }
+        }
+        true
     }
 
     fn fresh_state(&self) -> PartitionState {
@@ -307,18 +414,6 @@ impl Live {
             }
         }
         true
-    }
-
-    fn store(
-        &self,
-        consumer: &StreamConsumer<GroupContext>,
-        message: &rdkafka::message::BorrowedMessage<'_>,
-    ) {
-        // Fails only if the partition was revoked meanwhile; its new owner
-        // will then process the event again, which is at-least-once.
-        if let Err(e) = consumer.store_offset_from_message(message) {
-            tracing::debug!(error = %e, topic = message.topic(), partition = message.partition(), offset = message.offset(), "offset not stored");
-        }
     }
 
     /// Sends a malformed message to the dead-letter topic, retrying until it

@@ -297,11 +297,41 @@ struct Binary(bool);
 
 impl<'de> Deserialize<'de> for Binary {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match opt_binary(d)? {
-            Some(b) => Ok(Binary(b)),
-            None => Err(serde::de::Error::custom(
-                "invalid type: null, expected 0, 1, true or false",
-            )),
+        d.deserialize_any(BinaryVisitor)
+    }
+}
+
+/// Reads 0, 1, true or false in one step (an untagged enum would buffer
+/// the value and build an error for each variant it rules out).
+struct BinaryVisitor;
+
+impl serde::de::Visitor<'_> for BinaryVisitor {
+    type Value = Binary;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("0, 1, true or false")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Binary, E> {
+        Ok(Binary(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Binary, E> {
+        match v {
+            0 => Ok(Binary(false)),
+            1 => Ok(Binary(true)),
+            n => Err(E::custom(format!(
+                "value {n} {OUT_OF_RANGE}: must be 0, 1, true or false"
+            ))),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Binary, E> {
+        match u64::try_from(v) {
+            Ok(u) => self.visit_u64(u),
+            Err(_) => Err(E::custom(format!(
+                "value {v} {OUT_OF_RANGE}: must be 0, 1, true or false"
+            ))),
         }
     }
 }
@@ -327,27 +357,6 @@ fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Err(serde::de::Error::custom(format!(
             "value {v} {OUT_OF_RANGE}: must be finite and >= 0"
         )))
-    }
-}
-
-fn opt_binary<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Binary {
-        Bool(bool),
-        Int(i64),
-    }
-    match Option::<Binary>::deserialize(d) {
-        Ok(None) => Ok(None),
-        Ok(Some(Binary::Bool(b))) => Ok(Some(b)),
-        Ok(Some(Binary::Int(0))) => Ok(Some(false)),
-        Ok(Some(Binary::Int(1))) => Ok(Some(true)),
-        Ok(Some(Binary::Int(n))) => Err(serde::de::Error::custom(format!(
-            "value {n} {OUT_OF_RANGE}: must be 0, 1, true or false"
-        ))),
-        Err(_) => Err(serde::de::Error::custom(
-            "invalid type: expected 0, 1, true or false",
-        )),
     }
 }
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod kafka;
+pub mod kube_fixture;
 pub mod tansu;
 
 use std::path::{Path, PathBuf};

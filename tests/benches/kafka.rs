@@ -1,0 +1,263 @@
+//! Through a real broker (Tansu on 127.0.0.1), in one run:
+//!
+//! 1. JSON decode alone, and decode + analytics + evaluation in-process,
+//!    on one core: the ceilings.
+//! 2. A bare rdkafka consumer reading N inference events: the broker's rate.
+//! 3. `canaryd run` (in-process, one consumer) reading the same N events into
+//!    decisions: at least 400,000 events/s and 40 % of the bare rate.
+//! 4. Latency from producing the event that completes a rule's duration to
+//!    its action reaching the pipeline's connector: p50 and p99.
+//!
+//! Run: `cargo bench -p canaryd-tests --bench kafka` (needs Tansu: tests/run installs it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a broken benchmark should stop loudly
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use canaryd::config::Config;
+use canaryd::live::Live;
+use canaryd_connectors::connector::BoxFuture;
+use canaryd_connectors::{Action, Connector, ConnectorError, Outcome, OutcomeKind};
+use canaryd_tests::kafka::{producer, send, send_all};
+use canaryd_tests::repo;
+use canaryd_tests::tansu::Tansu;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use std::sync::atomic::Ordering;
+use tokio_util::sync::CancellationToken;
+
+const EVENTS: usize = 500_000;
+const MODELS: usize = 1000;
+const LATENCY_SAMPLES: usize = 2000;
+
+fn inference(i: usize) -> (String, Vec<u8>) {
+    let model = format!("model-{:04}", i % MODELS);
+    let track = if i.is_multiple_of(10) { "canary" } else { "stable" };
+    let ms = i / 50; // 50 events per millisecond of event time
+    let line = format!(
+        r#"{{"type":"inference","ts":"2026-03-01T12:{:02}:{:02}.{:03}Z","model":"{model}","version":"v2.1.0","track":"{track}","latency_ms":{}.5,"error":{},"cost_usd":0.0021,"group":"{}","prediction":{},"label":{}}}"#,
+        (ms / 60_000) % 60,
+        (ms / 1000) % 60,
+        ms % 1000,
+        200 + (i * 7919) % 1800,
+        i.is_multiple_of(97),
+        ["A", "B", "C"][i % 3],
+        i % 2,
+        (i / 2) % 2,
+    );
+    (model, line.into_bytes())
+}
+
+fn config(bootstrap: &str, topic: &str, group: &str, rules: &Path) -> canaryd::config::Loaded {
+    let text = format!(
+        "rules: [{}]\ndry_run: true\nkafka:\n  brokers: {bootstrap}\n  group_id: {group}\n  topics: [{topic}]\n  dead_letter_topic: bench-dlq\n",
+        rules.display()
+    );
+    Config::parse(Path::new("bench.yaml"), &text)
+        .unwrap()
+        .load()
+        .unwrap()
+}
+
+/// Records when each action reaches it, by model.
+#[derive(Default)]
+struct Stopwatch {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Connector for Stopwatch {
+    fn name(&self) -> &str {
+        "stopwatch"
+    }
+
+    fn execute<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<Outcome, ConnectorError>> {
+        let now = Instant::now();
+        if let Some(model) = action.subject.get("model") {
+            self.seen
+                .lock()
+                .unwrap()
+                .entry(model.clone())
+                .or_insert(now);
+        }
+        Box::pin(async move {
+            Ok(Outcome {
+                key: action.key.clone(),
+                connector: "stopwatch".into(),
+                kind: OutcomeKind::Succeeded,
+                dry_run: true,
+                detail: String::new(),
+            })
+        })
+    }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let messages: Vec<(String, Vec<u8>)> = (0..EVENTS).map(inference).collect();
+    let rules = repo("deploy/examples/canary-alerts.yaml");
+
+    // 1. In-process ceilings, one core.
+    let start = Instant::now();
+    let mut decoded = Vec::with_capacity(EVENTS);
+    for (_, m) in &messages {
+        decoded.push(canaryd_rules::decode(m).unwrap());
+    }
+    let decode = start.elapsed();
+    let loaded = config("127.0.0.1:1", "x", "x", &rules);
+    let mut engine = canaryd_rules::Engine::new(
+        loaded.rules.clone(),
+        &loaded.vocabulary,
+        loaded.config.engine.clone(),
+    );
+    let mut out = Vec::new();
+    let start = Instant::now();
+    for (_, m) in &messages {
+        let event = canaryd_rules::decode(m).unwrap();
+        engine.ingest(&event, &mut out);
+        out.clear();
+    }
+    let full = start.elapsed();
+    drop(decoded);
+    println!(
+        "in-process, one core: decode alone {:.0} events/s; decode + analytics + evaluation {:.0} events/s",
+        rate(EVENTS, decode),
+        rate(EVENTS, full)
+    );
+
+    // 2. The broker, through a bare consumer.
+    let broker = Tansu::start();
+    broker
+        .create_topics(&[("bench-events", 1), ("bench-dlq", 1), ("bench-latency", 1)])
+        .await;
+    let p = producer(&broker.bootstrap());
+    send_all(&p, "bench-events", 0, &messages).await;
+
+    let bare: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "bare")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    bare.subscribe(&["bench-events"]).unwrap();
+    let mut first = None;
+    for n in 0..EVENTS {
+        bare.recv().await.unwrap();
+        if n == 0 {
+            first = Some(Instant::now());
+        }
+    }
+    let bare_time = first.unwrap().elapsed();
+    drop(bare);
+    let bare_rate = rate(EVENTS - 1, bare_time);
+    println!("bare rdkafka consumer: {bare_rate:.0} events/s");
+
+    // 3. canaryd, one consumer, into decisions.
+    let live = Live::new(
+        config(&broker.bootstrap(), "bench-events", "canaryd-bench", &rules),
+        "bench".into(),
+    )
+    .unwrap();
+    let stats = live.stats.clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(live.run(shutdown.clone()));
+    let mut first = None;
+    loop {
+        let n = stats.consumed.load(Ordering::Relaxed) as usize;
+        if n >= 1 && first.is_none() {
+            first = Some((Instant::now(), n));
+        }
+        if n >= EVENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let (t0, n0) = first.unwrap();
+    let canaryd_rate = rate(EVENTS - n0, t0.elapsed());
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    println!(
+        "canaryd run, one consumer: {canaryd_rate:.0} events/s = {:.0}% of the bare consumer",
+        100.0 * canaryd_rate / bare_rate
+    );
+
+    // 4. Latency: each subject's second error-rate sample completes the
+    //    rule's 5 minutes; time from producing it to its action.
+    // No batching delay on the producing side: the figure is the broker path.
+    let p: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let stopwatch = Arc::new(Stopwatch::default());
+    let live = Live::new(
+        config(
+            &broker.bootstrap(),
+            "bench-latency",
+            "canaryd-latency",
+            &rules,
+        ),
+        "bench".into(),
+    )
+    .unwrap()
+    .with_connector(stopwatch.clone());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(live.run(shutdown.clone()));
+    // Subject i starts at 12:00 + i ms and completes 5 minutes later, so
+    // each completing event is the one that moves time past its own due.
+    let metric = |i: usize, minute: u32| {
+        format!(
+            r#"{{"type":"metric","ts":"2026-03-01T12:{minute:02}:{:02}.{:03}Z","name":"canary_error_rate","value":0.2,"labels":{{"model":"l{i}"}}}}"#,
+            i / 1000,
+            i % 1000
+        )
+    };
+    let warm: Vec<(String, Vec<u8>)> = (0..LATENCY_SAMPLES)
+        .map(|i| (format!("l{i}"), metric(i, 0).into_bytes()))
+        .collect();
+    send_all(&p, "bench-latency", 0, &warm).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // let the consumer join and catch up
+    let mut sent = HashMap::new();
+    for i in 0..LATENCY_SAMPLES {
+        let model = format!("l{i}");
+        let line = metric(i, 5);
+        sent.insert(model.clone(), Instant::now());
+        send(&p, "bench-latency", 0, &model, line.as_bytes()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stopwatch.seen.lock().unwrap().len() < LATENCY_SAMPLES && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let seen = stopwatch.seen.lock().unwrap();
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|(m, t)| {
+            seen.get(m)
+                .map(|s| s.duration_since(*t).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "latency, completing event produced -> action at the connector ({} samples): p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99)
+    );
+}

@@ -1,0 +1,657 @@
+//! The Kubernetes traffic connector against a fake API server that speaks real HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use canaryd_connectors::{
+    Action, Connector, ConnectorError, Evidence, KubeConfig, KubeConnector, OutcomeKind,
+};
+use canaryd_rules::{ActionName, Severity, Span, Timestamp};
+use canaryd_tests::kube_fixture::{KubeFixture, TOKEN};
+use serde_json::Value;
+
+const NS: &str = "ml-serving";
+const VS: &str = "model-summarizer";
+const VS_PATH: &str = "/virtualservices/model-summarizer";
+
+fn config(fixture: &KubeFixture, kind: &str, extra: &str) -> KubeConfig {
+    let yaml = format!(
+        "kubeconfig: {}
+timeout: 2s
+target:
+  kind: {kind}
+  namespace: \"{NS}\"
+  name: \"model-{{{{ model }}}}\"
+  canary: canary
+  stable: stable
+{extra}",
+        fixture.kubeconfig().display()
+    );
+    serde_yaml_ng::from_str(&yaml).unwrap()
+}
+
+async fn connector(fixture: &KubeFixture, kind: &str) -> KubeConnector {
+    KubeConnector::new(config(fixture, kind, "")).await.unwrap()
+}
+
+fn action(name: ActionName, dry_run: bool) -> Action {
+    let subject: BTreeMap<String, String> =
+        [("model".to_string(), "summarizer".to_string())].into();
+    Action {
+        key: Action::key_for("Canary Error Rate High", &subject, Timestamp(1_000)),
+        ts: Timestamp(301_000),
+        rule: "Canary Error Rate High".into(),
+        subject,
+        action: name,
+        severity: Severity::Critical,
+        deadline: Span::seconds(30),
+        dry_run,
+        evidence: Evidence {
+            condition: "canary_error_rate > 0.05".into(),
+            values: [("canary_error_rate".to_string(), 0.105)].into(),
+            thresholds: vec![],
+            duration: Span::seconds(300),
+            since: Timestamp(1_000),
+        },
+        labels: Default::default(),
+        annotations: Default::default(),
+    }
+}
+
+/// (stable, canary) weights of the stored VirtualService.
+fn vs_weights(fixture: &KubeFixture) -> (i64, i64) {
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    let route = &vs["spec"]["http"][0]["route"];
+    let weight_of = |subset: &str| {
+        route
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["destination"]["subset"] == subset)
+            .unwrap()["weight"]
+            .as_i64()
+            .unwrap()
+    };
+    (weight_of("stable"), weight_of("canary"))
+}
+
+fn patches(fixture: &KubeFixture) -> usize {
+    fixture.requests_matching("PATCH", VS_PATH).len()
+}
+
+fn permanent(e: &ConnectorError) -> &str {
+    match e {
+        ConnectorError::Permanent(m) => m,
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
+fn retriable(e: &ConnectorError) -> &str {
+    match e {
+        ConnectorError::Retriable(m) => m,
+        other => panic!("expected a retriable error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rollback_of_a_virtual_service_at_90_10_ends_at_100_0_with_an_event() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let outcome = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
+    assert!(!outcome.dry_run);
+    assert_eq!(outcome.connector, "kube");
+    assert_eq!(
+        outcome.detail,
+        "VirtualService ml-serving/model-summarizer: canary 10 -> 0, stable 90 -> 100 (verified)"
+    );
+    assert_eq!(vs_weights(&fixture), (100, 0));
+    // The rest of the object is untouched.
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(vs["spec"]["hosts"][0], VS);
+    assert_eq!(vs["spec"]["http"][0]["route"][1]["destination"]["host"], VS);
+
+    let patch = fixture.requests_matching("PATCH", VS_PATH);
+    assert_eq!(patch.len(), 1, "{:#?}", fixture.requests());
+    let patch = &patch[0];
+    assert_eq!(
+        patch.query_param("fieldManager").as_deref(),
+        Some("canaryd")
+    );
+    let ct = patch.content_type.as_deref().unwrap_or("");
+    assert!(
+        ct.starts_with("application/merge-patch+json")
+            || ct.starts_with("application/apply-patch+yaml"),
+        "{ct}"
+    );
+    assert_eq!(
+        patch.authorization.as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    // The write is conditional on what was read.
+    assert!(
+        patch.json()["metadata"]["resourceVersion"].is_string(),
+        "{}",
+        patch.body
+    );
+    // Read, write, read back to verify, record the event.
+    let methods: Vec<String> = fixture
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        methods,
+        vec![
+            "GET /apis/networking.istio.io/v1/namespaces/ml-serving/virtualservices/model-summarizer",
+            "PATCH /apis/networking.istio.io/v1/namespaces/ml-serving/virtualservices/model-summarizer",
+            "GET /apis/networking.istio.io/v1/namespaces/ml-serving/virtualservices/model-summarizer",
+            "POST /api/v1/namespaces/ml-serving/events",
+        ]
+    );
+
+    let events = fixture.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event["reason"], "CanaryRollback");
+    assert_eq!(event["reportingComponent"], "canaryd");
+    assert_eq!(event["involvedObject"]["kind"], "VirtualService");
+    assert_eq!(event["involvedObject"]["name"], VS);
+    assert_eq!(event["involvedObject"]["namespace"], NS);
+    assert_eq!(
+        event["involvedObject"]["apiVersion"],
+        "networking.istio.io/v1"
+    );
+    assert_eq!(event["involvedObject"]["uid"], vs["metadata"]["uid"]);
+    let message = event["message"].as_str().unwrap();
+    assert!(message.contains("Canary Error Rate High"), "{message}");
+    assert!(
+        message.contains("canary 10 -> 0, stable 90 -> 100"),
+        "{message}"
+    );
+    assert!(message.contains("canary_error_rate=0.105"), "{message}");
+}
+
+#[tokio::test]
+async fn reduce_traffic_halves_the_canary_weight_on_an_http_route() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::http_route(NS, VS, 50, 50));
+    let kube = connector(&fixture, "HTTPRoute").await;
+
+    let outcome = kube
+        .execute(&action(ActionName::ReduceTraffic, false))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcome.detail,
+        "HTTPRoute ml-serving/model-summarizer: canary 50 -> 25, stable 50 -> 75 (verified)"
+    );
+    let route = fixture.object("HTTPRoute", NS, VS).unwrap();
+    let refs = &route["spec"]["rules"][0]["backendRefs"];
+    assert_eq!(refs[0]["name"], "stable");
+    assert_eq!(refs[0]["weight"], 75);
+    assert_eq!(refs[1]["name"], "canary");
+    assert_eq!(refs[1]["weight"], 25);
+    assert_eq!(refs[1]["port"], 8080);
+    assert_eq!(route["spec"]["parentRefs"][0]["name"], "ml-gateway");
+    let patch = fixture.requests_matching("PATCH", "/httproutes/model-summarizer");
+    assert_eq!(patch.len(), 1);
+    assert!(
+        patch[0]
+            .path
+            .starts_with("/apis/gateway.networking.k8s.io/v1/namespaces/ml-serving/")
+    );
+    let events = fixture.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["reason"], "CanaryTrafficReduced");
+    assert_eq!(events[0]["involvedObject"]["kind"], "HTTPRoute");
+
+    // Again: 25 -> 12 (rounded down), stable takes the rest.
+    let outcome = kube
+        .execute(&action(ActionName::ReduceTraffic, false))
+        .await
+        .unwrap();
+    assert!(
+        outcome.detail.contains("canary 25 -> 12, stable 75 -> 88"),
+        "{}",
+        outcome.detail
+    );
+}
+
+#[tokio::test]
+async fn rollback_of_an_argo_rollout_aborts_it_through_the_status_subresource() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::rollout(NS, VS));
+    let kube = connector(&fixture, "Rollout").await;
+
+    let outcome = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
+    assert!(
+        outcome
+            .detail
+            .contains("Rollout ml-serving/model-summarizer"),
+        "{}",
+        outcome.detail
+    );
+    assert!(outcome.detail.ends_with("(verified)"), "{}", outcome.detail);
+    let rollout = fixture.object("Rollout", NS, VS).unwrap();
+    assert_eq!(rollout["status"]["abort"], true);
+    assert_eq!(rollout["status"]["phase"], "Progressing");
+    assert_eq!(rollout["spec"]["replicas"], 4);
+    let patch = fixture.requests_matching("PATCH", "/rollouts/model-summarizer/status");
+    assert_eq!(patch.len(), 1, "{:#?}", fixture.requests());
+    assert_eq!(patch[0].json()["status"]["abort"], true);
+    assert_eq!(fixture.events()[0]["reason"], "CanaryRollback");
+
+    // reduce_traffic on an aborted Rollout has nothing left to do.
+    let outcome = kube
+        .execute(&action(ActionName::ReduceTraffic, false))
+        .await
+        .unwrap();
+    assert!(
+        outcome.detail.contains("already aborted"),
+        "{}",
+        outcome.detail
+    );
+    assert_eq!(fixture.requests_matching("PATCH", "/status").len(), 1);
+}
+
+#[tokio::test]
+async fn reduce_traffic_on_a_rollout_aborts_it_too() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::rollout(NS, VS));
+    let kube = connector(&fixture, "Rollout").await;
+    kube.execute(&action(ActionName::ReduceTraffic, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        fixture.object("Rollout", NS, VS).unwrap()["status"]["abort"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn two_conflicts_are_retried_with_a_fresh_read_and_the_third_write_wins() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    fixture.fail_next("PATCH", VS_PATH, 2, 409);
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let outcome = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap();
+
+    assert!(outcome.detail.ends_with("(verified)"), "{}", outcome.detail);
+    assert_eq!(vs_weights(&fixture), (100, 0));
+    let calls: Vec<(String, u16)> = fixture
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(VS_PATH))
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    let expected: Vec<(String, u16)> = [
+        ("GET", 200),
+        ("PATCH", 409),
+        ("GET", 200),
+        ("PATCH", 409),
+        ("GET", 200),
+        ("PATCH", 200),
+        ("GET", 200),
+    ]
+    .iter()
+    .map(|(m, s)| (m.to_string(), *s))
+    .collect();
+    assert_eq!(calls, expected);
+    assert_eq!(fixture.events().len(), 1);
+}
+
+#[tokio::test]
+async fn a_real_concurrent_change_conflicts_and_the_retry_uses_the_new_weights() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    // Someone else moves the split to 80/20 right after canaryd's first
+    // read: canaryd's write carries the old resourceVersion and must conflict.
+    fixture.put_after_next("GET", VS_PATH, KubeFixture::virtual_service(NS, VS, 80, 20));
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let outcome = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcome.detail,
+        "VirtualService ml-serving/model-summarizer: canary 20 -> 0, stable 80 -> 100 (verified)"
+    );
+    assert_eq!(vs_weights(&fixture), (100, 0));
+    let statuses: Vec<u16> = fixture
+        .requests_matching("PATCH", VS_PATH)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![409, 200]);
+}
+
+#[tokio::test]
+async fn conflicts_beyond_the_bound_are_retriable() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    fixture.fail_next("PATCH", VS_PATH, 100, 409);
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let err = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap_err();
+
+    assert!(retriable(&err).contains("conflict"), "{err}");
+    assert_eq!(patches(&fixture), canaryd_connectors::kube::MAX_ATTEMPTS);
+    assert_eq!(vs_weights(&fixture), (90, 10));
+    assert!(fixture.events().is_empty());
+}
+
+#[tokio::test]
+async fn forbidden_is_permanent_with_a_clear_message() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    fixture.fail_next("PATCH", VS_PATH, 1, 403);
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let err = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap_err();
+
+    let message = permanent(&err);
+    assert!(
+        message.contains(
+            "forbidden: canaryd's service account may not patch virtualservices in ml-serving"
+        ),
+        "{message}"
+    );
+    assert_eq!(vs_weights(&fixture), (90, 10));
+    assert!(fixture.events().is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_object_is_permanent_and_named() {
+    let fixture = KubeFixture::start();
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let err = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap_err();
+
+    let message = permanent(&err);
+    assert!(
+        message.contains("not found: VirtualService ml-serving/model-summarizer"),
+        "{message}"
+    );
+    assert!(fixture.requests_matching("PATCH", "").is_empty());
+}
+
+#[tokio::test]
+async fn an_injected_404_is_permanent() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    fixture.fail_next("GET", VS_PATH, 1, 404);
+    let kube = connector(&fixture, "VirtualService").await;
+    let err = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap_err();
+    assert!(
+        permanent(&err).contains("not found: VirtualService ml-serving/model-summarizer"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_error_is_retriable_and_the_next_try_succeeds() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    fixture.fail_next("PATCH", VS_PATH, 1, 500);
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let err = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap_err();
+    assert!(retriable(&err).contains("500"), "{err}");
+    assert_eq!(vs_weights(&fixture), (90, 10));
+
+    // The same long-lived client carries the retry.
+    kube.execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap();
+    assert_eq!(vs_weights(&fixture), (100, 0));
+}
+
+#[tokio::test]
+async fn a_slow_server_beyond_the_timeout_is_retriable() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    fixture.delay_next("GET", VS_PATH, 1, Duration::from_secs(30));
+    let kube =
+        KubeConnector::new(config(&fixture, "VirtualService", "").clone_with_timeout("300ms"))
+            .await
+            .unwrap();
+
+    let err = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap_err();
+
+    let message = retriable(&err);
+    assert!(message.contains("timeout"), "{message}");
+    assert_eq!(patches(&fixture), 0);
+    assert_eq!(vs_weights(&fixture), (90, 10));
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retriable() {
+    let fixture = KubeFixture::start();
+    let cfg = config(&fixture, "VirtualService", "");
+    let kubeconfig = std::fs::read_to_string(fixture.kubeconfig()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    // A port nothing listens on.
+    let port = canaryd_tests::tansu::free_port();
+    std::fs::write(
+        &path,
+        kubeconfig.replace(&fixture.url(), &format!("http://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let cfg = KubeConfig {
+        kubeconfig: Some(path),
+        ..cfg
+    };
+    let kube = KubeConnector::new(cfg).await.unwrap();
+    let err = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap_err();
+    assert!(err.is_retriable(), "{err}");
+}
+
+#[tokio::test]
+async fn rollback_twice_writes_once() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let first = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap();
+    let second = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap();
+
+    assert!(first.detail.ends_with("(verified)"));
+    assert_eq!(second.kind, OutcomeKind::Succeeded);
+    assert_eq!(
+        second.detail,
+        "VirtualService ml-serving/model-summarizer: already canary 0, stable 100; nothing to do"
+    );
+    assert_eq!(patches(&fixture), 1);
+    assert_eq!(fixture.events().len(), 1);
+    assert_eq!(vs_weights(&fixture), (100, 0));
+}
+
+#[tokio::test]
+async fn dry_run_reads_and_writes_nothing() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    let before = fixture.object("VirtualService", NS, VS).unwrap();
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let outcome = kube
+        .execute(&action(ActionName::AutoRollback, true))
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
+    assert!(outcome.dry_run);
+    assert_eq!(
+        outcome.detail,
+        "would set VirtualService ml-serving/model-summarizer: canary 10 -> 0, stable 90 -> 100"
+    );
+    assert_eq!(fixture.object("VirtualService", NS, VS).unwrap(), before);
+    let methods: Vec<String> = fixture
+        .requests()
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(methods, vec!["GET"]);
+    assert!(fixture.events().is_empty());
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_recorded_does_not_fail_the_rollback() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    fixture.fail_next("POST", "/events", 1, 403);
+    let kube = connector(&fixture, "VirtualService").await;
+
+    let outcome = kube
+        .execute(&action(ActionName::AutoRollback, false))
+        .await
+        .unwrap();
+
+    assert!(outcome.detail.ends_with("(verified)"));
+    assert_eq!(vs_weights(&fixture), (100, 0));
+    assert!(fixture.events().is_empty());
+    assert_eq!(fixture.requests_matching("POST", "/events").len(), 1);
+}
+
+#[tokio::test]
+async fn other_actions_are_refused() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    let kube = connector(&fixture, "VirtualService").await;
+    let err = kube
+        .execute(&action(ActionName::NotifyOnCall, false))
+        .await
+        .unwrap_err();
+    assert_eq!(permanent(&err), "not a traffic action");
+    assert!(fixture.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_subject_without_the_templated_label_is_permanent() {
+    let fixture = KubeFixture::start();
+    let kube = connector(&fixture, "VirtualService").await;
+    let mut a = action(ActionName::AutoRollback, false);
+    a.subject = [("region".to_string(), "eu".to_string())].into();
+    let err = kube.execute(&a).await.unwrap_err();
+    assert!(permanent(&err).contains("kube.target.name"), "{err}");
+    assert!(fixture.requests().is_empty());
+}
+
+#[tokio::test]
+async fn template_checking_rejects_a_label_outside_group_by() {
+    let fixture = KubeFixture::start();
+    let cfg = config(&fixture, "VirtualService", "");
+    let cfg = KubeConfig {
+        target: canaryd_connectors::TargetConfig {
+            name: "model-{{ model }}-{{ region }}".into(),
+            ..cfg.target
+        },
+        ..cfg
+    };
+    let problems = cfg.check_templates(&["model".to_string()]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("`region`"), "{problems:?}");
+    assert!(problems[0].contains("group_by [model]"), "{problems:?}");
+    assert!(
+        cfg.check_templates(&["model".to_string(), "region".to_string()])
+            .is_empty()
+    );
+    // The connector offers the same check.
+    let kube = KubeConnector::new(cfg).await.unwrap();
+    assert_eq!(kube.check_templates(&["model".to_string()]), problems);
+}
+
+#[test]
+fn the_fixture_refuses_a_stale_resource_version_and_a_missing_field_manager() {
+    // The fixture's own rules, checked over plain HTTP without kube-rs, so
+    // that the connector tests above rest on a fixture that can say no.
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
+    let path = format!("/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices/{VS}");
+    let send = |query: &str, body: &str| -> u16 {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(fixture.url().trim_start_matches("http://")).unwrap();
+        write!(
+            stream,
+            "PATCH {path}{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/merge-patch+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    let body = r#"{"metadata":{"resourceVersion":"999"},"spec":{"hosts":["x"]}}"#;
+    assert_eq!(send("?fieldManager=canaryd", body), 409);
+    assert_eq!(send("", r#"{"spec":{"hosts":["x"]}}"#), 400);
+    assert_eq!(
+        send("?fieldManager=canaryd", r#"{"spec":{"hosts":["x"]}}"#),
+        200
+    );
+    let vs: Value = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(vs["spec"]["hosts"], serde_json::json!(["x"]));
+    // The merge patch replaced the hosts list and kept http.
+    assert_eq!(vs["spec"]["http"][0]["route"][0]["weight"], 90);
+}
+
+trait WithTimeout {
+    fn clone_with_timeout(&self, timeout: &str) -> KubeConfig;
+}
+
+impl WithTimeout for KubeConfig {
+    fn clone_with_timeout(&self, timeout: &str) -> KubeConfig {
+        KubeConfig {
+            timeout: Span::parse(timeout).unwrap(),
+            ..self.clone()
+        }
+    }
+}
