@@ -35,4 +35,12 @@ pub trait Connector: Send + Sync {
 
     /// Carries out `action` once. Retries and deadlines are the pipeline's job.
     fn execute<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<Outcome, ConnectorError>>;
+
+    /// Tells the receiver that the alert behind `action` has resolved. `None` when the receiver has no notion of resolution.
+    fn resolve<'a>(
+        &'a self,
+        _action: &'a Action,
+    ) -> Option<BoxFuture<'a, Result<Outcome, ConnectorError>>> {
+        None
+    }
 }

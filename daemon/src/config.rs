@@ -29,6 +29,9 @@ pub struct Config {
     /// Site-specific metric names that conditions may use, beyond the built-in ones.
     #[serde(default)]
     pub variables: Vec<String>,
+    /// Queues, workers, retries and rate limits of the action pipeline.
+    #[serde(default)]
+    pub pipeline: crate::pipeline::PipelineConfig,
     /// Where events come from; required by `canaryd run`.
     #[serde(default)]
     pub kafka: Option<crate::kafka::KafkaConfig>,

@@ -9,6 +9,19 @@ pub fn actions_for(t: &Transition, rules: &RuleSet, global_dry_run: bool) -> Vec
     if t.to != Phase::Firing {
         return Vec::new();
     }
+    build(t, rules, global_dry_run)
+}
+
+/// When a firing alert resolves: the same actions (same idempotency keys),
+/// so that receivers which track incidents can close them.
+pub fn resolutions_for(t: &Transition, rules: &RuleSet, global_dry_run: bool) -> Vec<Action> {
+    if !(t.from == Phase::Firing && t.to == Phase::Resolved) {
+        return Vec::new();
+    }
+    build(t, rules, global_dry_run)
+}
+
+fn build(t: &Transition, rules: &RuleSet, global_dry_run: bool) -> Vec<Action> {
     let Some(rule) = rules.rules().get(t.rule) else {
         return Vec::new();
     };

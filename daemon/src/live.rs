@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use canaryd_connectors::{Connector, DryRun};
-use canaryd_rules::{Engine, Ingested, Output, Timestamp, decode};
+use canaryd_rules::{ActionName, Engine, Ingested, Output, Timestamp, decode};
 use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::config::Loaded;
-use crate::decide::actions_for;
+use crate::decide::{actions_for, resolutions_for};
 use crate::kafka::{Assignment, GroupContext, KafkaConfig};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Route, Routes};
 
 /// Why live mode stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +178,25 @@ impl Live {
                 "no action connectors are available yet: every action is recorded as a dry run"
             );
         }
-        let (pipeline, worker) = Pipeline::start(self.connector.clone(), 1024, audit.clone());
+        // Until receivers are configured, every action goes to one connector.
+        let routes: Routes = ActionName::ALL
+            .into_iter()
+            .map(|a| {
+                (
+                    a,
+                    Route {
+                        receivers: vec![self.connector.name().to_string()],
+                        dry_run: false,
+                    },
+                )
+            })
+            .collect();
+        let (pipeline, mut workers) = Pipeline::start(
+            vec![self.connector.clone()],
+            &routes,
+            &self.loaded.config.pipeline,
+            audit.clone(),
+        );
         tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded.rules.len(), "consuming");
 
         let mut partitions: Partitions = HashMap::new();
@@ -288,7 +306,14 @@ impl Live {
 
         tracing::info!("shutting down: draining actions and committing offsets");
         drop(pipeline);
-        let drained = worker.await;
+        let mut drained = Ok(());
+        while let Some(done) = workers.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => drained = Err(RunError::Pipeline(e.to_string())),
+                Err(e) => drained = Err(RunError::Pipeline(e.to_string())),
+            }
+        }
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
             Err(rdkafka::error::KafkaError::ConsumerCommit(
@@ -306,7 +331,7 @@ impl Live {
             actions = self.stats.actions.load(Ordering::Relaxed),
             "stopped"
         );
-        drained.map_err(|e| RunError::Pipeline(e.to_string()))
+        drained
     }
 
     /// Moves each partition's event time on while it is idle, at
@@ -409,6 +434,13 @@ impl Live {
                             return false;
                         }
                         self.stats.actions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for action in
+                        resolutions_for(&t, &self.loaded.rules, self.loaded.config.dry_run)
+                    {
+                        if pipeline.resolve(action).await.is_err() {
+                            return false;
+                        }
                     }
                 }
             }

@@ -1,25 +1,165 @@
-//! The action pipeline: a bounded queue in front of the connectors.
+//! The action pipeline: routes each action to its receivers, each with a
+//! bounded queue and its own pool of workers.
 //!
-//! `submit` waits while the queue is full, so backpressure reaches the
-//! consumer and nothing is dropped. The worker deduplicates by idempotency
-//! key, runs the connector and records every outcome.
+//! - `submit` returns once every routed receiver's queue has taken the
+//!   action; a full queue makes it wait, so backpressure reaches the
+//!   consumer and nothing is dropped.
+//! - A receiver remembers recent idempotency keys, so a re-fired or
+//!   re-delivered action never notifies or rolls back twice.
+//! - Retriable failures are retried with exponential backoff and jitter
+//!   until the action's deadline. A permanent failure, or a deadline
+//!   missed, is dead-lettered (as an audit record holding the whole action)
+//!   and escalated to the `notify_on_call` receivers with the reason.
+//! - Notifications over a receiver's rate limit are held and sent as one
+//!   summary, never dropped. Traffic changes are never rate limited.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use canaryd_connectors::{Action, Connector, Outcome, OutcomeKind};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use canaryd_connectors::{Action, Connector, ConnectorError, Outcome, OutcomeKind};
+use canaryd_rules::{ActionName, Span};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 
 use crate::audit::Audit;
 
-/// How many recent idempotency keys the worker remembers.
+/// How many recent idempotency keys each receiver remembers.
 const DEDUP_MEMORY: usize = 100_000;
 
-/// The sending side of the pipeline.
+/// `pipeline:` in the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Actions each receiver may have waiting.
+    pub queue_capacity: usize,
+    /// Actions each receiver works on at once.
+    pub workers: usize,
+    /// First retry delay; doubles each attempt, with jitter.
+    pub retry_initial: Span,
+    /// Longest retry delay.
+    pub retry_max: Span,
+    /// Notifications per subject per minute, per receiver.
+    pub rate_limit_per_minute: u32,
+    /// Notifications a subject may send at once before the rate applies.
+    pub rate_limit_burst: u32,
+    /// How often notifications held back by the rate limit go out as one summary.
+    pub summary_every: Span,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_capacity: 1024,
+            workers: 4,
+            retry_initial: Span(250),
+            retry_max: Span::seconds(30),
+            rate_limit_per_minute: 20,
+            rate_limit_burst: 5,
+            summary_every: Span::seconds(60),
+        }
+    }
+}
+
+/// Where one action name goes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Receiver names.
+    pub receivers: Vec<String>,
+    /// Record this action everywhere, never carry it out.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `routes:` in the config file: action name to receivers.
+pub type Routes = BTreeMap<ActionName, Route>;
+
+/// Every problem with routes against the receivers that exist.
+pub fn route_problems(routes: &Routes, receivers: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (action, route) in routes {
+        if route.receivers.is_empty() {
+            out.push(format!("routes.{action}: no receiver"));
+        }
+        for r in &route.receivers {
+            if !receivers.contains(&r.as_str()) {
+                out.push(format!(
+                    "routes.{action}: unknown receiver `{r}`{}",
+                    canaryd_rules::vocabulary::suggest(r, receivers.iter().copied())
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Counts of outcomes by receiver, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    outcomes: Mutex<BTreeMap<(String, OutcomeKind), u64>>,
+    latency: Mutex<BTreeMap<String, (u64, f64)>>,
+}
+
+impl PipelineStats {
+    fn count(&self, receiver: &str, kind: OutcomeKind) {
+        let mut map = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((receiver.to_string(), kind)).or_default() += 1;
+    }
+
+    fn observe(&self, receiver: &str, seconds: f64) {
+        let mut map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(receiver.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += seconds;
+    }
+
+    /// Outcomes so far: (receiver, outcome) → count.
+    pub fn outcomes(&self) -> BTreeMap<(String, OutcomeKind), u64> {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Connector calls so far: receiver → (count, total seconds).
+    pub fn latency(&self) -> BTreeMap<String, (u64, f64)> {
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Work for a receiver.
+enum Job {
+    /// Carry out an action.
+    Fire { action: Action, accepted: Instant },
+    /// Tell the receiver the alert behind the action resolved.
+    Resolve(Action),
+}
+
+/// The sending side of one receiver.
+struct Lane {
+    name: String,
+    tx: mpsc::Sender<Job>,
+}
+
+/// The sending side of the pipeline. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
-    tx: mpsc::Sender<Action>,
+    lanes: Arc<Vec<Lane>>,
+    routes: Arc<HashMap<ActionName, (Vec<usize>, bool)>>,
+    audit: Audit,
+    /// Outcome counters.
+    pub stats: Arc<PipelineStats>,
 }
 
 /// The pipeline has shut down and accepts nothing more.
@@ -27,64 +167,472 @@ pub struct Pipeline {
 #[error("the action pipeline is closed")]
 pub struct Closed;
 
-impl Pipeline {
-    /// Starts the worker. The handle finishes once every `Pipeline` clone is
-    /// dropped and the queue is drained; await it to surface a panic.
-    pub fn start(
-        connector: Arc<dyn Connector>,
-        capacity: usize,
-        audit: Audit,
-    ) -> (Pipeline, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let worker = tokio::spawn(work(rx, connector, audit));
-        (Pipeline { tx }, worker)
-    }
-
-    /// Queues an action; returns once it is accepted. Waits while the queue is full.
-    pub async fn submit(&self, action: Action) -> Result<(), Closed> {
-        self.tx.send(action).await.map_err(|_| Closed)
-    }
+/// A receiver's worker pool panicked or could not be joined.
+#[derive(Debug, thiserror::Error)]
+#[error("receiver {receiver}: {message}")]
+pub struct WorkerFailed {
+    /// The receiver.
+    pub receiver: String,
+    /// What happened.
+    pub message: String,
 }
 
-async fn work(mut rx: mpsc::Receiver<Action>, connector: Arc<dyn Connector>, audit: Audit) {
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut order: VecDeque<String> = VecDeque::new();
-    while let Some(action) = rx.recv().await {
-        if seen.contains(&action.key) {
-            tracing::info!(key = %action.key, "duplicate action ignored");
-            continue;
+impl Pipeline {
+    /// Starts one worker pool per receiver. The returned set finishes once
+    /// every `Pipeline` clone is dropped and the queues are drained; join it
+    /// to surface a panic.
+    pub fn start(
+        receivers: Vec<Arc<dyn Connector>>,
+        routes: &Routes,
+        config: &PipelineConfig,
+        audit: Audit,
+    ) -> (Pipeline, JoinSet<Result<(), WorkerFailed>>) {
+        let stats = Arc::new(PipelineStats::default());
+        let index: HashMap<String, usize> = receivers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name().to_string(), i))
+            .collect();
+        let mut route_map = HashMap::new();
+        for (action, route) in routes {
+            let lanes: Vec<usize> = route
+                .receivers
+                .iter()
+                .filter_map(|r| index.get(r).copied())
+                .collect();
+            route_map.insert(*action, (lanes, route.dry_run));
         }
-        if order.len() >= DEDUP_MEMORY
-            && let Some(old) = order.pop_front()
-        {
-            seen.remove(&old);
+        let oncall: Vec<Arc<dyn Connector>> = route_map
+            .get(&ActionName::NotifyOnCall)
+            .map(|(lanes, _)| lanes.iter().map(|&i| receivers[i].clone()).collect())
+            .unwrap_or_default();
+        let mut txs = Vec::new();
+        let mut rxs = Vec::new();
+        for r in &receivers {
+            let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+            txs.push(Lane {
+                name: r.name().to_string(),
+                tx,
+            });
+            rxs.push(rx);
         }
-        seen.insert(action.key.clone());
-        order.push_back(action.key.clone());
+        let pipeline = Pipeline {
+            lanes: Arc::new(txs),
+            routes: Arc::new(route_map),
+            audit: audit.clone(),
+            stats: stats.clone(),
+        };
+        let mut set = JoinSet::new();
+        for (connector, rx) in receivers.into_iter().zip(rxs) {
+            // Escalations go straight to the on-call connectors, so they are
+            // never queued behind, or rate limited with, what failed.
+            let oncall = oncall
+                .iter()
+                .filter(|c| c.name() != connector.name())
+                .cloned()
+                .collect();
+            let lane = LaneWorker {
+                connector,
+                config: config.clone(),
+                audit: audit.clone(),
+                stats: stats.clone(),
+                oncall,
+                limiter: RateLimiter::keyed(quota(config)),
+                held: Mutex::new(Vec::new()),
+                seen: Mutex::new(Seen::default()),
+            };
+            set.spawn(Arc::new(lane).run(rx));
+        }
+        (pipeline, set)
+    }
 
-        record(&audit, &action, &accepted(&action, connector.name())).await;
-        let outcome = match connector.execute(&action).await {
-            Ok(o) => o,
-            Err(e) => Outcome {
+    /// Queues `action` for every receiver its route names; returns once all
+    /// have taken it. An action with no route is recorded as failed, never
+    /// silently dropped.
+    pub async fn submit(&self, mut action: Action) -> Result<(), Closed> {
+        let Some((lanes, dry_run)) = self.routes.get(&action.action) else {
+            let outcome = Outcome {
                 key: action.key.clone(),
-                connector: connector.name().to_string(),
+                connector: "none".into(),
                 kind: OutcomeKind::Failed,
                 dry_run: action.dry_run,
-                detail: e.to_string(),
-            },
+                detail: format!("no route for {}: add it under `routes:`", action.action),
+            };
+            self.stats.count("none", OutcomeKind::Failed);
+            record(&self.audit, &action, &outcome).await;
+            return Ok(());
         };
-        record(&audit, &action, &outcome).await;
+        action.dry_run |= *dry_run;
+        let accepted = Instant::now();
+        for &lane in lanes {
+            let job = Job::Fire {
+                action: action.clone(),
+                accepted,
+            };
+            self.lanes[lane].tx.send(job).await.map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Tells every receiver of the action's route that its alert resolved.
+    pub async fn resolve(&self, action: Action) -> Result<(), Closed> {
+        let Some((lanes, _)) = self.routes.get(&action.action) else {
+            return Ok(());
+        };
+        for &lane in lanes {
+            self.lanes[lane]
+                .tx
+                .send(Job::Resolve(action.clone()))
+                .await
+                .map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Receiver names, in configuration order.
+    pub fn receivers(&self) -> Vec<String> {
+        self.lanes.iter().map(|l| l.name.clone()).collect()
     }
 }
 
-fn accepted(action: &Action, connector: &str) -> Outcome {
-    Outcome {
-        key: action.key.clone(),
-        connector: connector.to_string(),
-        kind: OutcomeKind::Accepted,
-        dry_run: action.dry_run,
-        detail: String::new(),
+fn quota(config: &PipelineConfig) -> Quota {
+    let per_minute = NonZeroU32::new(config.rate_limit_per_minute).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_minute(per_minute).allow_burst(burst)
+}
+
+/// Remembers recent idempotency keys, oldest forgotten first.
+#[derive(Default)]
+struct Seen {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    /// True if `key` is new (and remembers it).
+    fn first(&mut self, key: &str) -> bool {
+        if self.keys.contains(key) {
+            return false;
+        }
+        if self.order.len() >= DEDUP_MEMORY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.keys.remove(&old);
+        }
+        self.keys.insert(key.to_string());
+        self.order.push_back(key.to_string());
+        true
     }
+}
+
+/// One receiver's worker pool.
+struct LaneWorker {
+    connector: Arc<dyn Connector>,
+    config: PipelineConfig,
+    audit: Audit,
+    stats: Arc<PipelineStats>,
+    /// Where escalations go: the `notify_on_call` receivers but this one.
+    oncall: Vec<Arc<dyn Connector>>,
+    /// Notifications per subject.
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// Notifications over the limit, waiting for the next summary.
+    held: Mutex<Vec<Action>>,
+    seen: Mutex<Seen>,
+}
+
+impl LaneWorker {
+    fn name(&self) -> &str {
+        self.connector.name()
+    }
+
+    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Job>) -> Result<(), WorkerFailed> {
+        let permits = Arc::new(Semaphore::new(self.config.workers.max(1)));
+        let mut jobs = JoinSet::new();
+        let every = Duration::from_millis(self.config.summary_every.millis().max(1) as u64);
+        let mut summary = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                job = rx.recv() => {
+                    let Some(job) = job else { break };
+                    let permit = match permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break, // never closed
+                    };
+                    let me = self.clone();
+                    jobs.spawn(async move {
+                        me.handle(job).await;
+                        drop(permit);
+                    });
+                }
+                _ = summary.tick() => {
+                    self.limiter.retain_recent();
+                    self.send_summary().await;
+                }
+                Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(receiver = self.name(), error = %e, "action worker panicked");
+                        failure.get_or_insert(e.to_string());
+                    }
+                }
+            }
+        }
+        while let Some(done) = jobs.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(receiver = self.name(), error = %e, "action worker panicked");
+                failure.get_or_insert(e.to_string());
+            }
+        }
+        // Whatever is still held goes out before the lane closes.
+        self.send_summary().await;
+        match failure {
+            None => Ok(()),
+            Some(message) => Err(WorkerFailed {
+                receiver: self.name().to_string(),
+                message,
+            }),
+        }
+    }
+
+    async fn handle(&self, job: Job) {
+        match job {
+            Job::Fire { action, accepted } => {
+                let first = self
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .first(&action.key);
+                if !first {
+                    tracing::info!(receiver = self.name(), key = %action.key, "duplicate action ignored");
+                    return;
+                }
+                self.outcome(self.name(), &action, OutcomeKind::Accepted, String::new())
+                    .await;
+                if !action.action.changes_traffic() && !self.within_limit(&action) {
+                    self.held
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(action);
+                    return;
+                }
+                self.deliver(action, accepted, true).await;
+            }
+            Job::Resolve(action) => {
+                let Some(call) = self.connector.resolve(&action) else {
+                    return;
+                };
+                let started = Instant::now();
+                let result = call.await;
+                self.stats
+                    .observe(self.name(), started.elapsed().as_secs_f64());
+                match result {
+                    Ok(o) => {
+                        self.outcome(
+                            self.name(),
+                            &action,
+                            o.kind,
+                            format!("resolve: {}", o.detail),
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        self.outcome(
+                            self.name(),
+                            &action,
+                            OutcomeKind::Failed,
+                            format!("resolve: {e}"),
+                        )
+                        .await
+                    }
+                }
+            }
+        }
+    }
+
+    fn within_limit(&self, action: &Action) -> bool {
+        let subject: Vec<String> = action
+            .subject
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        self.limiter.check_key(&subject.join(",")).is_ok()
+    }
+
+    /// Carries `action` out through this receiver; on failure records it,
+    /// dead-letters it and (unless it is itself an escalation) tells on-call.
+    async fn deliver(&self, action: Action, accepted: Instant, may_escalate: bool) {
+        let Err((kind, failure)) = self
+            .attempt(self.connector.as_ref(), &action, accepted)
+            .await
+        else {
+            return;
+        };
+        self.outcome(self.name(), &action, kind, failure.clone())
+            .await;
+        if kind == OutcomeKind::Failed {
+            // A permanent failure is dead-lettered too, so the action is kept.
+            self.outcome(
+                self.name(),
+                &action,
+                OutcomeKind::DeadLettered,
+                failure.clone(),
+            )
+            .await;
+        }
+        if !may_escalate {
+            return;
+        }
+        let escalation = escalation_for(&action, self.name(), &failure);
+        let mut told = Vec::new();
+        for target in &self.oncall {
+            match self
+                .attempt(target.as_ref(), &escalation, Instant::now())
+                .await
+            {
+                Ok(()) => told.push(target.name().to_string()),
+                Err((kind, why)) => self.outcome(target.name(), &escalation, kind, why).await,
+            }
+        }
+        let detail = if told.is_empty() {
+            format!("no on-call receiver could be told: {failure}")
+        } else {
+            format!("on-call told through {}: {failure}", told.join(", "))
+        };
+        self.outcome(self.name(), &action, OutcomeKind::Escalated, detail)
+            .await;
+    }
+
+    /// Tries `connector` until success, a permanent error or the action's
+    /// deadline (counted from `accepted`). Records each outcome on the way.
+    async fn attempt(
+        &self,
+        connector: &dyn Connector,
+        action: &Action,
+        accepted: Instant,
+    ) -> Result<(), (OutcomeKind, String)> {
+        let name = connector.name();
+        let budget = Duration::from_millis(action.deadline.millis().max(0) as u64);
+        let mut delay = Duration::from_millis(self.config.retry_initial.millis().max(1) as u64);
+        let max_delay = Duration::from_millis(self.config.retry_max.millis().max(1) as u64);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let started = std::time::Instant::now();
+            let result = connector.execute(action).await;
+            self.stats.observe(name, started.elapsed().as_secs_f64());
+            match result {
+                Ok(o) => {
+                    self.outcome(name, action, o.kind, o.detail).await;
+                    return Ok(());
+                }
+                Err(ConnectorError::Permanent(reason)) => {
+                    return Err((OutcomeKind::Failed, format!("failed permanently: {reason}")));
+                }
+                Err(ConnectorError::Retriable(reason)) => {
+                    // Jitter keeps a fleet of retries from arriving together.
+                    let wait = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    if accepted.elapsed() + wait >= budget {
+                        return Err((
+                            OutcomeKind::DeadLettered,
+                            format!(
+                                "not done within its {} deadline after {attempt} attempts: {reason}",
+                                action.deadline
+                            ),
+                        ));
+                    }
+                    self.outcome(
+                        name,
+                        action,
+                        OutcomeKind::Retried,
+                        format!("attempt {attempt}: {reason}"),
+                    )
+                    .await;
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(max_delay);
+                }
+            }
+        }
+    }
+
+    /// Sends held notifications as one summary.
+    async fn send_summary(&self) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        if held.is_empty() {
+            return;
+        }
+        let summary = summary_of(&held, self.name());
+        for action in &held {
+            let detail = format!("rate limited; sent in summary {}", summary.key);
+            self.outcome(self.name(), action, OutcomeKind::Accepted, detail)
+                .await;
+        }
+        self.deliver(summary, Instant::now(), true).await;
+    }
+
+    async fn outcome(&self, receiver: &str, action: &Action, kind: OutcomeKind, detail: String) {
+        self.stats.count(receiver, kind);
+        let outcome = Outcome {
+            key: action.key.clone(),
+            connector: receiver.to_string(),
+            kind,
+            dry_run: action.dry_run,
+            detail,
+        };
+        record(&self.audit, action, &outcome).await;
+    }
+}
+
+/// The on-call notification sent when `action` could not be carried out.
+fn escalation_for(action: &Action, receiver: &str, reason: &str) -> Action {
+    let mut escalation = action.clone();
+    escalation.key = format!("{}|escalated|{receiver}", action.key);
+    escalation.action = ActionName::NotifyOnCall;
+    escalation.annotations.insert(
+        "summary".into(),
+        format!(
+            "ESCALATION: {} for {} by rule {:?} via {receiver} {reason}",
+            action.action,
+            subject_text(&action.subject),
+            action.rule
+        ),
+    );
+    escalation
+}
+
+/// One notification standing for several held back by the rate limit.
+fn summary_of(held: &[Action], receiver: &str) -> Action {
+    let mut summary = held[held.len() - 1].clone();
+    let lines: Vec<String> = held
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} ({}) at {}",
+                a.rule,
+                subject_text(&a.subject),
+                a.severity,
+                a.ts
+            )
+        })
+        .collect();
+    summary.key = format!("summary|{receiver}|{}|{}", held.len(), held[0].key);
+    summary.rule = format!("{} notifications held back by the rate limit", held.len());
+    summary
+        .annotations
+        .insert("summary".into(), lines.join("\n"));
+    summary.severity = held
+        .iter()
+        .map(|a| a.severity)
+        .max()
+        .unwrap_or(summary.severity);
+    summary
+}
+
+fn subject_text(subject: &BTreeMap<String, String>) -> String {
+    subject
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 async fn record(audit: &Audit, action: &Action, outcome: &Outcome) {
@@ -93,30 +641,362 @@ async fn record(audit: &Audit, action: &Action, outcome: &Outcome) {
         action = %action.action,
         subject = ?action.subject,
         key = %outcome.key,
-        connector = %outcome.connector,
+        receiver = %outcome.connector,
         outcome = ?outcome.kind,
         dry_run = outcome.dry_run,
         detail = %outcome.detail,
         "action outcome"
     );
-    audit
-        .publish(
-            &action.key,
-            serde_json::json!({
-                "kind": "outcome",
-                "ts": action.ts,
-                "rule": action.rule,
-                "subject": action.subject,
-                "action": action.action,
-                "severity": action.severity,
-                "deadline_s": action.deadline.as_secs_f64(),
-                "dry_run": outcome.dry_run,
-                "key": outcome.key,
-                "connector": outcome.connector,
-                "outcome": outcome.kind,
-                "detail": outcome.detail,
-                "evidence": action.evidence,
-            }),
-        )
-        .await;
+    let mut record = serde_json::json!({
+        "kind": "outcome",
+        "ts": action.ts,
+        "rule": action.rule,
+        "subject": action.subject,
+        "action": action.action,
+        "severity": action.severity,
+        "deadline_s": action.deadline.as_secs_f64(),
+        "dry_run": outcome.dry_run,
+        "key": outcome.key,
+        "connector": outcome.connector,
+        "outcome": outcome.kind,
+        "detail": outcome.detail,
+        "evidence": action.evidence,
+    });
+    // A dead letter carries the whole action, so nothing is lost.
+    if outcome.kind == OutcomeKind::DeadLettered
+        && let (Some(map), Ok(full)) = (record.as_object_mut(), serde_json::to_value(action))
+    {
+        map.insert("action_record".into(), full);
+    }
+    audit.publish(&action.key, record).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canaryd_connectors::Evidence;
+    use canaryd_connectors::connector::BoxFuture;
+    use canaryd_rules::{Severity, Timestamp};
+    use futures::FutureExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fails the first `failures` calls with `error`, then succeeds; records every call.
+    struct Flaky {
+        name: String,
+        failures: AtomicUsize,
+        permanent: bool,
+        calls: Mutex<Vec<Action>>,
+        gate: Option<Arc<Semaphore>>,
+    }
+
+    impl Flaky {
+        fn new(name: &str, failures: usize, permanent: bool) -> Arc<Flaky> {
+            Arc::new(Flaky {
+                name: name.into(),
+                failures: AtomicUsize::new(failures),
+                permanent,
+                calls: Mutex::new(Vec::new()),
+                gate: None,
+            })
+        }
+
+        fn calls(&self) -> Vec<Action> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Connector for Flaky {
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        fn execute<'a>(
+            &'a self,
+            action: &'a Action,
+        ) -> BoxFuture<'a, Result<Outcome, ConnectorError>> {
+            Box::pin(async move {
+                if let Some(gate) = &self.gate {
+                    gate.acquire().await.unwrap().forget();
+                }
+                self.calls.lock().unwrap().push(action.clone());
+                let left = self.failures.load(Ordering::SeqCst);
+                if left > 0 {
+                    self.failures.store(left - 1, Ordering::SeqCst);
+                    return Err(if self.permanent {
+                        ConnectorError::Permanent("403 forbidden".into())
+                    } else {
+                        ConnectorError::Retriable("503 unavailable".into())
+                    });
+                }
+                Ok(Outcome {
+                    key: action.key.clone(),
+                    connector: self.name.clone(),
+                    kind: OutcomeKind::Succeeded,
+                    dry_run: action.dry_run,
+                    detail: "done".into(),
+                })
+            })
+        }
+    }
+
+    fn action(key: &str, name: ActionName, model: &str) -> Action {
+        Action {
+            key: key.into(),
+            ts: Timestamp(0),
+            rule: "r".into(),
+            subject: BTreeMap::from([("model".to_string(), model.to_string())]),
+            action: name,
+            severity: Severity::Critical,
+            deadline: Span::seconds(30),
+            dry_run: false,
+            evidence: Evidence {
+                condition: "x > 1".into(),
+                values: BTreeMap::new(),
+                thresholds: vec![],
+                duration: Span::ZERO,
+                since: Timestamp(0),
+            },
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    fn routes(pairs: &[(ActionName, &[&str])]) -> Routes {
+        pairs
+            .iter()
+            .map(|(a, r)| {
+                (
+                    *a,
+                    Route {
+                        receivers: r.iter().map(|s| s.to_string()).collect(),
+                        dry_run: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    async fn drain(pipeline: Pipeline, mut set: JoinSet<Result<(), WorkerFailed>>) {
+        drop(pipeline);
+        while let Some(done) = set.join_next().await {
+            done.unwrap().unwrap();
+        }
+    }
+
+    fn count(stats: &PipelineStats, receiver: &str, kind: OutcomeKind) -> u64 {
+        stats
+            .outcomes()
+            .get(&(receiver.to_string(), kind))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn audit() -> Audit {
+        Audit::log_only("test".into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_key_acts_once() {
+        let kube = Flaky::new("kube", 0, false);
+        let (p, set) = Pipeline::start(
+            vec![kube.clone()],
+            &routes(&[(ActionName::AutoRollback, &["kube"])]),
+            &PipelineConfig::default(),
+            audit(),
+        );
+        for _ in 0..3 {
+            p.submit(action("k1", ActionName::AutoRollback, "m"))
+                .await
+                .unwrap();
+        }
+        let stats = p.stats.clone();
+        drain(p, set).await;
+        assert_eq!(kube.calls().len(), 1);
+        assert_eq!(count(&stats, "kube", OutcomeKind::Succeeded), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retriable_errors_are_retried_until_success() {
+        let kube = Flaky::new("kube", 2, false);
+        let (p, set) = Pipeline::start(
+            vec![kube.clone()],
+            &routes(&[(ActionName::AutoRollback, &["kube"])]),
+            &PipelineConfig::default(),
+            audit(),
+        );
+        p.submit(action("k1", ActionName::AutoRollback, "m"))
+            .await
+            .unwrap();
+        let stats = p.stats.clone();
+        drain(p, set).await;
+        assert_eq!(kube.calls().len(), 3);
+        assert_eq!(count(&stats, "kube", OutcomeKind::Retried), 2);
+        assert_eq!(count(&stats, "kube", OutcomeKind::Succeeded), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missed_deadline_is_dead_lettered_and_escalated_to_on_call() {
+        let kube = Flaky::new("kube", usize::MAX, false);
+        let pager = Flaky::new("pager", 0, false);
+        let (p, set) = Pipeline::start(
+            vec![kube.clone(), pager.clone()],
+            &routes(&[
+                (ActionName::AutoRollback, &["kube"]),
+                (ActionName::NotifyOnCall, &["pager"]),
+            ]),
+            &PipelineConfig::default(),
+            audit(),
+        );
+        let started = Instant::now();
+        p.submit(action("k1", ActionName::AutoRollback, "m"))
+            .await
+            .unwrap();
+        let stats = p.stats.clone();
+        drain(p, set).await;
+        // Retries stop at the 30 s deadline; the backoff is capped so several happen.
+        assert!(kube.calls().len() >= 5, "{}", kube.calls().len());
+        assert!(started.elapsed() <= Duration::from_secs(30));
+        assert_eq!(count(&stats, "kube", OutcomeKind::DeadLettered), 1);
+        assert_eq!(count(&stats, "kube", OutcomeKind::Escalated), 1);
+        let told = pager.calls();
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].action, ActionName::NotifyOnCall);
+        assert!(
+            told[0].annotations["summary"].starts_with("ESCALATION: auto_rollback for model=m"),
+            "{:?}",
+            told[0].annotations
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_is_not_retried_and_escalates_at_once() {
+        let kube = Flaky::new("kube", 1, true);
+        let pager = Flaky::new("pager", 0, false);
+        let (p, set) = Pipeline::start(
+            vec![kube.clone(), pager.clone()],
+            &routes(&[
+                (ActionName::AutoRollback, &["kube"]),
+                (ActionName::NotifyOnCall, &["pager"]),
+            ]),
+            &PipelineConfig::default(),
+            audit(),
+        );
+        p.submit(action("k1", ActionName::AutoRollback, "m"))
+            .await
+            .unwrap();
+        let stats = p.stats.clone();
+        drain(p, set).await;
+        assert_eq!(kube.calls().len(), 1);
+        assert_eq!(count(&stats, "kube", OutcomeKind::Failed), 1);
+        assert_eq!(count(&stats, "kube", OutcomeKind::DeadLettered), 1);
+        assert!(pager.calls()[0].annotations["summary"].contains("403 forbidden"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn notifications_over_the_limit_go_out_as_one_summary_and_rollbacks_are_never_limited() {
+        let slack = Flaky::new("slack", 0, false);
+        let kube = Flaky::new("kube", 0, false);
+        let config = PipelineConfig {
+            rate_limit_per_minute: 1,
+            rate_limit_burst: 2,
+            ..PipelineConfig::default()
+        };
+        let (p, set) = Pipeline::start(
+            vec![slack.clone(), kube.clone()],
+            &routes(&[
+                (ActionName::NotifyMlTeam, &["slack"]),
+                (ActionName::AutoRollback, &["kube"]),
+            ]),
+            &config,
+            audit(),
+        );
+        for i in 0..5 {
+            p.submit(action(&format!("n{i}"), ActionName::NotifyMlTeam, "m"))
+                .await
+                .unwrap();
+            p.submit(action(&format!("r{i}"), ActionName::AutoRollback, "m"))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let stats = p.stats.clone();
+        drain(p, set).await;
+        let sent = slack.calls();
+        assert_eq!(sent.len(), 3, "two within the burst, then one summary");
+        assert_eq!(sent[2].rule, "3 notifications held back by the rate limit");
+        assert_eq!(sent[2].annotations["summary"].lines().count(), 3);
+        assert_eq!(kube.calls().len(), 5);
+        assert_eq!(count(&stats, "slack", OutcomeKind::Succeeded), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_holds_the_submitter_back() {
+        let gate = Arc::new(Semaphore::new(0));
+        let slow = Arc::new(Flaky {
+            name: "slow".into(),
+            failures: AtomicUsize::new(0),
+            permanent: false,
+            calls: Mutex::new(Vec::new()),
+            gate: Some(gate.clone()),
+        });
+        let config = PipelineConfig {
+            queue_capacity: 1,
+            workers: 1,
+            ..PipelineConfig::default()
+        };
+        let (p, set) = Pipeline::start(
+            vec![slow.clone()],
+            &routes(&[(ActionName::AutoRollback, &["slow"])]),
+            &config,
+            audit(),
+        );
+        // One action in the worker, one waiting for a worker, one in the
+        // queue: the next submit must wait.
+        let mut taken = 0;
+        let blocked = loop {
+            let mut next =
+                Box::pin(p.submit(action(&format!("a{taken}"), ActionName::AutoRollback, "m")));
+            if (&mut next).now_or_never().is_none() {
+                break next;
+            }
+            taken += 1;
+            assert!(taken <= 3, "the queue must be bounded");
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        gate.add_permits(10);
+        blocked.await.unwrap();
+        drain(p, set).await;
+        assert_eq!(slow.calls().len(), taken + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unrouted_action_is_recorded_as_failed() {
+        let (p, set) = Pipeline::start(vec![], &Routes::new(), &PipelineConfig::default(), audit());
+        p.submit(action("a", ActionName::NotifyFinops, "m"))
+            .await
+            .unwrap();
+        assert_eq!(count(&p.stats, "none", OutcomeKind::Failed), 1);
+        drain(p, set).await;
+    }
+
+    #[test]
+    fn routes_must_name_existing_receivers() {
+        let problems = route_problems(
+            &routes(&[
+                (ActionName::NotifyOnCall, &["pagerdty"]),
+                (ActionName::NotifyFinops, &[]),
+            ]),
+            &["pagerduty"],
+        );
+        assert_eq!(
+            problems,
+            vec![
+                "routes.notify_on_call: unknown receiver `pagerdty` (did you mean `pagerduty`?)"
+                    .to_string(),
+                "routes.notify_finops: no receiver".to_string(),
+            ]
+        );
+    }
 }
