@@ -63,8 +63,10 @@ const RESOURCES: [(&str, &str, &str, &str); 3] = [
 ];
 
 /// One request as the fixture received it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct LoggedRequest {
+    /// When the whole request had arrived.
+    pub at: std::time::Instant,
     /// `GET`, `PATCH`, `POST`, ...
     pub method: String,
     /// The path, without the query.
@@ -511,6 +513,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Reply, Infallib
     let (index, fault) = {
         let mut s = lock(&state);
         s.log.push(LoggedRequest {
+            at: std::time::Instant::now(),
             method: method.clone(),
             path: path.clone(),
             query: query.clone(),
