@@ -4,7 +4,7 @@ use std::path::Path;
 
 use canaryd_rules::{LoadOptions, load_rules};
 
-use crate::config::{Config, load_rule_files};
+use crate::config::Config;
 use crate::ruletest;
 
 /// What kind of file a path holds, judged by its top-level keys.
@@ -58,23 +58,17 @@ pub fn check_file(path: &Path) -> Result<String, Vec<String>> {
             Err(e) => Err(vec![e.to_string()]),
         },
         FileKind::Config => {
-            let config = Config::read(path).map_err(|e| e.lines())?;
-            if let Some(kafka) = &config.kafka {
-                let problems = kafka.problems();
-                if !problems.is_empty() {
-                    return Err(problems
-                        .into_iter()
-                        .map(|p| format!("{name}: {p}"))
-                        .collect());
-                }
+            let loaded = Config::read(path)
+                .and_then(Config::load)
+                .map_err(|e| e.lines())?;
+            let problems = loaded.problems();
+            if !problems.is_empty() {
+                return Err(problems
+                    .into_iter()
+                    .map(|p| format!("{name}: {p}"))
+                    .collect());
             }
-            let options = LoadOptions {
-                vocabulary: canaryd_rules::Vocabulary::builtin()
-                    .with_extra(config.variables.iter().cloned()),
-                matrix: config.decision_matrix.clone(),
-                ..LoadOptions::default()
-            };
-            let rules = load_rule_files(&config.rules, &options).map_err(|e| e.lines())?;
+            let (rules, config) = (&loaded.rules, &loaded.config);
             Ok(format!(
                 "{name}: ok, config with {} rules from {} files",
                 rules.len(),

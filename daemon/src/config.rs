@@ -32,6 +32,12 @@ pub struct Config {
     /// Queues, workers, retries and rate limits of the action pipeline.
     #[serde(default)]
     pub pipeline: crate::pipeline::PipelineConfig,
+    /// Named action targets.
+    #[serde(default)]
+    pub receivers: std::collections::BTreeMap<String, crate::receivers::ReceiverSpec>,
+    /// Which receivers each action goes to.
+    #[serde(default)]
+    pub routes: crate::pipeline::Routes,
     /// Where events come from; required by `canaryd run`.
     #[serde(default)]
     pub kafka: Option<crate::kafka::KafkaConfig>,
@@ -84,6 +90,16 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Every problem with receivers, routes and Kafka settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out =
+            crate::receivers::problems(&self.config.receivers, &self.config.routes, &self.rules);
+        if let Some(kafka) = &self.config.kafka {
+            out.extend(kafka.problems());
+        }
+        out
+    }
+
     /// The engine's settings: `engine:` plus `analytics:`.
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
@@ -120,6 +136,10 @@ impl Config {
                 *rule_file = base.join(&*rule_file);
             }
         }
+        config.receivers = std::mem::take(&mut config.receivers)
+            .into_iter()
+            .map(|(name, spec)| (name, spec.with_base_dir(base)))
+            .collect();
         Ok(config)
     }
 

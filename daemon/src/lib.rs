@@ -10,7 +10,8 @@
 //! - [`decide`]: from alert transitions to actions.
 //! - [`live`]: `canaryd run`, the Kafka consume loop.
 //! - [`kafka`]: Kafka settings and the consumer group context.
-//! - [`pipeline`]: the bounded action queue and its worker.
+//! - [`pipeline`]: routing, queues, retries, escalation and rate limits for actions.
+//! - [`receivers`]: the configured action targets, built into connectors.
 //! - [`audit`]: transitions and outcomes published as JSON.
 //! - [`secret`]: values read inline, from the environment or from files.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod decide;
 pub mod kafka;
 pub mod live;
 pub mod pipeline;
+pub mod receivers;
 pub mod replay;
 pub mod ruletest;
 pub mod secret;

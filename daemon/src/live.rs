@@ -121,8 +121,10 @@ pub struct Live {
     /// Counters, shared with whoever reports them.
     pub stats: Arc<LiveStats>,
     tick: Duration,
-    /// Carries out actions; the dry-run connector until connectors are configured.
+    /// Carries out actions when no receivers are configured (dry run), or
+    /// always when set by `with_connector`.
     connector: Arc<dyn Connector>,
+    connector_overridden: bool,
 }
 
 impl Live {
@@ -133,7 +135,7 @@ impl Live {
             .kafka
             .clone()
             .ok_or_else(|| RunError::Config("`kafka:` is required for `canaryd run`".into()))?;
-        let problems = kafka.problems();
+        let problems = loaded.problems();
         if !problems.is_empty() {
             return Err(RunError::Config(problems.join("; ")));
         }
@@ -144,12 +146,14 @@ impl Live {
             stats: Arc::new(LiveStats::default()),
             tick: Duration::from_secs(1),
             connector: Arc::new(DryRun::new()),
+            connector_overridden: false,
         })
     }
 
     /// Sends every action to `connector` instead (tests, benchmarks).
     pub fn with_connector(mut self, connector: Arc<dyn Connector>) -> Live {
         self.connector = connector;
+        self.connector_overridden = true;
         self
     }
 
@@ -178,21 +182,9 @@ impl Live {
                 "no action connectors are available yet: every action is recorded as a dry run"
             );
         }
-        // Until receivers are configured, every action goes to one connector.
-        let routes: Routes = ActionName::ALL
-            .into_iter()
-            .map(|a| {
-                (
-                    a,
-                    Route {
-                        receivers: vec![self.connector.name().to_string()],
-                        dry_run: false,
-                    },
-                )
-            })
-            .collect();
+        let (receivers, routes) = self.receivers().await?;
         let (pipeline, mut workers) = Pipeline::start(
-            vec![self.connector.clone()],
+            receivers,
             &routes,
             &self.loaded.config.pipeline,
             audit.clone(),
@@ -356,6 +348,40 @@ impl Live {
             }
         }
         true
+    }
+
+    /// The configured receivers and routes; without any, every action goes
+    /// to the one connector this loop was given (the dry-run one by default).
+    async fn receivers(&self) -> Result<(Vec<Arc<dyn Connector>>, Routes), RunError> {
+        let config = &self.loaded.config;
+        if config.receivers.is_empty() || self.connector_overridden {
+            if !config.dry_run && !self.connector_overridden {
+                tracing::warn!("no receivers configured: every action is recorded as a dry run");
+            }
+            let routes = ActionName::ALL
+                .into_iter()
+                .map(|a| {
+                    (
+                        a,
+                        Route {
+                            receivers: vec![self.connector.name().to_string()],
+                            dry_run: false,
+                        },
+                    )
+                })
+                .collect();
+            return Ok((vec![self.connector.clone()], routes));
+        }
+        let mut built = Vec::new();
+        for (name, spec) in &config.receivers {
+            built.push(spec.build(name).await.map_err(RunError::Config)?);
+        }
+        for action in ActionName::ALL {
+            if !config.routes.contains_key(&action) {
+                tracing::warn!(%action, "no route: such actions will be recorded as failed");
+            }
+        }
+        Ok((built, config.routes.clone()))
     }
 
     fn fresh_state(&self) -> PartitionState {

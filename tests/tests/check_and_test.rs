@@ -129,3 +129,59 @@ tests:
     assert!(text.contains("+ got      (none)"), "{text}");
     assert!(text.contains("0 passed, 1 failed"), "{text}");
 }
+
+#[test]
+fn check_rejects_bad_routes_and_kube_targets_that_use_unknown_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("canaryd.yaml");
+    let rules = repo("deploy/examples/canary-alerts.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules: [{}]
+receivers:
+  kube:
+    type: kube
+    target: {{kind: VirtualService, namespace: ml-serving, name: 'model-{{{{ model }}}}-{{{{ region }}}}'}}
+routes:
+  auto_rollback: {{receivers: [kube]}}
+  notify_on_call: {{receivers: []}}
+  notify_finops: {{receivers: [finops-mail]}}
+",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = canaryd(&["check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("routes.notify_on_call: no receiver"),
+        "{text}"
+    );
+    assert!(
+        text.contains("routes.notify_finops: unknown receiver `finops-mail`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("receivers.kube: rule \"Canary Error Rate High\""),
+        "{text}"
+    );
+    assert!(text.contains("region"), "{text}");
+
+    std::fs::write(
+        &config,
+        format!(
+            "rules: [{}]\nreceivers:\n  x: {{type: carrier-pigeon}}\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = canaryd(&["check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("unknown receiver type `carrier-pigeon`"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -388,3 +388,99 @@ async fn two_replicas_split_the_partitions_and_a_survivor_takes_over() {
         "{second:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_decided_on_kafka_changes_the_virtual_service_through_the_api() {
+    use canaryd_tests::kube_fixture::KubeFixture;
+    let broker = start(1).await;
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(
+        "ml-serving",
+        "model-summarizer",
+        90,
+        10,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("canaryd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "rules: [{rules}]
+receivers:
+  kube:
+    type: kube
+    kubeconfig: {kubeconfig}
+    target: {{kind: VirtualService, namespace: ml-serving, name: 'model-{{{{ model }}}}'}}
+  pager: {{type: dry_run}}
+routes:
+  auto_rollback: {{receivers: [kube]}}
+  notify_on_call: {{receivers: [pager]}}
+kafka:
+  brokers: {bootstrap}
+  group_id: canaryd-kube
+  topics: [events]
+  dead_letter_topic: events-dlq
+  audit_topic: canaryd-audit
+",
+            rules = repo("deploy/examples/canary-alerts.yaml").display(),
+            kubeconfig = fixture.kubeconfig().display(),
+            bootstrap = broker.bootstrap(),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path().join("canaryd.log"),
+    );
+    assert!(
+        daemon.wait_for_log("partitions assigned", WAIT),
+        "{}",
+        daemon.log_text()
+    );
+    let p = producer(&broker.bootstrap());
+    let lines: Vec<(String, Vec<u8>)> = incident_lines()
+        .into_iter()
+        .map(|l| (model_of(&l), l.into_bytes()))
+        .collect();
+    send_all(&p, "events", 0, &lines).await;
+
+    let audit = read_until(&broker.bootstrap(), "canaryd-audit", WAIT, |r| {
+        of_kind(r, "outcome")
+            .iter()
+            .any(|o| o["connector"] == "kube" && o["outcome"] == "succeeded")
+    });
+    let done: Vec<Value> = of_kind(&audit, "outcome")
+        .into_iter()
+        .filter(|o| o["connector"] == "kube" && o["outcome"] == "succeeded")
+        .collect();
+    assert_eq!(done.len(), 1, "{}", daemon.log_text());
+    assert_eq!(done[0]["dry_run"], false);
+    assert!(
+        done[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("canary 10 -> 0"),
+        "{}",
+        done[0]
+    );
+    let vs = fixture
+        .object("VirtualService", "ml-serving", "model-summarizer")
+        .unwrap();
+    assert_eq!(vs["spec"]["http"][0]["route"][0]["weight"], 100);
+    assert_eq!(vs["spec"]["http"][0]["route"][1]["weight"], 0);
+    assert!(
+        fixture
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "CanaryRollback"),
+        "{:?}",
+        fixture.events()
+    );
+    // The latency rule's notify_on_call went to the dry-run pager.
+    assert!(
+        of_kind(&audit, "outcome")
+            .iter()
+            .all(|o| o["action"] != "notify_on_call" || o["connector"] == "pager"),
+        "{audit:?}"
+    );
+}
