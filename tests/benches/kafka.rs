@@ -35,7 +35,11 @@ const LATENCY_SAMPLES: usize = 2000;
 
 fn inference(i: usize) -> (String, Vec<u8>) {
     let model = format!("model-{:04}", i % MODELS);
-    let track = if i.is_multiple_of(10) { "canary" } else { "stable" };
+    let track = if i.is_multiple_of(10) {
+        "canary"
+    } else {
+        "stable"
+    };
     let ms = i / 50; // 50 events per millisecond of event time
     let line = format!(
         r#"{{"type":"inference","ts":"2026-03-01T12:{:02}:{:02}.{:03}Z","model":"{model}","version":"v2.1.0","track":"{track}","latency_ms":{}.5,"error":{},"cost_usd":0.0021,"group":"{}","prediction":{},"label":{}}}"#,
