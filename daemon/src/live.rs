@@ -183,11 +183,13 @@ impl Live {
             );
         }
         let (receivers, routes) = self.receivers().await?;
+        let hurry = CancellationToken::new();
         let (pipeline, mut workers) = Pipeline::start(
             receivers,
             &routes,
             &self.loaded.config.pipeline,
             audit.clone(),
+            hurry.clone(),
         );
         tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded.rules.len(), "consuming");
 
@@ -298,8 +300,22 @@ impl Live {
 
         tracing::info!("shutting down: draining actions and committing offsets");
         drop(pipeline);
+        let grace = Duration::from_millis(
+            self.loaded.config.pipeline.shutdown_grace.millis().max(0) as u64,
+        );
+        let grace_over = tokio::time::sleep(grace);
+        tokio::pin!(grace_over);
         let mut drained = Ok(());
-        while let Some(done) = workers.join_next().await {
+        loop {
+            let done = tokio::select! {
+                done = workers.join_next() => done,
+                _ = &mut grace_over, if !hurry.is_cancelled() => {
+                    tracing::warn!(?grace, "shutdown grace period over: abandoning unfinished actions (dead-lettered)");
+                    hurry.cancel();
+                    continue;
+                }
+            };
+            let Some(done) = done else { break };
             match done {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => drained = Err(RunError::Pipeline(e.to_string())),

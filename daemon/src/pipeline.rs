@@ -26,6 +26,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 
@@ -50,6 +51,9 @@ pub struct PipelineConfig {
     pub rate_limit_burst: u32,
     /// How often notifications held back by the rate limit go out as one summary.
     pub summary_every: Span,
+    /// On shutdown, how long in-flight actions may take to finish. After
+    /// it, nothing new is attempted and what is left is dead-lettered.
+    pub shutdown_grace: Span,
 }
 
 impl Default for PipelineConfig {
@@ -62,6 +66,7 @@ impl Default for PipelineConfig {
             rate_limit_per_minute: 20,
             rate_limit_burst: 5,
             summary_every: Span::seconds(60),
+            shutdown_grace: Span::seconds(20),
         }
     }
 }
@@ -186,6 +191,7 @@ impl Pipeline {
         routes: &Routes,
         config: &PipelineConfig,
         audit: Audit,
+        hurry: CancellationToken,
     ) -> (Pipeline, JoinSet<Result<(), WorkerFailed>>) {
         let stats = Arc::new(PipelineStats::default());
         let index: HashMap<String, usize> = receivers
@@ -240,6 +246,7 @@ impl Pipeline {
                 limiter: RateLimiter::keyed(quota(config)),
                 held: Mutex::new(Vec::new()),
                 seen: Mutex::new(Seen::default()),
+                hurry: hurry.clone(),
             };
             set.spawn(Arc::new(lane).run(rx));
         }
@@ -338,6 +345,8 @@ struct LaneWorker {
     /// Notifications over the limit, waiting for the next summary.
     held: Mutex<Vec<Action>>,
     seen: Mutex<Seen>,
+    /// Cancelled when the shutdown grace period is over.
+    hurry: CancellationToken,
 }
 
 impl LaneWorker {
@@ -408,6 +417,12 @@ impl LaneWorker {
                 }
                 self.outcome(self.name(), &action, OutcomeKind::Accepted, String::new())
                     .await;
+                if self.hurry.is_cancelled() {
+                    let why = "abandoned at shutdown before the first attempt".to_string();
+                    self.outcome(self.name(), &action, OutcomeKind::DeadLettered, why)
+                        .await;
+                    return;
+                }
                 if !action.action.changes_traffic() && !self.within_limit(&action) {
                     self.held
                         .lock()
@@ -547,7 +562,15 @@ impl LaneWorker {
                         format!("attempt {attempt}: {reason}"),
                     )
                     .await;
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.hurry.cancelled() => {
+                            return Err((
+                                OutcomeKind::DeadLettered,
+                                format!("abandoned at shutdown after {attempt} attempts: {reason}"),
+                            ));
+                        }
+                    }
                     delay = (delay * 2).min(max_delay);
                 }
             }
@@ -803,6 +826,7 @@ mod tests {
             &routes(&[(ActionName::AutoRollback, &["kube"])]),
             &PipelineConfig::default(),
             audit(),
+            CancellationToken::new(),
         );
         for _ in 0..3 {
             p.submit(action("k1", ActionName::AutoRollback, "m"))
@@ -823,6 +847,7 @@ mod tests {
             &routes(&[(ActionName::AutoRollback, &["kube"])]),
             &PipelineConfig::default(),
             audit(),
+            CancellationToken::new(),
         );
         p.submit(action("k1", ActionName::AutoRollback, "m"))
             .await
@@ -846,6 +871,7 @@ mod tests {
             ]),
             &PipelineConfig::default(),
             audit(),
+            CancellationToken::new(),
         );
         let started = Instant::now();
         p.submit(action("k1", ActionName::AutoRollback, "m"))
@@ -880,6 +906,7 @@ mod tests {
             ]),
             &PipelineConfig::default(),
             audit(),
+            CancellationToken::new(),
         );
         p.submit(action("k1", ActionName::AutoRollback, "m"))
             .await
@@ -909,6 +936,7 @@ mod tests {
             ]),
             &config,
             audit(),
+            CancellationToken::new(),
         );
         for i in 0..5 {
             p.submit(action(&format!("n{i}"), ActionName::NotifyMlTeam, "m"))
@@ -949,6 +977,7 @@ mod tests {
             &routes(&[(ActionName::AutoRollback, &["slow"])]),
             &config,
             audit(),
+            CancellationToken::new(),
         );
         // One action in the worker, one waiting for a worker, one in the
         // queue: the next submit must wait.
@@ -973,12 +1002,47 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unrouted_action_is_recorded_as_failed() {
-        let (p, set) = Pipeline::start(vec![], &Routes::new(), &PipelineConfig::default(), audit());
+        let (p, set) = Pipeline::start(
+            vec![],
+            &Routes::new(),
+            &PipelineConfig::default(),
+            audit(),
+            CancellationToken::new(),
+        );
         p.submit(action("a", ActionName::NotifyFinops, "m"))
             .await
             .unwrap();
         assert_eq!(count(&p.stats, "none", OutcomeKind::Failed), 1);
         drain(p, set).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_grace_period_unfinished_actions_are_dead_lettered_not_lost() {
+        let down = Flaky::new("down", usize::MAX, false);
+        let hurry = CancellationToken::new();
+        let (p, mut set) = Pipeline::start(
+            vec![down.clone()],
+            &routes(&[(ActionName::NotifyFinops, &["down"])]),
+            &PipelineConfig::default(),
+            audit(),
+            hurry.clone(),
+        );
+        let mut slow = action("a", ActionName::NotifyFinops, "m");
+        slow.deadline = Span::seconds(1800);
+        p.submit(slow).await.unwrap();
+        let stats = p.stats.clone();
+        drop(p);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(
+            set.try_join_next().is_none(),
+            "still retrying within the deadline"
+        );
+        hurry.cancel();
+        while let Some(done) = set.join_next().await {
+            done.unwrap().unwrap();
+        }
+        assert_eq!(count(&stats, "down", OutcomeKind::DeadLettered), 1);
+        assert_eq!(count(&stats, "down", OutcomeKind::Succeeded), 0);
     }
 
     #[test]

@@ -105,6 +105,7 @@ async fn rollback_latency() {
         &routes(ActionName::AutoRollback, "kube"),
         &PipelineConfig::default(),
         Audit::log_only("bench".into()),
+        tokio_util::sync::CancellationToken::new(),
     );
     let mut latencies = Vec::with_capacity(ROLLBACKS);
     for i in 0..ROLLBACKS {
@@ -165,6 +166,7 @@ async fn overhead() {
             ..PipelineConfig::default()
         },
         Audit::log_only("bench".into()),
+        tokio_util::sync::CancellationToken::new(),
     );
     let template = Action {
         key: String::new(),
