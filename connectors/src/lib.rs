@@ -9,14 +9,37 @@
 //! - [`dry_run`]: a connector that records what it would do and does nothing.
 //! - [`kube`]: the Kubernetes traffic connector: `auto_rollback` and
 //!   `reduce_traffic` on an Istio VirtualService, an HTTPRoute or an Argo Rollout.
+//! - [`receiver`]: notification receivers by name ([`ReceiverConfig`]:
+//!   `pagerduty`, `slack`, `webhook`, `email`), checked and built into connectors.
+//! - [`pagerduty`]: PagerDuty Events API v2 (trigger and resolve by dedup key).
+//! - [`slack`]: Slack incoming webhooks.
+//! - [`webhook`]: the action as JSON to any URL, with bearer or basic auth.
+//! - [`email`]: SMTP through lettre (none, STARTTLS or TLS).
+//! - [`message`]: the notification title and body templates (minijinja).
+//! - [`http`]: the HTTP receivers' shared client, timeouts and error classification.
+//! - [`secret`]: [`SecretValue`], a setting given inline, as `{env: NAME}` or `{file: PATH}`.
 #![forbid(unsafe_code)]
 
 pub mod action;
 pub mod connector;
 pub mod dry_run;
+pub mod email;
+pub mod http;
 pub mod kube;
+pub mod message;
+pub mod pagerduty;
+pub mod receiver;
+pub mod secret;
+pub mod slack;
+pub mod webhook;
 
 pub use crate::kube::{KubeConfig, KubeConnector, KubeConnectorError, TargetConfig, TargetKind};
 pub use action::{Action, Evidence, Outcome, OutcomeKind};
 pub use connector::{Connector, ConnectorError};
 pub use dry_run::DryRun;
+pub use email::{EmailConfig, EmailConnector, EmailTls};
+pub use pagerduty::{PagerDutyConfig, PagerDutyConnector};
+pub use receiver::{ReceiverConfig, ReceiverError};
+pub use secret::SecretValue;
+pub use slack::{SlackConfig, SlackConnector};
+pub use webhook::{BasicAuth, WebhookConfig, WebhookConnector};

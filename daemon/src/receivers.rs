@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use canaryd_connectors::{Connector, DryRun, KubeConfig, KubeConnector};
+use canaryd_connectors::{Connector, DryRun, KubeConfig, KubeConnector, ReceiverConfig};
 use canaryd_rules::RuleSet;
 use serde::{Deserialize, Deserializer};
 
@@ -18,6 +18,8 @@ pub enum ReceiverSpec {
     Kube(KubeConfig),
     /// `type: dry_run`: records what it would do.
     DryRun,
+    /// `type: pagerduty | slack | webhook | email`: notifications.
+    Notify(ReceiverConfig),
 }
 
 impl<'de> Deserialize<'de> for ReceiverSpec {
@@ -31,18 +33,25 @@ impl<'de> Deserialize<'de> for ReceiverSpec {
                 "a receiver must be a mapping with `type:`",
             ));
         };
+        const TYPES: &str = "kube, pagerduty, slack, webhook, email or dry_run";
         let kind = map
-            .remove("type")
+            .get("type")
             .and_then(|t| t.as_str().map(str::to_string))
-            .ok_or_else(|| D::Error::custom("a receiver needs `type:` (kube or dry_run)"))?;
+            .ok_or_else(|| D::Error::custom(format!("a receiver needs `type:` ({TYPES})")))?;
         match kind.as_str() {
-            "kube" => serde_yaml_ng::from_value(value)
-                .map(ReceiverSpec::Kube)
-                .map_err(D::Error::custom),
-            "dry_run" if map.is_empty() => Ok(ReceiverSpec::DryRun),
+            "kube" => {
+                map.remove("type");
+                serde_yaml_ng::from_value(value)
+                    .map(ReceiverSpec::Kube)
+                    .map_err(D::Error::custom)
+            }
+            "dry_run" if map.len() == 1 => Ok(ReceiverSpec::DryRun),
             "dry_run" => Err(D::Error::custom("a dry_run receiver takes no settings")),
+            "pagerduty" | "slack" | "webhook" | "email" => serde_yaml_ng::from_value(value)
+                .map(ReceiverSpec::Notify)
+                .map_err(D::Error::custom),
             other => Err(D::Error::custom(format!(
-                "unknown receiver type `{other}`: use kube or dry_run"
+                "unknown receiver type `{other}`: use {TYPES}"
             ))),
         }
     }
@@ -53,7 +62,8 @@ impl ReceiverSpec {
     pub fn with_base_dir(self, dir: &Path) -> ReceiverSpec {
         match self {
             ReceiverSpec::Kube(k) => ReceiverSpec::Kube(k.with_base_dir(dir)),
-            other => other,
+            ReceiverSpec::Notify(n) => ReceiverSpec::Notify(n.with_base_dir(dir)),
+            ReceiverSpec::DryRun => ReceiverSpec::DryRun,
         }
     }
 
@@ -73,6 +83,11 @@ impl ReceiverSpec {
                 name: name.to_string(),
                 inner: DryRun::new(),
             })),
+            ReceiverSpec::Notify(config) => config
+                .clone()
+                .build(name.to_string())
+                .await
+                .map_err(|e| format!("receivers.{name}: {e}")),
         }
     }
 }
@@ -126,6 +141,17 @@ pub fn problems(
     let names: Vec<&str> = receivers.keys().map(String::as_str).collect();
     let mut out = crate::pipeline::route_problems(routes, &names);
     for (name, spec) in receivers {
+        if let ReceiverSpec::Notify(notify) = spec {
+            out.extend(
+                notify
+                    .check()
+                    .into_iter()
+                    .map(|p| format!("receivers.{name}: {p}")),
+            );
+            out.extend(notify.inline_secrets().into_iter().map(|field| {
+                format!("receivers.{name}.{field} is a secret: give it as {{env: NAME}} or {{file: PATH}}, not inline")
+            }));
+        }
         if let ReceiverSpec::Kube(kube) = spec {
             out.extend(
                 kube.check()

@@ -4,6 +4,8 @@
 
 pub mod kafka;
 pub mod kube_fixture;
+pub mod receivers;
+pub mod smtp;
 pub mod tansu;
 
 use std::path::{Path, PathBuf};

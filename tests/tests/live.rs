@@ -484,3 +484,172 @@ kafka:
         "{audit:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_reach_pagerduty_slack_email_and_the_incident_webhook_once_even_after_an_outage()
+ {
+    use canaryd_tests::receivers::Receivers;
+    use canaryd_tests::smtp::Smtpd;
+    let broker = start(1).await;
+    let http = Receivers::start();
+    let smtp = Smtpd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, value: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        path.display().to_string()
+    };
+    let cfg = dir.path().join("canaryd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "rules: [{rules}, {extra}]
+receivers:
+  pagerduty: {{type: pagerduty, url: '{pd}', routing_key: {{file: {pd_key}}}}}
+  slack-oncall: {{type: slack, url: {{file: {slack}}}}}
+  email-ml: {{type: email, host: 127.0.0.1, port: {smtp_port}, tls: none, from: canaryd@example.com, to: [ml-team@example.com]}}
+  incidents: {{type: webhook, url: {{file: {hook}}}}}
+routes:
+  auto_rollback: {{receivers: [incidents]}}
+  notify_on_call: {{receivers: [pagerduty, slack-oncall]}}
+  notify_ml_team: {{receivers: [email-ml]}}
+pipeline: {{retry_initial: 50ms, retry_max: 200ms}}
+kafka:
+  brokers: {bootstrap}
+  group_id: canaryd-notify
+  topics: [events]
+  dead_letter_topic: events-dlq
+  audit_topic: canaryd-audit
+",
+            rules = repo("deploy/examples/canary-alerts.yaml").display(),
+            extra = repo("deploy/examples/playbook-triggers.yaml").display(),
+            pd = http.pagerduty_url(),
+            pd_key = secret("pd", "0123456789abcdef0123456789abcdef"),
+            slack = secret("slack", &http.slack_url()),
+            hook = secret("hook", &http.webhook_url("incidents")),
+            smtp_port = smtp.port(),
+            bootstrap = broker.bootstrap(),
+        ),
+    )
+    .unwrap();
+    let check = canaryd_tests::canaryd(&["check", cfg.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // Every receiver is down when the incident starts.
+    http.set_down(true);
+    let daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path().join("canaryd.log"),
+    );
+    assert!(
+        daemon.wait_for_log("partitions assigned", WAIT),
+        "{}",
+        daemon.log_text()
+    );
+    let p = producer(&broker.bootstrap());
+    let mut lines: Vec<(String, Vec<u8>)> = incident_lines()
+        .into_iter()
+        .map(|l| (model_of(&l), l.into_bytes()))
+        .collect();
+    // The fairness rule of the playbook, for the ML team's email.
+    for minute in [0, 5, 10] {
+        let line = format!(
+            r#"{{"type":"metric","ts":"2026-03-01T12:{minute:02}:30Z","name":"canary_fairness_metric","value":0.7,"labels":{{"model":"ranker"}}}}"#
+        );
+        lines.push(("ranker".into(), line.into_bytes()));
+    }
+    lines.sort_by(|a, b| {
+        serde_json::from_slice::<Value>(&a.1).unwrap()["ts"]
+            .as_str()
+            .unwrap()
+            .cmp(
+                serde_json::from_slice::<Value>(&b.1).unwrap()["ts"]
+                    .as_str()
+                    .unwrap(),
+            )
+    });
+    send_all(&p, "events", 0, &lines).await;
+    // Retries pile up against the outage, then it ends.
+    let start = std::time::Instant::now();
+    while http.requests().len() < 3 && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(http.requests().len() >= 3, "{}", daemon.log_text());
+    http.set_down(false);
+
+    let hook_path = canaryd_tests::receivers::webhook_path("incidents");
+    let slack = || -> Vec<_> {
+        http.requests()
+            .into_iter()
+            .filter(|r| r.accepted() && r.path.starts_with("/services/"))
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while (http.accepted("/v2/enqueue").len() < 2
+        || slack().len() < 2
+        || http.accepted(&hook_path).is_empty())
+        && start.elapsed() < WAIT
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mails = smtp.wait_for_messages(1, WAIT);
+    // Give a duplicate, if one were coming, the time to arrive.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // One page per alert (the playbook's latency rule and the 1 % health
+    // criterion), however many retries the outage caused.
+    let pages = http.accepted("/v2/enqueue");
+    let mut classes: Vec<String> = pages
+        .iter()
+        .map(|r| r.json()["payload"]["class"].as_str().unwrap().to_string())
+        .collect();
+    classes.sort();
+    assert_eq!(
+        classes,
+        [
+            "Canary Error Rate Above Health Criterion",
+            "Canary Latency High"
+        ],
+        "{}",
+        daemon.log_text()
+    );
+    assert!(pages.iter().all(|r| r.json()["event_action"] == "trigger"));
+    let slack = slack();
+    assert_eq!(slack.len(), 2, "{slack:?}");
+    assert!(
+        slack
+            .iter()
+            .any(|r| r.json().to_string().contains("Canary Latency High"))
+    );
+    let hooks = http.accepted(&hook_path);
+    assert_eq!(hooks.len(), 1, "one incident ticket for the rollback");
+    assert_eq!(hooks[0].json()["action"], "auto_rollback");
+    assert_eq!(mails.len(), 1, "{}", smtp.log_text());
+    assert!(
+        mails[0].subject().contains("Canary Fairness Violation"),
+        "{}",
+        mails[0].subject()
+    );
+    // The outage shows in the audit trail as retries, not losses.
+    let audit = read_until(&broker.bootstrap(), "canaryd-audit", WAIT, |r| {
+        of_kind(r, "outcome")
+            .iter()
+            .filter(|o| o["outcome"] == "succeeded")
+            .count()
+            >= 6
+    });
+    assert!(
+        of_kind(&audit, "outcome")
+            .iter()
+            .any(|o| o["outcome"] == "retried")
+    );
+    assert!(
+        !of_kind(&audit, "outcome")
+            .iter()
+            .any(|o| o["outcome"] == "dead_lettered"),
+        "{audit:?}"
+    );
+}
