@@ -185,3 +185,33 @@ routes:
         stdout(&out)
     );
 }
+
+#[test]
+fn check_rejects_receivers_without_an_address_bad_templates_and_inline_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("canaryd.yaml");
+    let rules = repo("deploy/examples/canary-alerts.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules: [{}]
+receivers:
+  slack: {{type: slack, url: ''}}
+  mail: {{type: email, host: '', from: a@example.com, to: [b@example.com], title_template: '{{{{ rule '}}
+  pager: {{type: pagerduty, routing_key: 0123456789abcdef0123456789abcdef}}
+routes:
+  notify_on_call: {{receivers: [slack, pager]}}
+  notify_ml_team: {{receivers: [mail]}}
+",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = canaryd(&["check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("receivers.slack: url"), "{text}");
+    assert!(text.contains("receivers.mail: host"), "{text}");
+    assert!(text.contains("receivers.mail: title_template"), "{text}");
+    assert!(text.contains("receivers.pager.routing_key is a secret"), "{text}");
+}
