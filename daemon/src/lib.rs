@@ -14,6 +14,8 @@
 //! - [`receivers`]: the configured action targets, built into connectors.
 //! - [`audit`]: transitions and outcomes published as JSON.
 //! - [`secret`]: values read inline, from the environment or from files.
+//! - [`server`]: the HTTP side: Alertmanager receiver, silences, API, status page.
+//! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -23,8 +25,10 @@ pub mod config;
 pub mod decide;
 pub mod kafka;
 pub mod live;
+pub mod metrics;
 pub mod pipeline;
 pub mod receivers;
 pub mod replay;
 pub mod ruletest;
 pub mod secret;
+pub mod server;

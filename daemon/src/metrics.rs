@@ -1,0 +1,484 @@
+//! The daemon's Prometheus metrics, served at `GET /metrics`.
+//!
+//! One [`Metrics`] per process, shared by reference (`&self` everywhere;
+//! every family is thread-safe). Built on `prometheus-client`; encoded in
+//! the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]). Every name starts
+//! with `canaryd_`; counters end in `_total`.
+//!
+//! | Family | Type | Labels |
+//! |---|---|---|
+//! | `canaryd_events_consumed_total` | counter | `topic` |
+//! | `canaryd_events_dead_lettered_total` | counter | `reason` |
+//! | `canaryd_events_late_total` | counter | |
+//! | `canaryd_rule_evaluations_total` | counter | |
+//! | `canaryd_alerts` | gauge | `rule`, `state` |
+//! | `canaryd_actions_total` | counter | `connector`, `outcome` |
+//! | `canaryd_connector_duration_seconds` | histogram | `connector` |
+//! | `canaryd_consumer_lag` | gauge | `topic`, `partition` |
+//! | `canaryd_config_last_reload_successful` | gauge (0/1) | |
+//! | `canaryd_config_last_reload_success_timestamp_seconds` | gauge | |
+//! | `canaryd_config_reload_duration_seconds` | histogram | |
+//! | `canaryd_alertmanager_payloads_total` | counter | `result` |
+//! | `canaryd_build_info` | gauge (always 1) | `version` |
+//!
+//! On the hot path (one call per consumed message), take a [`Counter`]
+//! handle once with [`Metrics::consumed_counter`] and increment that: it
+//! skips the label lookup and its allocation.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::server::PayloadResult;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    rule: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    connector: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabels {
+    connector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+/// Connector calls: 1 ms to about 33 s.
+fn connector_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric the daemon exports, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    consumed: Family<TopicLabels, Counter>,
+    dead_lettered: Family<ReasonLabels, Counter>,
+    late: Counter,
+    evaluations: Counter,
+    alerts: Family<AlertLabels, Gauge>,
+    actions: Family<ActionLabels, Counter>,
+    connector_duration: HistogramFamily<ConnectorLabels>,
+    consumer_lag: Family<PartitionLabels, Gauge>,
+    reload_successful: Gauge,
+    reload_success_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reload_duration: Histogram,
+    alertmanager_payloads: Family<ResultLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family. `canaryd_build_info{version}` is set to 1,
+    /// and every `canaryd_alertmanager_payloads_total{result}` starts at 0
+    /// so that `rate()` sees the first one.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("canaryd");
+        let consumed = Family::<TopicLabels, Counter>::default();
+        registry.register(
+            "events_consumed",
+            "Messages consumed, by topic",
+            consumed.clone(),
+        );
+        let dead_lettered = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "events_dead_lettered",
+            "Messages sent to the dead-letter topic, by reason",
+            dead_lettered.clone(),
+        );
+        let late = Counter::default();
+        registry.register(
+            "events_late",
+            "Events dropped as older than the watermark minus the allowed lateness",
+            late.clone(),
+        );
+        let evaluations = Counter::default();
+        registry.register(
+            "rule_evaluations",
+            "Rule condition evaluations",
+            evaluations.clone(),
+        );
+        let alerts = Family::<AlertLabels, Gauge>::default();
+        registry.register(
+            "alerts",
+            "Alerts by rule and state (pending, firing)",
+            alerts.clone(),
+        );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "actions",
+            "Action outcomes, by connector and outcome",
+            actions.clone(),
+        );
+        let connector_duration: HistogramFamily<ConnectorLabels> =
+            Family::new_with_constructor(connector_histogram);
+        registry.register(
+            "connector_duration_seconds",
+            "Time a connector took to carry out an action",
+            connector_duration.clone(),
+        );
+        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Messages behind the end of each assigned partition",
+            consumer_lag.clone(),
+        );
+        let reload_successful = Gauge::default();
+        registry.register(
+            "config_last_reload_successful",
+            "Whether the last configuration load succeeded (1) or failed (0)",
+            reload_successful.clone(),
+        );
+        let reload_success_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load",
+            reload_success_timestamp.clone(),
+        );
+        let reload_duration = Histogram::new(exponential_buckets(0.001, 4.0, 9));
+        registry.register(
+            "config_reload_duration_seconds",
+            "Time taken to load the configuration and its rules",
+            reload_duration.clone(),
+        );
+        let alertmanager_payloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "alertmanager_payloads",
+            "Alertmanager webhook payloads received, by result",
+            alertmanager_payloads.clone(),
+        );
+        for result in PayloadResult::ALL {
+            alertmanager_payloads.get_or_create_owned(&ResultLabels {
+                result: result.as_str().to_string(),
+            });
+        }
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the version of the running canaryd",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        Metrics {
+            registry,
+            consumed,
+            dead_lettered,
+            late,
+            evaluations,
+            alerts,
+            actions,
+            connector_duration,
+            consumer_lag,
+            reload_successful,
+            reload_success_timestamp,
+            reload_duration,
+            alertmanager_payloads,
+        }
+    }
+
+    /// Everything, in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            // Writing to a String cannot fail; a label that cannot be encoded would.
+            tracing::error!(error = %e, "metrics could not be encoded");
+        }
+        out
+    }
+
+    /// One message consumed from `topic`.
+    pub fn inc_consumed(&self, topic: &str) {
+        self.consumed_counter(topic).inc();
+    }
+
+    /// The `events_consumed_total` counter of `topic`, to keep and
+    /// increment on the hot path without a lookup.
+    pub fn consumed_counter(&self, topic: &str) -> Counter {
+        self.consumed.get_or_create_owned(&TopicLabels {
+            topic: topic.to_string(),
+        })
+    }
+
+    /// One message dead-lettered for `reason` (`not_json`, `bad_time`, …).
+    pub fn inc_dead_lettered(&self, reason: &str) {
+        self.dead_lettered
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// One event dropped as late.
+    pub fn inc_late(&self) {
+        self.late.inc();
+    }
+
+    /// `n` events dropped as late.
+    pub fn add_late(&self, n: u64) {
+        self.late.inc_by(n);
+    }
+
+    /// `n` rule evaluations done (the engine's `EngineStats::evaluations` delta).
+    pub fn add_rule_evaluations(&self, n: u64) {
+        self.evaluations.inc_by(n);
+    }
+
+    /// `n` alerts of `rule` are in `state` (`pending`, `firing`).
+    pub fn set_alerts(&self, rule: &str, state: &str, n: i64) {
+        self.alerts
+            .get_or_create(&AlertLabels {
+                rule: rule.to_string(),
+                state: state.to_string(),
+            })
+            .set(n);
+    }
+
+    /// Forgets every `alerts` series, e.g. after a reload removed rules.
+    pub fn clear_alerts(&self) {
+        self.alerts.clear();
+    }
+
+    /// One action outcome (`accepted`, `succeeded`, `failed`, …) from `connector`.
+    pub fn inc_action(&self, connector: &str, outcome: &str) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                connector: connector.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// One call to `connector` took `elapsed`.
+    pub fn observe_connector_duration(&self, connector: &str, elapsed: Duration) {
+        self.connector_duration
+            .get_or_create(&ConnectorLabels {
+                connector: connector.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// `lag` messages wait in `topic`/`partition`.
+    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .get_or_create(&PartitionLabels {
+                topic: topic.to_string(),
+                partition: partition.to_string(),
+            })
+            .set(lag);
+    }
+
+    /// Forgets a partition's lag, once it is revoked.
+    pub fn remove_consumer_lag(&self, topic: &str, partition: i32) {
+        self.consumer_lag.remove(&PartitionLabels {
+            topic: topic.to_string(),
+            partition: partition.to_string(),
+        });
+    }
+
+    /// A configuration load (at start or on reload) finished at `at`,
+    /// successfully or not, after `took`.
+    pub fn record_reload(&self, successful: bool, took: Duration, at: SystemTime) {
+        self.reload_successful.set(i64::from(successful));
+        self.reload_duration.observe(took.as_secs_f64());
+        if successful {
+            let secs = at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.reload_success_timestamp.set(secs);
+        }
+    }
+
+    /// One Alertmanager webhook payload ended with `result`.
+    pub fn inc_alertmanager_payload(&self, result: PayloadResult) {
+        self.alertmanager_payloads
+            .get_or_create(&ResultLabels {
+                result: result.as_str().to_string(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample line that starts with `series ` (name and labels).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    #[test]
+    fn every_family_is_encoded_with_its_labels() {
+        let m = Metrics::new();
+        m.inc_consumed("canary-events");
+        m.consumed_counter("canary-events").inc_by(2);
+        m.inc_dead_lettered("not_json");
+        m.inc_late();
+        m.add_late(2);
+        m.add_rule_evaluations(7);
+        m.set_alerts("Canary Error Rate High", "firing", 2);
+        m.inc_action("kube", "succeeded");
+        m.observe_connector_duration("kube", Duration::from_millis(3));
+        m.set_consumer_lag("canary-events", 3, 42);
+        m.record_reload(
+            true,
+            Duration::from_millis(20),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        );
+        m.inc_alertmanager_payload(PayloadResult::Duplicate);
+        let text = m.encode();
+        let expect = [
+            (
+                r#"canaryd_events_consumed_total{topic="canary-events"}"#,
+                3.0,
+            ),
+            (
+                r#"canaryd_events_dead_lettered_total{reason="not_json"}"#,
+                1.0,
+            ),
+            ("canaryd_events_late_total", 3.0),
+            ("canaryd_rule_evaluations_total", 7.0),
+            (
+                r#"canaryd_alerts{rule="Canary Error Rate High",state="firing"}"#,
+                2.0,
+            ),
+            (
+                r#"canaryd_actions_total{connector="kube",outcome="succeeded"}"#,
+                1.0,
+            ),
+            (
+                r#"canaryd_connector_duration_seconds_count{connector="kube"}"#,
+                1.0,
+            ),
+            (
+                r#"canaryd_consumer_lag{topic="canary-events",partition="3"}"#,
+                42.0,
+            ),
+            ("canaryd_config_last_reload_successful", 1.0),
+            (
+                "canaryd_config_last_reload_success_timestamp_seconds",
+                1_700_000_000.0,
+            ),
+            ("canaryd_config_reload_duration_seconds_count", 1.0),
+            (
+                r#"canaryd_alertmanager_payloads_total{result="duplicate"}"#,
+                1.0,
+            ),
+            (
+                r#"canaryd_alertmanager_payloads_total{result="accepted"}"#,
+                0.0,
+            ),
+            (
+                &format!(
+                    r#"canaryd_build_info{{version="{}"}}"#,
+                    env!("CARGO_PKG_VERSION")
+                ),
+                1.0,
+            ),
+        ];
+        for (series, value) in expect {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+        assert!(text.contains("# TYPE canaryd_connector_duration_seconds histogram"));
+        assert!(text.contains("# TYPE canaryd_events_consumed_total counter"));
+        assert!(
+            !text.contains("# EOF"),
+            "Prometheus 0.0.4 text, not OpenMetrics"
+        );
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_last_success_time() {
+        let m = Metrics::new();
+        let at = UNIX_EPOCH + Duration::from_secs(100);
+        m.record_reload(true, Duration::ZERO, at);
+        m.record_reload(false, Duration::ZERO, at + Duration::from_secs(50));
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "canaryd_config_last_reload_successful"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "canaryd_config_last_reload_success_timestamp_seconds"
+            ),
+            Some(100.0)
+        );
+        assert_eq!(
+            sample(&text, "canaryd_config_reload_duration_seconds_count"),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn cleared_and_removed_series_disappear() {
+        let m = Metrics::new();
+        m.set_alerts("gone", "pending", 1);
+        m.set_consumer_lag("t", 0, 5);
+        m.clear_alerts();
+        m.remove_consumer_lag("t", 0);
+        let text = m.encode();
+        assert!(!text.contains(r#"rule="gone""#), "{text}");
+        assert!(!text.contains(r#"topic="t""#), "{text}");
+    }
+}

@@ -1,0 +1,651 @@
+//! The HTTP side of `canaryd run`: the Alertmanager receiver, silences,
+//! health, readiness, reload, `/metrics`, the JSON API and the status page.
+//!
+//! The server knows nothing of Kafka or the engine: everything it needs
+//! from the running daemon goes through the [`Backend`] trait. Silences and
+//! the Alertmanager de-duplication memory live here, in memory.
+//!
+//! | Endpoint | Auth | What |
+//! |---|---|---|
+//! | `POST /api/v1/alertmanager` | yes | Alertmanager webhook (version 4) in; alerts to [`Backend::ingest`], alerts carrying the action label to [`Backend::act`] |
+//! | `GET /api/v1/alerts` | | [`Backend::alerts`]: `{"alerts":[…],"subjects":[…]}` |
+//! | `GET /api/v1/rules` | | [`Backend::rules`] |
+//! | `GET /api/v1/actions` | | [`Backend::actions`] |
+//! | `GET /api/v1/subjects/{model}` | | [`Backend::subject`], 404 when unknown |
+//! | `GET /api/v1/silences` | | the active silences, a JSON array |
+//! | `POST /api/v1/silences` | yes | a new silence; 201 with it (and its `id`) |
+//! | `DELETE /api/v1/silences/{id}` | yes | 204, or 404 when unknown |
+//! | `POST /-/reload` | yes | [`Backend::reload`]: 200 with its report, 500 with its errors |
+//! | `GET /-/healthy` | | always 200 |
+//! | `GET /-/ready` | | 200 or 503, per [`Backend::ready`] |
+//! | `GET /metrics` | | [`Backend::metrics`], Prometheus text 0.0.4 |
+//! | `GET /` | | the status page, from the binary |
+//!
+//! Errors are JSON: `{"error":"…"}`. A 401 carries `WWW-Authenticate`.
+//!
+//! **Alertmanager payload counts.** Each webhook payload ends with one
+//! [`PayloadResult`], reported through [`Backend::record_payload`]; the
+//! daemon forwards it to
+//! [`Metrics::inc_alertmanager_payload`](crate::metrics::Metrics::inc_alertmanager_payload),
+//! which exports `canaryd_alertmanager_payloads_total{result}`.
+
+mod alertmanager;
+mod auth;
+mod silences;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use canaryd_rules::Timestamp;
+use canaryd_rules::event::AlertEvent;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use alertmanager::{AlertmanagerMapping, DirectAction};
+pub use auth::AuthConfig;
+pub use silences::Silence;
+
+use alertmanager::{Dedup, Item};
+use silences::{NewSilence, Silences};
+
+/// A boxed, sendable future borrowing the backend.
+pub type BoxFuture<'a, T> = canaryd_connectors::connector::BoxFuture<'a, T>;
+
+/// How many Alertmanager alerts (fingerprint + start + status) are remembered
+/// for de-duplication; the oldest are forgotten first.
+pub const DEDUP_MEMORY: usize = 100_000;
+
+/// The status page, built into the binary.
+const STATUS_PAGE: &str = include_str!("../status.html");
+
+/// `http:` in the config file.
+///
+/// ```yaml
+/// http:
+///   listen: 0.0.0.0:9464        # default
+///   body_limit: 1048576         # bytes; default 1 MiB, 413 above
+///   auth:                       # optional; or basic: {username: u, password: {file: /path}}
+///     bearer: {env: CANARYD_HTTP_TOKEN}
+///   alertmanager:
+///     action_label: canary_action   # default
+///     subject_labels: [model]       # default
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Credentials required by the endpoints that change things: the
+    /// Alertmanager receiver, creating and deleting silences, and reload.
+    pub auth: Option<AuthConfig>,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub body_limit: usize,
+    /// How Alertmanager alerts ask for an action directly.
+    pub alertmanager: AlertmanagerMapping,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            auth: None,
+            body_limit: 1024 * 1024,
+            alertmanager: AlertmanagerMapping::default(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Every problem `canaryd check` should report, without reading secrets.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.body_limit == 0 {
+            out.push("http.body_limit: must be at least 1 byte".to_string());
+        }
+        if let Some(auth) = &self.auth {
+            out.extend(auth.problems());
+        }
+        out.extend(self.alertmanager.problems());
+        out
+    }
+}
+
+/// What the server needs from the running daemon.
+///
+/// Every method is called from request handlers on the tokio runtime: the
+/// synchronous ones must answer quickly and never block.
+pub trait Backend: Send + Sync + 'static {
+    /// Feeds Alertmanager alerts into the engine as alert events; resolves
+    /// once they are accepted, and the webhook then answers 200. `Err`
+    /// answers 503, so that Alertmanager retries.
+    fn ingest(&self, alerts: Vec<AlertEvent>) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Alerts whose labels carry the action label (e.g.
+    /// `canary_action=auto_rollback`): carries the action out directly for
+    /// the subject taken from the subject labels. Resolves once the action
+    /// pipeline accepted them; `Err` answers 503.
+    fn act(&self, requests: Vec<DirectAction>) -> BoxFuture<'_, Result<(), String>>;
+
+    /// `GET /api/v1/alerts`: `{"alerts":[{"rule","subject","state","since","values","silenced"}…],"subjects":["summarizer",…]}`.
+    fn alerts(&self) -> serde_json::Value;
+
+    /// `GET /api/v1/rules`: `[{"name","condition","duration","severity","actions":[…]}…]`.
+    fn rules(&self) -> serde_json::Value;
+
+    /// `GET /api/v1/subjects/{model}`: `{"model","canary":{…},"stable":{…}}`,
+    /// or `None` for a model the daemon does not know (404).
+    fn subject(&self, model: &str) -> Option<serde_json::Value>;
+
+    /// `GET /api/v1/actions`: recent actions and their outcomes,
+    /// `[{"ts","rule","subject","action","connector","outcome","detail","dry_run"}…]`.
+    fn actions(&self) -> serde_json::Value;
+
+    /// `POST /-/reload`: reloads the configuration; `Ok` answers 200 with
+    /// the report, `Err` 500 with the errors.
+    fn reload(&self) -> BoxFuture<'_, Result<serde_json::Value, Vec<String>>>;
+
+    /// `GET /-/ready`: whether the daemon is ready (200) or not (503).
+    fn ready(&self) -> bool;
+
+    /// `GET /metrics`: the body, in the Prometheus text format 0.0.4.
+    fn metrics(&self) -> String;
+
+    /// Told the active silences whenever they change: one created or
+    /// deleted, or one expired.
+    fn silenced(&self, silences: &[Silence]);
+
+    /// Told how each Alertmanager payload ended, for
+    /// `canaryd_alertmanager_payloads_total{result}`. Does nothing by default.
+    fn record_payload(&self, result: PayloadResult) {
+        let _ = result;
+    }
+}
+
+/// How one Alertmanager webhook payload ended: the `result` label of
+/// `canaryd_alertmanager_payloads_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PayloadResult {
+    /// Taken in (200): at least one alert was new and the backend accepted it.
+    Accepted,
+    /// Every alert in it had been seen already (200).
+    Duplicate,
+    /// Missing or wrong credentials (401).
+    Unauthorized,
+    /// Larger than `body_limit` (413).
+    TooLarge,
+    /// Not `application/json` (415).
+    BadContentType,
+    /// Not a valid payload, or an invalid action label (400).
+    Malformed,
+    /// The backend refused it (503); Alertmanager retries.
+    Unavailable,
+}
+
+impl PayloadResult {
+    /// Every result.
+    pub const ALL: [PayloadResult; 7] = [
+        PayloadResult::Accepted,
+        PayloadResult::Duplicate,
+        PayloadResult::Unauthorized,
+        PayloadResult::TooLarge,
+        PayloadResult::BadContentType,
+        PayloadResult::Malformed,
+        PayloadResult::Unavailable,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadResult::Accepted => "accepted",
+            PayloadResult::Duplicate => "duplicate",
+            PayloadResult::Unauthorized => "unauthorized",
+            PayloadResult::TooLarge => "too_large",
+            PayloadResult::BadContentType => "bad_content_type",
+            PayloadResult::Malformed => "malformed",
+            PayloadResult::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then stops accepting
+/// connections and lets the requests in flight finish.
+///
+/// Secrets in `config.auth` are read once, here; a missing or inline one
+/// fails with [`std::io::ErrorKind::InvalidInput`]. Expired silences are
+/// dropped (and the backend told) within a second.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: HttpConfig,
+    backend: Arc<dyn Backend>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = App::new(&config, backend, Arc::new(system_now))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // Stops with the server, without cancelling the caller's token.
+    let sweeper_stop = shutdown.child_token();
+    let sweeper = {
+        let app = app.clone();
+        let shutdown = sweeper_stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = every.tick() => app.expire_silences(),
+                }
+            }
+        })
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, auth = app.auth.is_some(), "HTTP server listening");
+    }
+    let served = axum::serve(listener, app.router())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    sweeper_stop.cancel();
+    if let Err(e) = sweeper.await {
+        tracing::warn!(error = %e, "silence expiry task failed");
+    }
+    tracing::info!("HTTP server stopped");
+    served
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn system_now() -> Timestamp {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Timestamp(millis)
+}
+
+type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The server's state, shared by every handler.
+struct App {
+    backend: Arc<dyn Backend>,
+    auth: Option<auth::Credentials>,
+    body_limit: usize,
+    mapping: AlertmanagerMapping,
+    dedup: Arc<Mutex<Dedup>>,
+    silences: Mutex<Silences>,
+    now: Clock,
+}
+
+impl App {
+    /// Reads the secrets and checks the settings.
+    fn new(config: &HttpConfig, backend: Arc<dyn Backend>, now: Clock) -> Result<Arc<App>, String> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let auth = config.auth.as_ref().map(AuthConfig::resolve).transpose()?;
+        Ok(Arc::new(App {
+            backend,
+            auth,
+            body_limit: config.body_limit,
+            mapping: config.alertmanager.clone(),
+            dedup: Arc::new(Mutex::new(Dedup::new(DEDUP_MEMORY))),
+            silences: Mutex::new(Silences::default()),
+            now,
+        }))
+    }
+
+    fn router(self: Arc<App>) -> Router {
+        Router::new()
+            .route("/", get(index))
+            .route("/-/healthy", get(healthy))
+            .route("/-/ready", get(ready))
+            .route("/-/reload", post(reload))
+            .route("/metrics", get(metrics))
+            .route("/api/v1/alertmanager", post(alertmanager))
+            .route("/api/v1/alerts", get(alerts))
+            .route("/api/v1/rules", get(rules))
+            .route("/api/v1/actions", get(actions))
+            .route("/api/v1/subjects/{model}", get(subject))
+            .route("/api/v1/silences", get(list_silences).post(create_silence))
+            .route("/api/v1/silences/{id}", delete(delete_silence))
+            .with_state(self)
+    }
+
+    /// The 401 response when credentials are required and missing or wrong.
+    fn deny(&self, headers: &HeaderMap) -> Option<Response> {
+        match &self.auth {
+            Some(credentials) if !credentials.accepts(headers) => {
+                let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(credentials.challenge()),
+                );
+                Some(response)
+            }
+            _ => None,
+        }
+    }
+
+    fn silences(&self) -> std::sync::MutexGuard<'_, Silences> {
+        self.silences.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops expired silences, telling the backend if any went.
+    fn expire_silences(&self) {
+        let now = (self.now)();
+        let mut silences = self.silences();
+        if silences.expire(now) {
+            // Told under the lock, so that the backend sees changes in order.
+            self.backend.silenced(&silences.list());
+        }
+    }
+}
+
+/// A JSON error body.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Why a JSON request body was refused.
+enum BodyRejection {
+    ContentType,
+    TooLarge,
+    Unreadable(String),
+}
+
+impl BodyRejection {
+    fn response(&self, limit: usize) -> Response {
+        match self {
+            BodyRejection::ContentType => error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+            ),
+            BodyRejection::TooLarge => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over the limit of {limit} bytes"),
+            ),
+            BodyRejection::Unreadable(e) => error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {e}"),
+            ),
+        }
+    }
+}
+
+/// Checks the content type and reads at most `limit` bytes of body.
+async fn json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BodyRejection> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(BodyRejection::ContentType);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyRejection::TooLarge);
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyRejection::TooLarge),
+        Err(e) => Err(BodyRejection::Unreadable(e.to_string())),
+    }
+}
+
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
+async fn healthy() -> &'static str {
+    "healthy\n"
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    if app.backend.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        app.backend.metrics(),
+    )
+        .into_response()
+}
+
+async fn reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = app.deny(&headers) {
+        return denied;
+    }
+    match app.backend.reload().await {
+        Ok(report) => {
+            tracing::info!("configuration reloaded through /-/reload");
+            axum::Json(report).into_response()
+        }
+        Err(errors) => {
+            tracing::warn!(?errors, "reload through /-/reload failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({ "errors": errors })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn alerts(State(app): State<Arc<App>>) -> Response {
+    axum::Json(app.backend.alerts()).into_response()
+}
+
+async fn rules(State(app): State<Arc<App>>) -> Response {
+    axum::Json(app.backend.rules()).into_response()
+}
+
+async fn actions(State(app): State<Arc<App>>) -> Response {
+    axum::Json(app.backend.actions()).into_response()
+}
+
+async fn subject(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+    match app.backend.subject(&model) {
+        Some(v) => axum::Json(v).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("unknown model `{model}`")),
+    }
+}
+
+/// `POST /api/v1/alertmanager`.
+async fn alertmanager(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let (result, response) = receive_alerts(&app, &headers, body).await;
+    app.backend.record_payload(result);
+    response
+}
+
+async fn receive_alerts(app: &App, headers: &HeaderMap, body: Body) -> (PayloadResult, Response) {
+    if let Some(denied) = app.deny(headers) {
+        tracing::warn!("Alertmanager payload refused: missing or wrong credentials");
+        return (PayloadResult::Unauthorized, denied);
+    }
+    let bytes = match json_body(headers, body, app.body_limit).await {
+        Ok(b) => b,
+        Err(rejection) => {
+            let result = match rejection {
+                BodyRejection::ContentType => PayloadResult::BadContentType,
+                BodyRejection::TooLarge => PayloadResult::TooLarge,
+                BodyRejection::Unreadable(_) => PayloadResult::Malformed,
+            };
+            tracing::warn!(result = result.as_str(), "Alertmanager payload refused");
+            return (result, rejection.response(app.body_limit));
+        }
+    };
+    let items = match alertmanager::parse(&bytes, &app.mapping, (app.now)()) {
+        Ok(items) => items,
+        Err(reason) => {
+            tracing::warn!(%reason, "Alertmanager payload refused");
+            return (
+                PayloadResult::Malformed,
+                error(StatusCode::BAD_REQUEST, reason),
+            );
+        }
+    };
+    let total = items.len();
+    // Reserved keys are released if the backend refuses or the request is
+    // dropped, so Alertmanager's retry is not taken for a duplicate.
+    let (mut events, mut requests, mut event_keys, mut action_keys) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    {
+        let mut dedup = app.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        for incoming in items {
+            if !dedup.reserve(&incoming.key) {
+                continue;
+            }
+            match incoming.item {
+                Item::Event(e) => {
+                    events.push(e);
+                    event_keys.push(incoming.key);
+                }
+                Item::Action(a) => {
+                    requests.push(a);
+                    action_keys.push(incoming.key);
+                }
+            }
+        }
+    }
+    let mut event_guard = alertmanager::Reservation::new(app.dedup.clone(), event_keys);
+    let mut action_guard = alertmanager::Reservation::new(app.dedup.clone(), action_keys);
+    let (n_events, n_actions) = (events.len(), requests.len());
+    let duplicates = total - n_events - n_actions;
+    if n_events + n_actions == 0 && duplicates > 0 {
+        tracing::debug!(duplicates, "Alertmanager payload held only duplicates");
+        return (
+            PayloadResult::Duplicate,
+            axum::Json(json!({ "alerts": 0, "actions": 0, "duplicates": duplicates }))
+                .into_response(),
+        );
+    }
+    if !events.is_empty() {
+        if let Err(e) = app.backend.ingest(events).await {
+            tracing::warn!(error = %e, "Alertmanager alerts not accepted; asking for a retry");
+            return (
+                PayloadResult::Unavailable,
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not accepted: {e}"),
+                ),
+            );
+        }
+        event_guard.keep();
+    }
+    if !requests.is_empty() {
+        if let Err(e) = app.backend.act(requests).await {
+            tracing::warn!(error = %e, "Alertmanager actions not accepted; asking for a retry");
+            return (
+                PayloadResult::Unavailable,
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not accepted: {e}"),
+                ),
+            );
+        }
+        action_guard.keep();
+    }
+    tracing::debug!(
+        alerts = n_events,
+        actions = n_actions,
+        duplicates,
+        "Alertmanager payload accepted"
+    );
+    (
+        PayloadResult::Accepted,
+        axum::Json(json!({ "alerts": n_events, "actions": n_actions, "duplicates": duplicates }))
+            .into_response(),
+    )
+}
+
+/// `GET /api/v1/silences`.
+async fn list_silences(State(app): State<Arc<App>>) -> Response {
+    app.expire_silences();
+    axum::Json(app.silences().list()).into_response()
+}
+
+/// `POST /api/v1/silences`.
+async fn create_silence(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(denied) = app.deny(&headers) {
+        return denied;
+    }
+    let bytes = match json_body(&headers, body, app.body_limit).await {
+        Ok(b) => b,
+        Err(rejection) => return rejection.response(app.body_limit),
+    };
+    let new: NewSilence = match serde_json::from_slice(&bytes) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid silence: {e}")),
+    };
+    let now = (app.now)();
+    let mut silences = app.silences();
+    silences.expire(now);
+    let silence = match silences.add(new, now) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    app.backend.silenced(&silences.list());
+    drop(silences);
+    tracing::info!(id = %silence.id, rule = ?silence.rule, subject = ?silence.subject, until = %silence.until, created_by = %silence.created_by, "silence created");
+    let location = HeaderValue::from_str(&format!("/api/v1/silences/{}", silence.id)).ok();
+    let mut response = (StatusCode::CREATED, axum::Json(silence)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// `DELETE /api/v1/silences/{id}`.
+async fn delete_silence(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(denied) = app.deny(&headers) {
+        return denied;
+    }
+    let now = (app.now)();
+    let mut silences = app.silences();
+    let expired = silences.expire(now);
+    let removed = silences.remove(&id);
+    if removed || expired {
+        app.backend.silenced(&silences.list());
+    }
+    drop(silences);
+    if removed {
+        tracing::info!(%id, "silence deleted");
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no active silence `{id}`"))
+    }
+}
