@@ -10,6 +10,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 pub struct Audit {
     sink: Option<(FutureProducer, String)>,
     instance: String,
+    /// Where outcomes are also counted and kept for the JSON API.
+    shared: Option<std::sync::Arc<crate::service::Shared>>,
 }
 
 impl Audit {
@@ -18,6 +20,7 @@ impl Audit {
         Audit {
             sink: Some((producer, topic)),
             instance,
+            shared: None,
         }
     }
 
@@ -26,7 +29,14 @@ impl Audit {
         Audit {
             sink: None,
             instance,
+            shared: None,
         }
+    }
+
+    /// Also counts outcomes in metrics and keeps recent ones for the API.
+    pub fn with_shared(mut self, shared: std::sync::Arc<crate::service::Shared>) -> Audit {
+        self.shared = Some(shared);
+        self
     }
 
     /// Publishes one record keyed by `key`. Waits for the broker's
@@ -35,6 +45,11 @@ impl Audit {
     pub async fn publish(&self, key: &str, mut record: serde_json::Value) {
         if let Some(map) = record.as_object_mut() {
             map.insert("instance".into(), self.instance.clone().into());
+        }
+        if let Some(shared) = &self.shared
+            && record["kind"] == "outcome"
+        {
+            shared.record_outcome(&record);
         }
         let Some((producer, topic)) = &self.sink else {
             return;

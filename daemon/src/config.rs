@@ -38,6 +38,9 @@ pub struct Config {
     /// Which receivers each action goes to.
     #[serde(default)]
     pub routes: crate::pipeline::Routes,
+    /// The HTTP server: Alertmanager webhook, JSON API, metrics, status page.
+    #[serde(default)]
+    pub http: Option<crate::server::HttpConfig>,
     /// Where events come from; required by `canaryd run`.
     #[serde(default)]
     pub kafka: Option<crate::kafka::KafkaConfig>,
@@ -96,6 +99,9 @@ impl Loaded {
             crate::receivers::problems(&self.config.receivers, &self.config.routes, &self.rules);
         if let Some(kafka) = &self.config.kafka {
             out.extend(kafka.problems());
+        }
+        if let Some(http) = &self.config.http {
+            out.extend(http.problems().into_iter().map(|p| format!("http: {p}")));
         }
         out
     }

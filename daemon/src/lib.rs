@@ -32,3 +32,4 @@ pub mod replay;
 pub mod ruletest;
 pub mod secret;
 pub mod server;
+pub mod service;

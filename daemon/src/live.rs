@@ -24,6 +24,9 @@ use crate::config::Loaded;
 use crate::decide::{actions_for, resolutions_for};
 use crate::kafka::{Assignment, GroupContext, KafkaConfig};
 use crate::pipeline::{Pipeline, Route, Routes};
+use crate::server::{self, Backend, DirectAction};
+use crate::service::{Command, Shared};
+use std::collections::BTreeMap;
 
 /// Why live mode stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,15 @@ impl Processed {
 /// Messages taken without yielding before the clock and shutdown are checked.
 const BURST: u32 = 256;
 
+/// The wall clock as event time.
+fn wall_clock() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp(ms)
+}
+
 /// Evaluation state by topic, then partition: looked up by `&str` per message.
 type Partitions = HashMap<String, HashMap<i32, PartitionState>>;
 
@@ -125,6 +137,10 @@ pub struct Live {
     /// always when set by `with_connector`.
     connector: Arc<dyn Connector>,
     connector_overridden: bool,
+    /// What the HTTP server sees: snapshot, metrics, silences.
+    pub shared: Arc<Shared>,
+    /// Commands from the HTTP server, taken by `run`.
+    commands: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Command>>>,
 }
 
 impl Live {
@@ -135,6 +151,8 @@ impl Live {
             .kafka
             .clone()
             .ok_or_else(|| RunError::Config("`kafka:` is required for `canaryd run`".into()))?;
+        let (command_tx, commands) = tokio::sync::mpsc::channel(64);
+        let shared = Arc::new(Shared::new(&loaded.rules, command_tx));
         let problems = loaded.problems();
         if !problems.is_empty() {
             return Err(RunError::Config(problems.join("; ")));
@@ -147,6 +165,8 @@ impl Live {
             tick: Duration::from_secs(1),
             connector: Arc::new(DryRun::new()),
             connector_overridden: false,
+            shared,
+            commands: std::sync::Mutex::new(Some(commands)),
         })
     }
 
@@ -182,6 +202,7 @@ impl Live {
                 "no action connectors are available yet: every action is recorded as a dry run"
             );
         }
+        let audit = audit.with_shared(self.shared.clone());
         let (receivers, routes) = self.receivers().await?;
         let hurry = CancellationToken::new();
         let (pipeline, mut workers) = Pipeline::start(
@@ -193,6 +214,33 @@ impl Live {
         );
         tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded.rules.len(), "consuming");
 
+        let server_stop = CancellationToken::new();
+        let server = match &self.loaded.config.http {
+            Some(http) => {
+                let listener = tokio::net::TcpListener::bind(http.listen)
+                    .await
+                    .map_err(|e| RunError::Config(format!("http.listen {}: {e}", http.listen)))?;
+                tracing::info!(address = ?listener.local_addr().ok(), "serving HTTP");
+                let backend: Arc<dyn Backend> = Arc::new(self.shared.clone());
+                Some(tokio::spawn(server::serve(
+                    listener,
+                    http.clone(),
+                    backend,
+                    server_stop.clone(),
+                )))
+            }
+            None => None,
+        };
+        let mut commands = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| RunError::Config("run called twice".into()))?;
+        // Alerts from Alertmanager have no partition: they get their own engine.
+        let mut alertmanager = self.fresh_state().engine;
+        let mut consumed: Vec<(String, prometheus_client::metrics::counter::Counter)> = Vec::new();
+        let mut evaluations_seen = 0u64;
         let mut partitions: Partitions = HashMap::new();
         let mut outputs = Vec::new();
         let mut now = Instant::now();
@@ -230,12 +278,19 @@ impl Live {
                         {
                             break;
                         }
+                        self.snapshot(&mut partitions, &mut alertmanager, &mut evaluations_seen);
                         continue;
                     }
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep_until(next_tick.into()) => continue,
+                        Some(command) = commands.recv() => {
+                            if !self.command(command, &mut alertmanager, &mut outputs, &pipeline, &audit).await {
+                                break;
+                            }
+                            continue;
+                        }
                         m = consumer.recv() => {
                             now = Instant::now();
                             m
@@ -253,6 +308,16 @@ impl Live {
             };
             self.stats.consumed.fetch_add(1, Ordering::Relaxed);
             let (topic, partition) = (message.topic(), message.partition());
+            match consumed.iter().find(|(t, _)| t == topic) {
+                Some((_, counter)) => {
+                    counter.inc();
+                }
+                None => {
+                    let counter = self.shared.metrics.consumed_counter(topic);
+                    counter.inc();
+                    consumed.push((topic.to_string(), counter));
+                }
+            }
             let event = match message.payload().map(decode) {
                 Some(Ok(event)) => event,
                 failed => {
@@ -278,6 +343,7 @@ impl Live {
             .or_insert_with(|| self.fresh_state());
             if state.engine.ingest(&event, &mut outputs) == Ingested::Late {
                 self.stats.late.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.inc_late();
                 tracing::debug!(
                     topic,
                     partition,
@@ -298,6 +364,7 @@ impl Live {
         }
         processed.flush(&consumer);
 
+        self.shared.set_ready(false);
         tracing::info!("shutting down: draining actions and committing offsets");
         drop(pipeline);
         let grace = Duration::from_millis(
@@ -339,6 +406,14 @@ impl Live {
             actions = self.stats.actions.load(Ordering::Relaxed),
             "stopped"
         );
+        server_stop.cancel();
+        if let Some(server) = server {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+                Err(e) => tracing::error!(error = %e, "HTTP server task panicked"),
+            }
+        }
         drained
     }
 
@@ -400,6 +475,157 @@ impl Live {
         Ok((built, config.routes.clone()))
     }
 
+    /// Refreshes what the HTTP side shows: alerts, analytics, metrics.
+    fn snapshot(
+        &self,
+        partitions: &mut Partitions,
+        alertmanager: &mut Engine,
+        evaluations_seen: &mut u64,
+    ) {
+        let now = wall_clock();
+        let mut alerts = Vec::new();
+        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        let mut subjects = HashMap::new();
+        let mut evaluations = 0;
+        let engines = partitions
+            .values_mut()
+            .flat_map(|p| p.values_mut())
+            .map(|s| &mut s.engine);
+        for engine in engines.chain(std::iter::once(alertmanager)) {
+            evaluations += engine.stats().evaluations;
+            for a in engine.alerts() {
+                *counts
+                    .entry((a.rule.to_string(), a.state.phase.as_str()))
+                    .or_default() += 1;
+                alerts.push(json!({
+                    "rule": a.rule,
+                    "subject": a.subject,
+                    "state": a.state.phase,
+                    "since": a.state.active_since,
+                    "values": a.values,
+                    "silenced": self.shared.is_silenced(a.rule, a.subject, now),
+                }));
+            }
+            for (labels, stats) in engine.analytics(10_000) {
+                if let Some(model) = labels.get("model") {
+                    subjects.insert(model.clone(), crate::service::subject_json(model, &stats));
+                }
+            }
+        }
+        let mut names: Vec<String> = subjects.keys().cloned().collect();
+        names.sort();
+        self.shared.set_alerts(alerts, names);
+        self.shared.set_subjects(subjects);
+        self.shared.metrics.clear_alerts();
+        for ((rule, state), n) in counts {
+            self.shared.metrics.set_alerts(&rule, state, n);
+        }
+        // Engines dropped on revocation take their counts with them.
+        if evaluations > *evaluations_seen {
+            self.shared
+                .metrics
+                .add_rule_evaluations(evaluations - *evaluations_seen);
+        }
+        *evaluations_seen = evaluations;
+    }
+
+    /// Carries out a command from the HTTP server. False once the pipeline closed.
+    async fn command(
+        &self,
+        command: Command,
+        alertmanager: &mut Engine,
+        outputs: &mut Vec<Output>,
+        pipeline: &Pipeline,
+        audit: &Audit,
+    ) -> bool {
+        match command {
+            Command::Alerts(alerts, reply) => {
+                // Alertmanager reports alerts as they are now; stamping them
+                // with the wall clock keeps a group_wait from making them late.
+                let now = wall_clock();
+                for mut alert in alerts {
+                    alert.ts = now;
+                    alertmanager.ingest(&canaryd_rules::Event::Alert(alert), outputs);
+                }
+                let ok = outputs.is_empty() || self.dispatch(outputs, pipeline, audit, -1).await;
+                let _ = reply.send(if ok {
+                    Ok(())
+                } else {
+                    Err("shutting down".into())
+                });
+                ok
+            }
+            Command::Act(requests, reply) => {
+                let mut ok = true;
+                for request in requests {
+                    let action = self.direct_action(&request);
+                    let sent = match request.status {
+                        canaryd_rules::event::AlertStatus::Resolved => {
+                            pipeline.resolve(action).await
+                        }
+                        canaryd_rules::event::AlertStatus::Firing => {
+                            if self
+                                .shared
+                                .is_silenced(&action.rule, &action.subject, wall_clock())
+                            {
+                                tracing::info!(rule = %action.rule, "silenced: not acting");
+                                Ok(())
+                            } else {
+                                pipeline.submit(action).await
+                            }
+                        }
+                    };
+                    ok &= sent.is_ok();
+                }
+                let _ = reply.send(if ok {
+                    Ok(())
+                } else {
+                    Err("shutting down".into())
+                });
+                ok
+            }
+        }
+    }
+
+    /// The action an Alertmanager alert names with the action label.
+    fn direct_action(&self, request: &DirectAction) -> canaryd_connectors::Action {
+        let severity = request
+            .labels
+            .get("severity")
+            .and_then(|s| s.parse::<canaryd_rules::Severity>().ok())
+            .unwrap_or(canaryd_rules::Severity::High);
+        let subject_text: Vec<String> = request
+            .subject
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        canaryd_connectors::Action {
+            key: format!(
+                "alertmanager|{}|{}|{}|{}",
+                request.alertname,
+                subject_text.join(","),
+                request.starts_at.millis(),
+                request.action
+            ),
+            ts: request.starts_at,
+            rule: request.alertname.clone(),
+            subject: request.subject.clone(),
+            action: request.action,
+            severity,
+            deadline: self.loaded.config.decision_matrix.get(severity).deadline,
+            dry_run: self.loaded.config.dry_run,
+            evidence: canaryd_connectors::Evidence {
+                condition: format!("Alertmanager alert {}", request.alertname),
+                values: BTreeMap::new(),
+                thresholds: Vec::new(),
+                duration: canaryd_rules::Span::ZERO,
+                since: request.starts_at,
+            },
+            labels: request.labels.clone(),
+            annotations: request.annotations.clone(),
+        }
+    }
+
     fn fresh_state(&self) -> PartitionState {
         PartitionState {
             engine: Engine::new(
@@ -418,6 +644,7 @@ impl Live {
         while let Ok(change) = rx.try_recv() {
             match change {
                 Assignment::Assigned(list) => {
+                    self.shared.set_ready(true);
                     tracing::info!(instance = %self.instance, partitions = ?list, "partitions assigned");
                     for (topic, partition) in list {
                         partitions
@@ -472,6 +699,15 @@ impl Live {
                         }))
                         .await;
                     for action in actions_for(&t, &self.loaded.rules, self.loaded.config.dry_run) {
+                        if self
+                            .shared
+                            .is_silenced(&action.rule, &action.subject, wall_clock())
+                        {
+                            tracing::info!(rule = %action.rule, subject = ?action.subject, action = %action.action, "silenced: not acting");
+                            let record = json!({"kind": "silenced", "ts": action.ts, "rule": action.rule, "subject": action.subject, "action": action.action, "key": action.key});
+                            audit.publish(&action.key, record).await;
+                            continue;
+                        }
                         if pipeline.submit(action).await.is_err() {
                             return false;
                         }
@@ -536,6 +772,7 @@ impl Live {
             match producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.inc_dead_lettered(reason);
                     return true;
                 }
                 Err((e, _)) => {

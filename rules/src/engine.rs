@@ -126,6 +126,8 @@ pub struct AlertView<'a> {
     pub subject: &'a Labels,
     /// Its state.
     pub state: &'a AlertState,
+    /// The condition's variables now, by name; missing ones are absent.
+    pub values: BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -771,13 +773,43 @@ impl Engine {
                     .iter()
                     .zip(&group.rules)
                     .filter(|(state, _)| state.phase != Phase::Inactive)
-                    .map(move |(state, gr)| AlertView {
-                        rule: &self.rules.rules()[gr.rule].name,
-                        subject: &subject.labels,
-                        state,
+                    .map(move |(state, gr)| {
+                        let rule = &self.rules.rules()[gr.rule];
+                        let values = rule
+                            .condition
+                            .variables()
+                            .iter()
+                            .zip(&gr.inputs)
+                            .filter_map(|(name, &slot)| {
+                                subject.samples[slot].map(|x| (name.clone(), x.value))
+                            })
+                            .collect();
+                        AlertView {
+                            rule: &rule.name,
+                            subject: &subject.labels,
+                            state,
+                            values,
+                        }
                     })
             })
         })
+    }
+
+    /// Canary and stable statistics of up to `limit` subjects whose windows
+    /// hold data, as of the watermark; for status pages and the JSON API.
+    pub fn analytics(&mut self, limit: usize) -> Vec<(Labels, [crate::analytics::TrackStats; 2])> {
+        let now = self.now();
+        let mut out = Vec::new();
+        for &(g, s) in self.active.iter().take(limit) {
+            let subject = &mut self.groups[g].subjects[s];
+            if let Some(tracks) = subject.tracks.as_mut() {
+                out.push((
+                    subject.labels.clone(),
+                    [tracks[0].stats(now, 1), tracks[1].stats(now, 1)],
+                ));
+            }
+        }
+        out
     }
 
     /// The state of one rule for one subject, if that subject exists.

@@ -213,5 +213,8 @@ routes:
     assert!(text.contains("receivers.slack: url"), "{text}");
     assert!(text.contains("receivers.mail: host"), "{text}");
     assert!(text.contains("receivers.mail: title_template"), "{text}");
-    assert!(text.contains("receivers.pager.routing_key is a secret"), "{text}");
+    assert!(
+        text.contains("receivers.pager.routing_key is a secret"),
+        "{text}"
+    );
 }

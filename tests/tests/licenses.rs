@@ -7,7 +7,10 @@ use canaryd_tests::repo;
 #[test]
 fn evalexpr_is_pinned_to_the_mit_release() {
     let manifest = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
-    assert!(manifest.contains("evalexpr = \"=11.3.1\""), "the workspace must pin evalexpr with `=11.3.1`");
+    assert!(
+        manifest.contains("evalexpr = \"=11.3.1\""),
+        "the workspace must pin evalexpr with `=11.3.1`"
+    );
     let lock = std::fs::read_to_string(repo("Cargo.lock")).unwrap();
     let versions: Vec<&str> = lock
         .split("[[package]]")
