@@ -250,3 +250,185 @@ async fn alertmanager_alerts_act_once_and_the_api_health_and_metrics_tell_the_tr
     let (code, body) = http("POST", &format!("{base}/-/reload"), &[&auth], None);
     assert_eq!(code, 500, "{body}");
 }
+
+/// A real Alertmanager (Debian's prometheus-alertmanager 0.25) on 127.0.0.1.
+struct Alertmanager {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    fn start(canaryd_port: u16, token_file: &Path) -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:
+  receiver: canaryd
+  group_by: [alertname, model]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 2s
+receivers:
+  - name: canaryd
+    webhook_configs:
+      - url: http://127.0.0.1:{canaryd_port}/api/v1/alertmanager
+        send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials_file: {}
+",
+                token_file.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus-alertmanager is installed by tests/run");
+        let am = Alertmanager {
+            child,
+            port,
+            _dir: dir,
+        };
+        let ready = format!("http://127.0.0.1:{port}/-/ready");
+        assert!(
+            wait_until(WAIT, || http("GET", &ready, &[], None).0 == 200),
+            "alertmanager did not start"
+        );
+        am
+    }
+
+    fn post(&self, alerts: &Value) {
+        let url = format!("http://127.0.0.1:{}/api/v2/alerts", self.port);
+        let (code, body) = http(
+            "POST",
+            &url,
+            &["Content-Type: application/json"],
+            Some(&alerts.to_string()),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_alertmanager_drives_actions_repeats_are_ignored_and_resolution_reaches_the_engine()
+{
+    let broker = Tansu::start();
+    broker
+        .create_topics(&[("events", 1), ("events-dlq", 1), ("canaryd-audit", 1)])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), &broker.bootstrap(), port);
+    // Add the playbook's "critical errors detected" trigger.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!(
+            "rules: [{}]",
+            repo("deploy/examples/canary-alerts.yaml").display()
+        ),
+        &format!(
+            "rules: [{}, {}]",
+            repo("deploy/examples/canary-alerts.yaml").display(),
+            repo("deploy/examples/playbook-triggers.yaml").display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path().join("canaryd.log"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_until(WAIT, || http("GET", &format!("{base}/-/ready"), &[], None)
+            .0
+            == 200),
+        "{}",
+        daemon.log_text()
+    );
+    let am = Alertmanager::start(port, &dir.path().join("token"));
+
+    let now = chrono::Utc::now();
+    let alert = |name: &str, extra: Value, ends: Option<chrono::DateTime<chrono::Utc>>| {
+        let mut labels = json!({"alertname": name, "model": "summarizer", "severity": "critical"});
+        if let (Some(l), Some(e)) = (labels.as_object_mut(), extra.as_object()) {
+            l.extend(e.clone());
+        }
+        let mut a = json!({"labels": labels, "annotations": {"summary": "x"}, "startsAt": now.to_rfc3339()});
+        if let Some(end) = ends {
+            a["endsAt"] = json!(end.to_rfc3339());
+        }
+        a
+    };
+    am.post(&json!([
+        alert(
+            "ModelRollbackRequested",
+            json!({"canary_action": "auto_rollback"}),
+            None
+        ),
+        alert("ModelCrashLooping", json!({}), None),
+    ]));
+    let acted = |r: &[Record]| {
+        of_kind(r, "outcome")
+            .iter()
+            .any(|o| o["rule"] == "ModelRollbackRequested" && o["outcome"] == "succeeded")
+            && of_kind(r, "transition")
+                .iter()
+                .any(|t| t["rule"] == "Canary Critical Errors" && t["to"] == "firing")
+    };
+    let audit = read_until(&broker.bootstrap(), "canaryd-audit", WAIT, acted);
+    assert!(acted(&audit), "{}", daemon.log_text());
+    // Alertmanager repeats every 2 s; canaryd must not act again.
+    std::thread::sleep(Duration::from_secs(5));
+    let (_, metrics) = http("GET", &format!("{base}/metrics"), &[], None);
+    assert!(
+        !metrics.contains("canaryd_alertmanager_payloads_total{result=\"duplicate\"} 0"),
+        "{metrics}"
+    );
+
+    // Resolve both in Alertmanager: canaryd's rule resolves too.
+    am.post(&json!([
+        alert(
+            "ModelRollbackRequested",
+            json!({"canary_action": "auto_rollback"}),
+            Some(chrono::Utc::now())
+        ),
+        alert("ModelCrashLooping", json!({}), Some(chrono::Utc::now())),
+    ]));
+    let resolved = |r: &[Record]| {
+        of_kind(r, "transition")
+            .iter()
+            .any(|t| t["rule"] == "Canary Critical Errors" && t["to"] == "resolved")
+    };
+    let audit = read_until(&broker.bootstrap(), "canaryd-audit", WAIT, resolved);
+    assert!(resolved(&audit), "{}", daemon.log_text());
+    let direct: Vec<Value> = of_kind(&audit, "outcome")
+        .into_iter()
+        .filter(|o| o["rule"] == "ModelRollbackRequested" && o["outcome"] == "succeeded")
+        .collect();
+    assert_eq!(
+        direct.len(),
+        1,
+        "repeats and HA duplicates act once: {direct:?}"
+    );
+}
