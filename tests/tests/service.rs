@@ -432,3 +432,105 @@ async fn a_real_alertmanager_drives_actions_repeats_are_ignored_and_resolution_r
         "repeats and HA duplicates act once: {direct:?}"
     );
 }
+
+/// Renders a page in Debian's headless Chromium, scripts run, and returns the DOM.
+fn render(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", url])
+        .output()
+        .expect("chromium is installed by tests/run");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_shows_live_canary_against_stable_alerts_actions_and_rules_in_a_browser() {
+    let broker = Tansu::start();
+    broker
+        .create_topics(&[("events", 1), ("events-dlq", 1), ("canaryd-audit", 1)])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(dir.path(), &broker.bootstrap(), port);
+    let daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path().join("canaryd.log"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_until(WAIT, || http("GET", &format!("{base}/-/ready"), &[], None)
+            .0
+            == 200),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Ten minutes of raw traffic for "ranker": 5 requests/s per track; from
+    // minute 1 one canary request in five fails.
+    let mut lines = Vec::new();
+    for i in 0..3000 {
+        let ms = i * 200;
+        let ts = chrono::DateTime::from_timestamp_millis(1_772_366_400_000 + ms)
+            .unwrap()
+            .to_rfc3339();
+        for (track, error) in [("canary", ms >= 60_000 && i % 5 == 0), ("stable", false)] {
+            let latency = if track == "canary" { 420.0 } else { 300.0 };
+            let group = if i % 2 == 0 { "A" } else { "B" };
+            let line = json!({"type": "inference", "ts": ts, "model": "ranker", "version": "v2", "track": track,
+                "latency_ms": latency, "error": error, "cost_usd": 0.002,
+                "group": group, "prediction": i % 3 == 0, "label": i % 4 == 0});
+            lines.push(("ranker".to_string(), line.to_string().into_bytes()));
+        }
+    }
+    send_all(&producer(&broker.bootstrap()), "events", 0, &lines).await;
+    let firing = || {
+        let (_, body) = http("GET", &format!("{base}/api/v1/alerts"), &[], None);
+        body.contains("\"firing\"") && body.contains("ranker")
+    };
+    assert!(wait_until(WAIT, firing), "{}", daemon.log_text());
+    let (_, subject) = http("GET", &format!("{base}/api/v1/subjects/ranker"), &[], None);
+    let subject: Value = serde_json::from_str(&subject).unwrap();
+    let canary_errors = subject["canary"]["error_rate"].as_f64().unwrap();
+    assert!((0.1..0.25).contains(&canary_errors), "{subject}");
+    assert_eq!(subject["stable"]["error_rate"], 0.0);
+
+    let dom = render(&format!("{base}/"));
+    let section = |id: &str| {
+        let start = dom
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no #{id} in {dom}"));
+        let rest = &dom[start..];
+        rest[..rest.find("</section>").unwrap_or(rest.len())].to_string()
+    };
+    let subjects = section("subjects");
+    assert!(subjects.contains("ranker"), "{subjects}");
+    assert!(
+        subjects.contains("p95") || subjects.contains("P95"),
+        "{subjects}"
+    );
+    assert!(
+        subjects.to_lowercase().contains("canary") && subjects.to_lowercase().contains("stable"),
+        "{subjects}"
+    );
+    let alerts = section("alerts");
+    assert!(
+        alerts.contains("Canary Error Rate High") && alerts.contains("firing"),
+        "{alerts}"
+    );
+    let actions = section("actions");
+    assert!(actions.contains("auto_rollback"), "{actions}");
+    let rules = section("rules");
+    assert!(rules.contains("Canary Cost Overrun"), "{rules}");
+}
