@@ -81,6 +81,21 @@ pub struct Transition {
     pub values: BTreeMap<String, f64>,
 }
 
+/// What a reload changed, by rule name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReloadReport {
+    /// New rules.
+    pub added: Vec<String>,
+    /// Rules whose condition, duration or grouping changed: they restart.
+    pub changed: Vec<String>,
+    /// Rules no longer there.
+    pub removed: Vec<String>,
+    /// Unchanged rules: their state carried over.
+    pub kept: Vec<String>,
+    /// Active alerts that ended with the reload (removed or changed rules).
+    pub dropped: Vec<(String, Labels, Phase)>,
+}
+
 /// What happened to one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ingested {
@@ -762,6 +777,134 @@ impl Engine {
                 values,
             }));
         }
+    }
+
+    /// Swaps in a new rule set, keeping what still applies: every subject's
+    /// samples and windows, and the alert state and timers of each rule
+    /// whose name and logic did not change (so nothing re-fires or re-acts
+    /// because of a reload). Changed rules start afresh; removed rules'
+    /// active alerts are returned in the report, to be resolved quietly.
+    pub fn reload(self, rules: Arc<RuleSet>, vocabulary: &Vocabulary) -> (Engine, ReloadReport) {
+        let mut report = ReloadReport::default();
+        for rule in rules.rules() {
+            match self.rules.get(&rule.name) {
+                Some(old) if old.same_logic(rule) => report.kept.push(rule.name.clone()),
+                Some(_) => report.changed.push(rule.name.clone()),
+                None => report.added.push(rule.name.clone()),
+            }
+        }
+        report.removed = self
+            .rules
+            .rules()
+            .iter()
+            .filter(|r| rules.get(&r.name).is_none())
+            .map(|r| r.name.clone())
+            .collect();
+
+        let mut new = Engine::new(rules, vocabulary, self.config.clone());
+        new.watermark = self.watermark;
+        new.next_stale_scan = self.next_stale_scan;
+        new.next_refresh = self.next_refresh;
+        new.stats = self.stats;
+        // Old slot -> new slot, by variable name.
+        let mut slot_map = vec![None; self.slot_kinds.len()];
+        for (name, &old) in &self.slots {
+            slot_map[old] = new.slots.get(name).copied();
+        }
+        let old_rules = self.rules.clone();
+        for old_group in self.groups {
+            let Some(g) = new
+                .groups
+                .iter()
+                .position(|grp| grp.labels == old_group.labels)
+            else {
+                for subject in &old_group.subjects {
+                    for (state, gr) in subject.alerts.iter().zip(&old_group.rules) {
+                        if state.phase.is_active() {
+                            let name = old_rules.rules()[gr.rule].name.clone();
+                            report
+                                .dropped
+                                .push((name, subject.labels.clone(), state.phase));
+                        }
+                    }
+                }
+                continue;
+            };
+            // New local rule -> old local rule with the same name and logic.
+            let carried: Vec<Option<usize>> = new.groups[g]
+                .rules
+                .iter()
+                .map(|ngr| {
+                    let rule = &new.rules.rules()[ngr.rule];
+                    old_group
+                        .rules
+                        .iter()
+                        .position(|ogr| old_rules.rules()[ogr.rule].same_logic(rule))
+                })
+                .collect();
+            for old in old_group.subjects {
+                let mut samples = vec![None; new.slot_kinds.len()];
+                for (o, sample) in old.samples.iter().enumerate() {
+                    if let Some(n) = slot_map[o] {
+                        samples[n] = *sample;
+                    }
+                }
+                // Alert counts newly read by some rule start from the known alerts.
+                for (i, (_, counts)) in ALERT_SLOTS.iter().enumerate() {
+                    if let Some(slot) = new.alert_slots[i]
+                        && samples[slot].is_none()
+                    {
+                        let value = old.firing.values().filter(|f| counts(f)).count() as f64;
+                        samples[slot] = Some(Sample::set(value, old.last_seen));
+                    }
+                }
+                let alerts: Vec<AlertState> = carried
+                    .iter()
+                    .map(|c| c.map(|o| old.alerts[o].clone()).unwrap_or_default())
+                    .collect();
+                for (o, (state, ogr)) in old.alerts.iter().zip(&old_group.rules).enumerate() {
+                    if state.phase.is_active() && !carried.contains(&Some(o)) {
+                        report.dropped.push((
+                            old_rules.rules()[ogr.rule].name.clone(),
+                            old.labels.clone(),
+                            state.phase,
+                        ));
+                    }
+                }
+                let group = &mut new.groups[g];
+                let s = group.subjects.len();
+                for (r, state) in alerts.iter().enumerate() {
+                    if let Some(due) = state.due(&new.rules.rules()[group.rules[r].rule].timing) {
+                        new.timers.push(Reverse(Timer {
+                            due,
+                            group: g,
+                            subject: s,
+                            rule: r,
+                        }));
+                    }
+                }
+                let key: Box<[String]> = group
+                    .labels
+                    .iter()
+                    .map(|l| old.labels.get(l).cloned().unwrap_or_default())
+                    .collect();
+                let active = old
+                    .tracks
+                    .as_ref()
+                    .is_some_and(|t| !t.iter().all(TrackWindow::is_empty));
+                group.index.insert(key, s);
+                group.subjects.push(Subject {
+                    samples,
+                    alerts,
+                    active,
+                    ..old
+                });
+                if active {
+                    new.active.push((g, s));
+                }
+            }
+        }
+        (new, report)
     }
 
     /// Every alert that is not inactive, in a stable order.

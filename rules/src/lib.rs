@@ -31,7 +31,7 @@ pub mod time;
 pub mod vocabulary;
 mod yaml;
 
-pub use engine::{Engine, EngineConfig, Ingested, Labels, Output, Transition};
+pub use engine::{Engine, EngineConfig, Ingested, Labels, Output, ReloadReport, Transition};
 pub use event::{Event, decode};
 pub use load::{LoadOptions, load_rules};
 pub use policy::{ActionName, DecisionMatrix, Severity};
