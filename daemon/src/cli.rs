@@ -123,7 +123,9 @@ fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
         }
     };
     let instance = instance.unwrap_or_else(default_instance);
-    let live = match crate::live::Live::new(loaded, instance) {
+    let live = match crate::live::Live::new(loaded, instance)
+        .map(|l| l.with_config_path(path.to_path_buf()))
+    {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{}: {e}", path.display());

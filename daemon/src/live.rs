@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::config::Loaded;
+use crate::config::{Config, Loaded};
 use crate::decide::{actions_for, resolutions_for};
 use crate::kafka::{Assignment, GroupContext, KafkaConfig};
 use crate::pipeline::{Pipeline, Route, Routes};
@@ -127,7 +127,10 @@ struct PartitionState {
 
 /// The running daemon's consume loop.
 pub struct Live {
-    loaded: Loaded,
+    /// The configuration in force; a reload swaps it.
+    loaded: std::sync::RwLock<Arc<Loaded>>,
+    /// Where the configuration came from, for reloads.
+    config_path: Option<std::path::PathBuf>,
     kafka: KafkaConfig,
     instance: String,
     /// Counters, shared with whoever reports them.
@@ -158,7 +161,8 @@ impl Live {
             return Err(RunError::Config(problems.join("; ")));
         }
         Ok(Live {
-            loaded,
+            loaded: std::sync::RwLock::new(Arc::new(loaded)),
+            config_path: None,
             kafka,
             instance,
             stats: Arc::new(LiveStats::default()),
@@ -168,6 +172,20 @@ impl Live {
             shared,
             commands: std::sync::Mutex::new(Some(commands)),
         })
+    }
+
+    /// The configuration in force.
+    fn loaded(&self) -> Arc<Loaded> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where to reload the configuration from (SIGHUP, `POST /-/reload`).
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Live {
+        self.config_path = Some(path);
+        self
     }
 
     /// Sends every action to `connector` instead (tests, benchmarks).
@@ -197,7 +215,7 @@ impl Live {
             Some(topic) => Audit::kafka(producer.clone(), topic.clone(), self.instance.clone()),
             None => Audit::log_only(self.instance.clone()),
         };
-        if !self.loaded.config.dry_run {
+        if !self.loaded().config.dry_run {
             tracing::warn!(
                 "no action connectors are available yet: every action is recorded as a dry run"
             );
@@ -208,14 +226,14 @@ impl Live {
         let (pipeline, mut workers) = Pipeline::start(
             receivers,
             &routes,
-            &self.loaded.config.pipeline,
+            &self.loaded().config.pipeline,
             audit.clone(),
             hurry.clone(),
         );
-        tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded.rules.len(), "consuming");
+        tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded().rules.len(), "consuming");
 
         let server_stop = CancellationToken::new();
-        let server = match &self.loaded.config.http {
+        let server = match &self.loaded().config.http {
             Some(http) => {
                 let listener = tokio::net::TcpListener::bind(http.listen)
                     .await
@@ -241,6 +259,8 @@ impl Live {
         let mut alertmanager = self.fresh_state().engine;
         let mut consumed: Vec<(String, prometheus_client::metrics::counter::Counter)> = Vec::new();
         let mut evaluations_seen = 0u64;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| RunError::Config(format!("cannot listen for SIGHUP: {e}")))?;
         let mut partitions: Partitions = HashMap::new();
         let mut outputs = Vec::new();
         let mut now = Instant::now();
@@ -285,8 +305,13 @@ impl Live {
                         biased;
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep_until(next_tick.into()) => continue,
+                        _ = hangup.recv() => {
+                            tracing::info!("SIGHUP received: reloading");
+                            let _ = self.reload(&mut partitions, &mut alertmanager, &audit).await;
+                            continue;
+                        }
                         Some(command) = commands.recv() => {
-                            if !self.command(command, &mut alertmanager, &mut outputs, &pipeline, &audit).await {
+                            if !self.command(command, &mut partitions, &mut alertmanager, &mut outputs, &pipeline, &audit).await {
                                 break;
                             }
                             continue;
@@ -368,7 +393,7 @@ impl Live {
         tracing::info!("shutting down: draining actions and committing offsets");
         drop(pipeline);
         let grace = Duration::from_millis(
-            self.loaded.config.pipeline.shutdown_grace.millis().max(0) as u64,
+            self.loaded().config.pipeline.shutdown_grace.millis().max(0) as u64,
         );
         let grace_over = tokio::time::sleep(grace);
         tokio::pin!(grace_over);
@@ -444,7 +469,7 @@ impl Live {
     /// The configured receivers and routes; without any, every action goes
     /// to the one connector this loop was given (the dry-run one by default).
     async fn receivers(&self) -> Result<(Vec<Arc<dyn Connector>>, Routes), RunError> {
-        let config = &self.loaded.config;
+        let config = &self.loaded().config;
         if config.receivers.is_empty() || self.connector_overridden {
             if !config.dry_run && !self.connector_overridden {
                 tracing::warn!("no receivers configured: every action is recorded as a dry run");
@@ -533,12 +558,18 @@ impl Live {
     async fn command(
         &self,
         command: Command,
+        partitions: &mut Partitions,
         alertmanager: &mut Engine,
         outputs: &mut Vec<Output>,
         pipeline: &Pipeline,
         audit: &Audit,
     ) -> bool {
         match command {
+            Command::Reload(reply) => {
+                let result = self.reload(partitions, alertmanager, audit).await;
+                let _ = reply.send(result);
+                true
+            }
             Command::Alerts(alerts, reply) => {
                 // Alertmanager reports alerts as they are now; stamping them
                 // with the wall clock keeps a group_wait from making them late.
@@ -587,6 +618,86 @@ impl Live {
         }
     }
 
+    /// Re-reads the config file, compiles its rules beside the running ones
+    /// and, only if all is well, swaps them in, keeping the state of
+    /// unchanged rules. On failure the running rules stay and the errors
+    /// are returned.
+    async fn reload(
+        &self,
+        partitions: &mut Partitions,
+        alertmanager: &mut Engine,
+        audit: &Audit,
+    ) -> Result<serde_json::Value, Vec<String>> {
+        let started = Instant::now();
+        let result = self.try_reload(partitions, alertmanager, audit).await;
+        let ok = result.is_ok();
+        self.shared
+            .metrics
+            .record_reload(ok, started.elapsed(), std::time::SystemTime::now());
+        match &result {
+            Ok(report) => tracing::info!(%report, "configuration reloaded"),
+            Err(errors) => {
+                tracing::error!(?errors, "reload failed; the running configuration stays")
+            }
+        }
+        result
+    }
+
+    async fn try_reload(
+        &self,
+        partitions: &mut Partitions,
+        alertmanager: &mut Engine,
+        audit: &Audit,
+    ) -> Result<serde_json::Value, Vec<String>> {
+        let path = self
+            .config_path
+            .clone()
+            .ok_or_else(|| vec!["this canaryd was not started from a config file".to_string()])?;
+        let loaded = Config::read(&path)
+            .and_then(Config::load)
+            .map_err(|e| e.lines())?;
+        let problems = loaded.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let loaded = Arc::new(loaded);
+        let mut report = canaryd_rules::ReloadReport::default();
+        let engines = partitions
+            .values_mut()
+            .flat_map(|p| p.values_mut())
+            .map(|s| &mut s.engine);
+        for engine in engines.chain(std::iter::once(alertmanager)) {
+            let placeholder = Engine::new(
+                loaded.rules.clone(),
+                &loaded.vocabulary,
+                loaded.engine_config(),
+            );
+            let old = std::mem::replace(engine, placeholder);
+            let (new, r) = old.reload(loaded.rules.clone(), &loaded.vocabulary);
+            *engine = new;
+            report.dropped.extend(r.dropped);
+            report.added = r.added;
+            report.changed = r.changed;
+            report.removed = r.removed;
+            report.kept = r.kept;
+        }
+        // Alerts of removed or changed rules end quietly, with a record.
+        for (rule, subject, phase) in &report.dropped {
+            let record =
+                json!({"kind": "ended_by_reload", "rule": rule, "subject": subject, "was": phase});
+            audit.publish(rule, record).await;
+        }
+        self.shared.set_rules(&loaded.rules);
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        Ok(json!({
+            "added": report.added,
+            "changed": report.changed,
+            "removed": report.removed,
+            "kept": report.kept,
+            "ended": report.dropped.len(),
+        }))
+    }
+
     /// The action an Alertmanager alert names with the action label.
     fn direct_action(&self, request: &DirectAction) -> canaryd_connectors::Action {
         let severity = request
@@ -612,8 +723,8 @@ impl Live {
             subject: request.subject.clone(),
             action: request.action,
             severity,
-            deadline: self.loaded.config.decision_matrix.get(severity).deadline,
-            dry_run: self.loaded.config.dry_run,
+            deadline: self.loaded().config.decision_matrix.get(severity).deadline,
+            dry_run: self.loaded().config.dry_run,
             evidence: canaryd_connectors::Evidence {
                 condition: format!("Alertmanager alert {}", request.alertname),
                 values: BTreeMap::new(),
@@ -629,9 +740,9 @@ impl Live {
     fn fresh_state(&self) -> PartitionState {
         PartitionState {
             engine: Engine::new(
-                self.loaded.rules.clone(),
-                &self.loaded.vocabulary,
-                self.loaded.engine_config(),
+                self.loaded().rules.clone(),
+                &self.loaded().vocabulary,
+                self.loaded().engine_config(),
             ),
             last_event_at: Instant::now(),
             watermark_then: None,
@@ -674,6 +785,7 @@ impl Live {
         audit: &Audit,
         partition: i32,
     ) -> bool {
+        let loaded = self.loaded();
         for output in outputs.drain(..) {
             match output {
                 Output::Stale { ts, subject } => {
@@ -687,7 +799,7 @@ impl Live {
                 }
                 Output::Transition(t) => {
                     self.stats.transitions.fetch_add(1, Ordering::Relaxed);
-                    let Some(rule) = self.loaded.rules.rules().get(t.rule) else {
+                    let Some(rule) = loaded.rules.rules().get(t.rule) else {
                         continue;
                     };
                     tracing::info!(rule = %rule.name, subject = ?t.subject, from = %t.from, to = %t.to, ts = %t.ts, values = ?t.values, "alert transition");
@@ -698,7 +810,9 @@ impl Live {
                             "partition": partition,
                         }))
                         .await;
-                    for action in actions_for(&t, &self.loaded.rules, self.loaded.config.dry_run) {
+                    for action in
+                        actions_for(&t, &self.loaded().rules, self.loaded().config.dry_run)
+                    {
                         if self
                             .shared
                             .is_silenced(&action.rule, &action.subject, wall_clock())
@@ -714,7 +828,7 @@ impl Live {
                         self.stats.actions.fetch_add(1, Ordering::Relaxed);
                     }
                     for action in
-                        resolutions_for(&t, &self.loaded.rules, self.loaded.config.dry_run)
+                        resolutions_for(&t, &self.loaded().rules, self.loaded().config.dry_run)
                     {
                         if pipeline.resolve(action).await.is_err() {
                             return false;

@@ -24,6 +24,8 @@ pub enum Command {
     Alerts(Vec<AlertEvent>, oneshot::Sender<Result<(), String>>),
     /// Alerts that name an action directly.
     Act(Vec<DirectAction>, oneshot::Sender<Result<(), String>>),
+    /// Reload the rules from the config file.
+    Reload(oneshot::Sender<Result<Value, Vec<String>>>),
 }
 
 /// State shared between the consume loop and the HTTP server.
@@ -31,7 +33,7 @@ pub struct Shared {
     /// Prometheus metrics.
     pub metrics: Metrics,
     ready: AtomicBool,
-    rules: Value,
+    rules: RwLock<Value>,
     alerts: RwLock<Value>,
     subjects: RwLock<HashMap<String, Value>>,
     recent: Mutex<VecDeque<Value>>,
@@ -42,32 +44,21 @@ pub struct Shared {
 impl Shared {
     /// Shared state for `rules`; commands for the loop go to `commands`.
     pub fn new(rules: &RuleSet, commands: mpsc::Sender<Command>) -> Shared {
-        let rules = rules
-            .rules()
-            .iter()
-            .map(|r| {
-                json!({
-                    "name": r.name,
-                    "condition": r.condition.source(),
-                    "duration": r.timing.hold,
-                    "severity": r.severity,
-                    "actions": r.actions,
-                    "dry_run": r.dry_run,
-                    "group_by": r.group_by,
-                    "file": r.origin.to_string(),
-                })
-            })
-            .collect();
         Shared {
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
-            rules: Value::Array(rules),
+            rules: RwLock::new(rules_json(rules)),
             alerts: RwLock::new(json!({"alerts": [], "subjects": []})),
             subjects: RwLock::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
             silences: RwLock::new(Vec::new()),
             commands,
         }
+    }
+
+    /// Shows a reloaded rule set.
+    pub fn set_rules(&self, rules: &RuleSet) {
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules_json(rules);
     }
 
     /// Ready means: rules loaded, partitions assigned, not draining.
@@ -114,6 +105,26 @@ impl Shared {
     }
 }
 
+fn rules_json(rules: &RuleSet) -> Value {
+    let rules = rules
+        .rules()
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "condition": r.condition.source(),
+                "duration": r.timing.hold,
+                "severity": r.severity,
+                "actions": r.actions,
+                "dry_run": r.dry_run,
+                "group_by": r.group_by,
+                "file": r.origin.to_string(),
+            })
+        })
+        .collect();
+    Value::Array(rules)
+}
+
 /// The canary and stable statistics of one subject, side by side.
 pub fn subject_json(model: &str, stats: &[TrackStats; 2]) -> Value {
     json!({"model": model, "canary": stats[0], "stable": stats[1]})
@@ -150,7 +161,7 @@ impl Backend for std::sync::Arc<Shared> {
     }
 
     fn rules(&self) -> Value {
-        self.rules.clone()
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn subject(&self, model: &str) -> Option<Value> {
@@ -167,10 +178,14 @@ impl Backend for std::sync::Arc<Shared> {
     }
 
     fn reload(&self) -> BoxFuture<'_, Result<Value, Vec<String>>> {
-        Box::pin(async {
-            Err(vec![
-                "hot reload is not available yet: restart canaryd to apply new rules".to_string(),
-            ])
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            let closed = || vec!["shutting down".to_string()];
+            self.commands
+                .send(Command::Reload(tx))
+                .await
+                .map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())?
         })
     }
 

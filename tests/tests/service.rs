@@ -246,9 +246,109 @@ async fn alertmanager_alerts_act_once_and_the_api_health_and_metrics_tell_the_tr
             "{needle} missing from:\n{metrics}"
         );
     }
-    // Hot reload is not there yet, and says so instead of pretending.
+
+    // Reload: a broken rule file is refused and the running rules stay.
+    let rules_file = dir.path().join("rules.yaml");
+    let playbook = std::fs::read_to_string(repo("deploy/examples/canary-alerts.yaml")).unwrap();
+    std::fs::write(
+        &rules_file,
+        playbook.replace("canary_error_rate > 0.05", "canary_eror_rate > 0.05"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        &repo("deploy/examples/canary-alerts.yaml")
+            .display()
+            .to_string(),
+        &rules_file.display().to_string(),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    assert_eq!(
+        http("POST", &format!("{base}/-/reload"), &[], None).0,
+        401,
+        "reload needs credentials"
+    );
     let (code, body) = http("POST", &format!("{base}/-/reload"), &[&auth], None);
     assert_eq!(code, 500, "{body}");
+    assert!(body.contains("did you mean `canary_error_rate`"), "{body}");
+    let (_, metrics) = http("GET", &format!("{base}/metrics"), &[], None);
+    assert!(
+        metrics.contains("canaryd_config_last_reload_successful 0"),
+        "{metrics}"
+    );
+    let firing_now = || {
+        let (_, body) = http("GET", &format!("{base}/api/v1/alerts"), &[], None);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["rule"] == "Canary Error Rate High" && x["state"] == "firing")
+    };
+    assert!(firing_now(), "the old rules keep running");
+
+    // A good change: the error rule kept (still firing, no second rollback),
+    // the latency threshold changed, a rule added.
+    let changed = playbook.replace("canary_p95_latency > 5000", "canary_p95_latency > 4000")
+        + "\n  - name: \"Canary Silent\"\n    condition: \"canary_request_rate == 0\"\n    duration: \"2m\"\n    severity: \"high\"\n";
+    std::fs::write(&rules_file, changed).unwrap();
+    let (code, body) = http("POST", &format!("{base}/-/reload"), &[&auth], None);
+    assert_eq!(code, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["added"], json!(["Canary Silent"]));
+    assert_eq!(report["changed"], json!(["Canary Latency High"]));
+    assert!(
+        report["kept"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("Canary Error Rate High"))
+    );
+    assert!(firing_now(), "state carried over the reload");
+    let (_, rules) = http("GET", &format!("{base}/api/v1/rules"), &[], None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&rules)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    let (_, metrics) = http("GET", &format!("{base}/metrics"), &[], None);
+    assert!(
+        metrics.contains("canaryd_config_last_reload_successful 1"),
+        "{metrics}"
+    );
+
+    // SIGHUP reloads too.
+    daemon.signal("HUP");
+    assert!(
+        daemon.wait_for_log("SIGHUP received", WAIT),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        wait_until(WAIT, || daemon
+            .log_text()
+            .matches("configuration reloaded")
+            .count()
+            >= 2),
+        "{}",
+        daemon.log_text()
+    );
+
+    // No rollback was decided twice through all this.
+    std::thread::sleep(Duration::from_secs(1));
+    let audit = read_until(
+        &broker.bootstrap(),
+        "canaryd-audit",
+        Duration::from_secs(5),
+        |_| false,
+    );
+    let rollbacks = of_kind(&audit, "outcome")
+        .into_iter()
+        .filter(|o| o["rule"] == "Canary Error Rate High" && o["outcome"] == "succeeded")
+        .count();
+    assert_eq!(rollbacks, 1);
 }
 
 /// A real Alertmanager (Debian's prometheus-alertmanager 0.25) on 127.0.0.1.
