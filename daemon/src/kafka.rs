@@ -155,7 +155,9 @@ impl KafkaConfig {
                 self.session_timeout.millis().max(1).to_string(),
             )
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Statistics feed the consumer-lag metric.
+            .set("statistics.interval.ms", "5000");
         Ok(config)
     }
 
@@ -184,9 +186,25 @@ pub enum Assignment {
 pub struct GroupContext {
     /// Where assignment changes go; the loop drains it before each message.
     pub events: mpsc::Sender<Assignment>,
+    /// Where consumer lag is reported, from librdkafka's statistics.
+    pub shared: Option<std::sync::Arc<crate::service::Shared>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(shared) = &self.shared else { return };
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                // -1 is the internal UA partition and unassigned ones.
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    shared
+                        .metrics
+                        .set_consumer_lag(topic, partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()

@@ -203,7 +203,10 @@ impl Live {
             .kafka
             .consumer_config()
             .map_err(RunError::Config)?
-            .create_with_context(GroupContext { events: assign_tx })?;
+            .create_with_context(GroupContext {
+                events: assign_tx,
+                shared: Some(self.shared.clone()),
+            })?;
         let topics: Vec<&str> = self.kafka.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let producer: FutureProducer = self
@@ -230,6 +233,7 @@ impl Live {
             audit.clone(),
             hurry.clone(),
         );
+        pipeline.stats.attach(self.shared.clone());
         tracing::info!(instance = %self.instance, topics = ?self.kafka.topics, group = %self.kafka.group_id, rules = self.loaded().rules.len(), "consuming");
 
         let server_stop = CancellationToken::new();

@@ -107,10 +107,12 @@ pub fn route_problems(routes: &Routes, receivers: &[&str]) -> Vec<String> {
 }
 
 /// Counts of outcomes by receiver, for logs and metrics.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PipelineStats {
     outcomes: Mutex<BTreeMap<(String, OutcomeKind), u64>>,
     latency: Mutex<BTreeMap<String, (u64, f64)>>,
+    /// Where connector latencies also go, once attached.
+    sink: std::sync::OnceLock<Arc<crate::service::Shared>>,
 }
 
 impl PipelineStats {
@@ -119,7 +121,18 @@ impl PipelineStats {
         *map.entry((receiver.to_string(), kind)).or_default() += 1;
     }
 
+    /// Also feeds connector latencies into the metrics of `shared`.
+    pub fn attach(&self, shared: Arc<crate::service::Shared>) {
+        // Attached once, at start-up; a second call changes nothing.
+        let _ = self.sink.set(shared);
+    }
+
     fn observe(&self, receiver: &str, seconds: f64) {
+        if let Some(shared) = self.sink.get() {
+            shared
+                .metrics
+                .observe_connector_duration(receiver, Duration::from_secs_f64(seconds));
+        }
         let mut map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let entry = map.entry(receiver.to_string()).or_default();
         entry.0 += 1;

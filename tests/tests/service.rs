@@ -247,6 +247,22 @@ async fn alertmanager_alerts_act_once_and_the_api_health_and_metrics_tell_the_tr
         );
     }
 
+    assert!(
+        metrics.contains("canaryd_connector_duration_seconds_count{connector=\"dry_run\"}"),
+        "{metrics}"
+    );
+    // librdkafka's statistics (every 5 s) feed the consumer lag.
+    let lag = || {
+        http("GET", &format!("{base}/metrics"), &[], None)
+            .1
+            .contains("canaryd_consumer_lag{topic=\"events\",partition=\"0\"} 0")
+    };
+    assert!(
+        wait_until(WAIT, lag),
+        "{}",
+        http("GET", &format!("{base}/metrics"), &[], None).1
+    );
+
     // Reload: a broken rule file is refused and the running rules stay.
     let rules_file = dir.path().join("rules.yaml");
     let playbook = std::fs::read_to_string(repo("deploy/examples/canary-alerts.yaml")).unwrap();
