@@ -263,6 +263,9 @@ impl Live {
         let mut alertmanager = self.fresh_state().engine;
         let mut consumed: Vec<(String, prometheus_client::metrics::counter::Counter)> = Vec::new();
         let mut evaluations_seen = 0u64;
+        let (file_tx, mut file_changes) = tokio::sync::mpsc::channel::<()>(1);
+        let _watcher = self.watch_files(file_tx);
+        let mut reload_at: Option<tokio::time::Instant> = None;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| RunError::Config(format!("cannot listen for SIGHUP: {e}")))?;
         let mut partitions: Partitions = HashMap::new();
@@ -309,6 +312,18 @@ impl Live {
                         biased;
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep_until(next_tick.into()) => continue,
+                        Some(()) = file_changes.recv() => {
+                            // Editors and ConfigMap updates touch several files:
+                            // wait for them to settle.
+                            reload_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                            continue;
+                        }
+                        _ = tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)), if reload_at.is_some() => {
+                            reload_at = None;
+                            tracing::info!("configuration files changed: reloading");
+                            let _ = self.reload(&mut partitions, &mut alertmanager, &audit).await;
+                            continue;
+                        }
                         _ = hangup.recv() => {
                             tracing::info!("SIGHUP received: reloading");
                             let _ = self.reload(&mut partitions, &mut alertmanager, &audit).await;
@@ -620,6 +635,50 @@ impl Live {
                 ok
             }
         }
+    }
+
+    /// Watches the directories of the config and rule files. Watching the
+    /// directory, not the file, survives the symlink swap by which
+    /// Kubernetes updates a mounted ConfigMap.
+    fn watch_files(
+        &self,
+        changed: tokio::sync::mpsc::Sender<()>,
+    ) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let config = self.config_path.clone()?;
+        let mut dirs: Vec<std::path::PathBuf> = std::iter::once(config)
+            .chain(self.loaded().config.rules.iter().cloned())
+            .filter_map(|p| {
+                p.parent().map(|d| {
+                    if d.as_os_str().is_empty() {
+                        ".".into()
+                    } else {
+                        d.to_path_buf()
+                    }
+                })
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let handler = move |event: notify::Result<notify::Event>| {
+            // A full channel already holds a pending change.
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = changed.try_send(());
+            }
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch configuration files; reload with SIGHUP or /-/reload");
+                return None;
+            }
+        };
+        for dir in &dirs {
+            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot watch directory; reload with SIGHUP or /-/reload");
+            }
+        }
+        Some(watcher)
     }
 
     /// Re-reads the config file, compiles its rules beside the running ones
