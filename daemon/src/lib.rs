@@ -9,6 +9,7 @@
 //! - [`replay`]: `canaryd replay`, recorded events through the engine.
 //! - [`decide`]: from alert transitions to actions.
 //! - [`live`]: `canaryd run`, the Kafka consume loop.
+//! - [`logging`]: text or JSON logs, with a filter that changes at runtime.
 //! - [`kafka`]: Kafka settings and the consumer group context.
 //! - [`pipeline`]: routing, queues, retries, escalation and rate limits for actions.
 //! - [`receivers`]: the configured action targets, built into connectors.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod decide;
 pub mod kafka;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod receivers;

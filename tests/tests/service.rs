@@ -263,6 +263,52 @@ async fn alertmanager_alerts_act_once_and_the_api_health_and_metrics_tell_the_tr
         http("GET", &format!("{base}/metrics"), &[], None).1
     );
 
+    // The log level changes at runtime: a late event is logged at debug.
+    let late = |n: u32| format!("canaryd_events_late_total {n}");
+    let old_event = r#"{"type":"metric","ts":"2026-03-01T11:00:00Z","name":"canary_error_rate","value":0.5,"labels":{"model":"x"}}"#;
+    let p = producer(&broker.bootstrap());
+    send_all(
+        &p,
+        "events",
+        0,
+        &[("x".to_string(), old_event.as_bytes().to_vec())],
+    )
+    .await;
+    assert!(wait_until(WAIT, || http(
+        "GET",
+        &format!("{base}/metrics"),
+        &[],
+        None
+    )
+    .1
+    .contains(&late(1))));
+    assert!(!daemon.log_text().contains("late event dropped"));
+    let level = format!("{base}/-/log-level");
+    assert_eq!(http("PUT", &level, &[], Some("debug")).0, 401);
+    assert_eq!(http("PUT", &level, &[&auth], Some("canaryd=[bad")).0, 400);
+    assert_eq!(http("PUT", &level, &[&auth], Some("canaryd=debug")).0, 204);
+    send_all(
+        &p,
+        "events",
+        0,
+        &[("x".to_string(), old_event.as_bytes().to_vec())],
+    )
+    .await;
+    assert!(wait_until(WAIT, || http(
+        "GET",
+        &format!("{base}/metrics"),
+        &[],
+        None
+    )
+    .1
+    .contains(&late(2))));
+    assert!(
+        wait_until(WAIT, || daemon.log_text().contains("late event dropped")),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(http("PUT", &level, &[&auth], Some("canaryd=info")).0, 204);
+
     // Reload: a broken rule file is refused and the running rules stay.
     let rules_file = dir.path().join("rules.yaml");
     let playbook = std::fs::read_to_string(repo("deploy/examples/canary-alerts.yaml")).unwrap();

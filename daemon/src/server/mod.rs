@@ -309,6 +309,7 @@ impl App {
             .route("/-/healthy", get(healthy))
             .route("/-/ready", get(ready))
             .route("/-/reload", post(reload))
+            .route("/-/log-level", axum::routing::put(log_level))
             .route("/metrics", get(metrics))
             .route("/api/v1/alertmanager", post(alertmanager))
             .route("/api/v1/alerts", get(alerts))
@@ -458,6 +459,20 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             )
                 .into_response()
         }
+    }
+}
+
+/// `PUT /-/log-level` with a filter such as `debug` or `canaryd=debug`.
+async fn log_level(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    if let Some(denied) = app.deny(&headers) {
+        return denied;
+    }
+    match crate::logging::set_level(&body) {
+        Ok(()) => {
+            tracing::warn!(filter = %body.trim(), "log filter changed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e }))).into_response(),
     }
 }
 
