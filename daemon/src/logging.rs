@@ -53,9 +53,10 @@ pub fn init(format: LogFormat, level: Option<&str>) {
     }
 }
 
-fn remember<L: 'static, S: 'static>(handle: Handle<L, S>)
+fn remember<L, S>(handle: Handle<L, S>)
 where
-    L: From<EnvFilter> + Send + Sync,
+    L: From<EnvFilter> + Send + Sync + 'static,
+    S: 'static,
 {
     let setter: Setter =
         Box::new(move |filter| handle.reload(L::from(filter)).map_err(|e| e.to_string()));
