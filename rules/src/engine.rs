@@ -831,18 +831,28 @@ impl Engine {
                 continue;
             };
             // New local rule -> old local rule with the same name and logic.
+            let by_name: HashMap<&str, usize> = old_group
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, ogr)| (old_rules.rules()[ogr.rule].name.as_str(), i))
+                .collect();
             let carried: Vec<Option<usize>> = new.groups[g]
                 .rules
                 .iter()
                 .map(|ngr| {
                     let rule = &new.rules.rules()[ngr.rule];
-                    old_group
-                        .rules
-                        .iter()
-                        .position(|ogr| old_rules.rules()[ogr.rule].same_logic(rule))
+                    by_name
+                        .get(rule.name.as_str())
+                        .copied()
+                        .filter(|&o| old_rules.rules()[old_group.rules[o].rule].same_logic(rule))
                 })
                 .collect();
-            for old in old_group.subjects {
+            let mut kept = vec![false; old_group.rules.len()];
+            for &o in carried.iter().flatten() {
+                kept[o] = true;
+            }
+            for mut old in old_group.subjects {
                 let mut samples = vec![None; new.slot_kinds.len()];
                 for (o, sample) in old.samples.iter().enumerate() {
                     if let Some(n) = slot_map[o] {
@@ -858,12 +868,9 @@ impl Engine {
                         samples[slot] = Some(Sample::set(value, old.last_seen));
                     }
                 }
-                let alerts: Vec<AlertState> = carried
-                    .iter()
-                    .map(|c| c.map(|o| old.alerts[o].clone()).unwrap_or_default())
-                    .collect();
-                for (o, (state, ogr)) in old.alerts.iter().zip(&old_group.rules).enumerate() {
-                    if state.phase.is_active() && !carried.contains(&Some(o)) {
+                let mut old_alerts = std::mem::take(&mut old.alerts);
+                for (o, (state, ogr)) in old_alerts.iter().zip(&old_group.rules).enumerate() {
+                    if state.phase.is_active() && !kept[o] {
                         report.dropped.push((
                             old_rules.rules()[ogr.rule].name.clone(),
                             old.labels.clone(),
@@ -871,6 +878,13 @@ impl Engine {
                         ));
                     }
                 }
+                let alerts: Vec<AlertState> = carried
+                    .iter()
+                    .map(|c| {
+                        c.map(|o| std::mem::take(&mut old_alerts[o]))
+                            .unwrap_or_default()
+                    })
+                    .collect();
                 let group = &mut new.groups[g];
                 let s = group.subjects.len();
                 for (r, state) in alerts.iter().enumerate() {

@@ -105,6 +105,7 @@ pub fn load_rules(
     let mut ctx = Errors {
         file: file.clone(),
         errors: Vec::new(),
+        templates: std::collections::HashMap::new(),
     };
     let Kind::Map(entries) = &root.kind else {
         return Err(whole(
@@ -178,6 +179,8 @@ pub fn load_rules(
 struct Errors {
     file: Arc<str>,
     errors: Vec<RuleError>,
+    /// Template checks by source: rules often share annotation texts.
+    templates: std::collections::HashMap<String, Result<(), String>>,
 }
 
 impl Errors {
@@ -303,7 +306,12 @@ fn parse_rule(node: &Node, options: &LoadOptions, ctx: &mut Errors) -> Option<Ru
         .map(|v| string_map(v, "annotations", rule, ctx))
         .unwrap_or_default();
     for (key, source) in &annotations {
-        if let Err(e) = template::check(source) {
+        let checked = ctx
+            .templates
+            .entry(source.clone())
+            .or_insert_with(|| template::check(source))
+            .clone();
+        if let Err(e) = checked {
             let line = fields.get("annotations").map_or(node.line, |n| n.line);
             ctx.push(line, rule, format!("annotation `{key}`: {e}"));
         }
