@@ -93,3 +93,16 @@ pub struct Outcome {
     /// Human-readable detail.
     pub detail: String,
 }
+
+impl Outcome {
+    /// `connector` carried `action` out (or, with `dry_run`, recorded what it would do).
+    pub fn succeeded(connector: &str, action: &Action, dry_run: bool, detail: String) -> Outcome {
+        Outcome {
+            key: action.key.clone(),
+            connector: connector.to_string(),
+            kind: OutcomeKind::Succeeded,
+            dry_run,
+            detail,
+        }
+    }
+}

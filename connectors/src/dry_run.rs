@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use crate::action::{Action, Outcome, OutcomeKind};
+use crate::action::{Action, Outcome};
 use crate::connector::{BoxFuture, Connector, ConnectorError};
 
 /// Records every action it is given and changes nothing.
@@ -39,22 +39,13 @@ impl Connector for DryRun {
                 Ok(mut v) => v.push(action.clone()),
                 Err(poisoned) => poisoned.into_inner().push(action.clone()),
             }
-            Ok(Outcome {
-                key: action.key.clone(),
-                connector: self.name().to_string(),
-                kind: OutcomeKind::Succeeded,
-                dry_run: true,
-                detail: format!(
-                    "would {} for {}",
-                    action.action,
-                    action
-                        .subject
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            })
+            let subject: Vec<String> = action
+                .subject
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let detail = format!("would {} for {}", action.action, subject.join(","));
+            Ok(Outcome::succeeded(self.name(), action, true, detail))
         })
     }
 }
@@ -62,7 +53,7 @@ impl Connector for DryRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::action::Evidence;
+    use crate::action::{Evidence, OutcomeKind};
     use canaryd_rules::{ActionName, Severity, Span, Timestamp};
 
     #[tokio::test]

@@ -34,7 +34,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
-use crate::action::{Action, Outcome, OutcomeKind};
+use crate::action::{Action, Outcome};
 use crate::connector::{BoxFuture, Connector, ConnectorError};
 use crate::http::{chain, duration};
 use crate::message::{self, Status, Templates};
@@ -274,7 +274,8 @@ impl EmailConnector {
     async fn send(&self, action: &Action, status: Status) -> Result<Outcome, ConnectorError> {
         let subject = self.templates.render(action, status).title;
         if action.dry_run {
-            return Ok(self.outcome(
+            return Ok(Outcome::succeeded(
+                &self.name,
                 action,
                 true,
                 format!("would email {}: {subject}", self.recipients()),
@@ -291,7 +292,8 @@ impl EmailConnector {
             Ok(Ok(response)) => {
                 tracing::info!(receiver = %self.name, %status, to = %self.recipients(), "email sent");
                 let reply = response.message().collect::<Vec<_>>().join(" ");
-                Ok(self.outcome(
+                Ok(Outcome::succeeded(
+                    &self.name,
                     action,
                     false,
                     format!(
@@ -333,16 +335,6 @@ impl EmailConnector {
             ConnectorError::Permanent(format!("cannot send through SMTP server {server}: {text}"))
         } else {
             ConnectorError::Retriable(format!("cannot reach SMTP server {server}: {text}"))
-        }
-    }
-
-    fn outcome(&self, action: &Action, dry_run: bool, detail: String) -> Outcome {
-        Outcome {
-            key: action.key.clone(),
-            connector: self.name.clone(),
-            kind: OutcomeKind::Succeeded,
-            dry_run,
-            detail,
         }
     }
 }

@@ -52,7 +52,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::action::{Action, Outcome, OutcomeKind};
+use crate::action::{Action, Outcome};
 use crate::connector::{BoxFuture, Connector, ConnectorError};
 
 /// How many times a write is tried when the object keeps changing under it
@@ -457,11 +457,16 @@ impl KubeConnector {
             if plan.is_noop() {
                 let detail = format!("{target}: {}; nothing to do", plan.already());
                 tracing::info!(%detail, "already at target");
-                return Ok(self.outcome(action, action.dry_run, detail));
+                return Ok(Outcome::succeeded(
+                    self.name(),
+                    action,
+                    action.dry_run,
+                    detail,
+                ));
             }
             if action.dry_run {
                 let detail = format!("would set {target}: {}", plan.describe());
-                return Ok(self.outcome(action, true, detail));
+                return Ok(Outcome::succeeded(self.name(), action, true, detail));
             }
             let resource_version = current.metadata.resource_version.clone();
             let written = self.write(&api, &target, &plan, resource_version).await;
@@ -489,7 +494,7 @@ impl KubeConnector {
                 .await;
             let detail = format!("{target}: {change} (verified)");
             tracing::info!(%detail, attempt, "traffic changed");
-            return Ok(self.outcome(action, false, detail));
+            return Ok(Outcome::succeeded(self.name(), action, false, detail));
         }
         Err(ConnectorError::Retriable(format!(
             "conflict: {target} changed concurrently on each of {MAX_ATTEMPTS} attempts (409 Conflict); giving up for now"
@@ -621,16 +626,6 @@ impl KubeConnector {
         {
             let e = self.fail("create", "events", target, e);
             tracing::warn!(error = %e, "could not record the Kubernetes Event for {target}; the change itself succeeded");
-        }
-    }
-
-    fn outcome(&self, action: &Action, dry_run: bool, detail: String) -> Outcome {
-        Outcome {
-            key: action.key.clone(),
-            connector: self.name().to_string(),
-            kind: OutcomeKind::Succeeded,
-            dry_run,
-            detail,
         }
     }
 }

@@ -34,7 +34,7 @@ use canaryd_rules::{Severity, Span};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::action::{Action, Outcome, OutcomeKind};
+use crate::action::{Action, Outcome};
 use crate::connector::{BoxFuture, Connector, ConnectorError};
 use crate::http;
 use crate::message::{self, Status, Templates};
@@ -255,7 +255,8 @@ impl PagerDutyConnector {
                 ),
                 Status::Resolved => String::new(),
             };
-            return Ok(self.outcome(
+            return Ok(Outcome::succeeded(
+                &self.name,
                 action,
                 true,
                 format!("would send a PagerDuty {verb} event, dedup_key {key}{what}"),
@@ -269,7 +270,8 @@ impl PagerDutyConnector {
             .and_then(|v| v["dedup_key"].as_str().map(str::to_string))
             .unwrap_or(key);
         tracing::info!(receiver = %self.name, event = verb, dedup_key = %echoed, "PagerDuty event accepted");
-        Ok(self.outcome(
+        Ok(Outcome::succeeded(
+            &self.name,
             action,
             false,
             format!(
@@ -277,16 +279,6 @@ impl PagerDutyConnector {
                 answer.status
             ),
         ))
-    }
-
-    fn outcome(&self, action: &Action, dry_run: bool, detail: String) -> Outcome {
-        Outcome {
-            key: action.key.clone(),
-            connector: self.name.clone(),
-            kind: OutcomeKind::Succeeded,
-            dry_run,
-            detail,
-        }
     }
 }
 

@@ -30,7 +30,7 @@ use canaryd_rules::Span;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::action::{Action, Outcome, OutcomeKind};
+use crate::action::{Action, Outcome};
 use crate::connector::{BoxFuture, Connector, ConnectorError};
 use crate::http;
 use crate::message::{self, Status, Templates};
@@ -215,23 +215,23 @@ impl SlackConnector {
         let payload = self.payload(action, status);
         let title = self.templates.render(action, status).title;
         if action.dry_run {
-            return Ok(self.outcome(action, true, format!("would send to Slack: {title}")));
+            return Ok(Outcome::succeeded(
+                &self.name,
+                action,
+                true,
+                format!("would send to Slack: {title}"),
+            ));
         }
         let what = format!("Slack receiver {}", self.name);
         let request = self.client.post(self.url.clone()).json(&payload);
         http::send(&what, request, self.timeout).await?;
         tracing::info!(receiver = %self.name, %status, "Slack message posted");
-        Ok(self.outcome(action, false, format!("posted to Slack: {title}")))
-    }
-
-    fn outcome(&self, action: &Action, dry_run: bool, detail: String) -> Outcome {
-        Outcome {
-            key: action.key.clone(),
-            connector: self.name.clone(),
-            kind: OutcomeKind::Succeeded,
-            dry_run,
-            detail,
-        }
+        Ok(Outcome::succeeded(
+            &self.name,
+            action,
+            false,
+            format!("posted to Slack: {title}"),
+        ))
     }
 }
 

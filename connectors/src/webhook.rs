@@ -31,7 +31,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, Header
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::action::{Action, Outcome, OutcomeKind};
+use crate::action::{Action, Outcome};
 use crate::connector::{BoxFuture, Connector, ConnectorError};
 use crate::http;
 use crate::message::{self, Status, Templates};
@@ -265,7 +265,8 @@ impl WebhookConnector {
         let payload = self.payload(action, status);
         let host = self.url.host_str().unwrap_or_default();
         if action.dry_run {
-            return Ok(self.outcome(
+            return Ok(Outcome::succeeded(
+                &self.name,
                 action,
                 true,
                 format!("would send the {status} action to the webhook at {host}"),
@@ -279,7 +280,8 @@ impl WebhookConnector {
             .json(&payload);
         let answer = http::send(&what, request, self.timeout).await?;
         tracing::info!(receiver = %self.name, %status, code = answer.status.as_u16(), "webhook delivered");
-        Ok(self.outcome(
+        Ok(Outcome::succeeded(
+            &self.name,
             action,
             false,
             format!(
@@ -287,16 +289,6 @@ impl WebhookConnector {
                 answer.status
             ),
         ))
-    }
-
-    fn outcome(&self, action: &Action, dry_run: bool, detail: String) -> Outcome {
-        Outcome {
-            key: action.key.clone(),
-            connector: self.name.clone(),
-            kind: OutcomeKind::Succeeded,
-            dry_run,
-            detail,
-        }
     }
 }
 
