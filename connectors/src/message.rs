@@ -154,23 +154,8 @@ fn environment() -> Environment<'static> {
 
 /// Compiles `source` and checks that it only uses [`TEMPLATE_VARIABLES`].
 fn check_one(field: &str, source: &str) -> Result<(), String> {
-    let env = environment();
-    let template = env
-        .template_from_str(source)
-        .map_err(|e| format!("{field}: template does not compile: {e}"))?;
-    let mut unknown: Vec<String> = template
-        .undeclared_variables(false)
-        .into_iter()
-        .filter(|v| !TEMPLATE_VARIABLES.contains(&v.as_str()))
-        .collect();
-    unknown.sort();
-    match unknown.first() {
-        None => Ok(()),
-        Some(name) => Err(format!(
-            "{field}: template uses unknown variable `{name}`; templates may use {}",
-            TEMPLATE_VARIABLES.join(", ")
-        )),
-    }
+    canaryd_rules::template::check_with(&environment(), source, &TEMPLATE_VARIABLES)
+        .map_err(|e| format!("{field}: {e}"))
 }
 
 /// Problems with a receiver's templates: each one that does not compile or

@@ -24,24 +24,29 @@ fn environment() -> Environment<'static> {
 
 /// Compiles `source` and checks that it only uses [`TEMPLATE_VARIABLES`].
 pub fn check(source: &str) -> Result<(), String> {
-    let env = environment();
+    check_with(&environment(), source, &TEMPLATE_VARIABLES)
+}
+
+/// Compiles `source` in `env` and checks that it only uses `allowed`
+/// top-level names, suggesting the closest for a typo.
+pub fn check_with(env: &Environment<'_>, source: &str, allowed: &[&str]) -> Result<(), String> {
     let template = env
         .template_from_str(source)
         .map_err(|e| format!("template does not compile: {e}"))?;
     let mut unknown: Vec<String> = template
         .undeclared_variables(false)
         .into_iter()
-        .filter(|v| !TEMPLATE_VARIABLES.contains(&v.as_str()))
+        .filter(|v| !allowed.contains(&v.as_str()))
         .collect();
     unknown.sort();
     match unknown.first() {
         None => Ok(()),
         Some(name) => Err(format!(
             "template uses unknown variable `{name}`{}; templates may use {}",
-            crate::vocabulary::suggest(name, TEMPLATE_VARIABLES)
+            crate::vocabulary::suggest(name, allowed.iter().copied())
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default(),
-            TEMPLATE_VARIABLES.join(", ")
+            allowed.join(", ")
         )),
     }
 }
