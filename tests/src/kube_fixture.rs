@@ -29,19 +29,14 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 /// The bearer token in the kubeconfig; other tokens get 401.
@@ -179,8 +174,8 @@ pub struct KubeFixture {
     state: Shared,
     kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Stops the server when dropped.
+    _server: crate::local_http::LocalHttp,
 }
 
 impl KubeFixture {
@@ -188,33 +183,22 @@ impl KubeFixture {
     /// runtime (so it works from any test, async or not), and writes a
     /// kubeconfig for it.
     pub fn start() -> KubeFixture {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("kube fixture: cannot bind 127.0.0.1: {e}"));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("kube fixture: set_nonblocking: {e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("kube fixture: local_addr: {e}"))
-            .port();
+        let state: Shared = Arc::default();
+        let served = state.clone();
+        let server = crate::local_http::LocalHttp::start("kube-fixture", move |req| {
+            handle(served.clone(), req)
+        });
+        let port = server.port();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("kube fixture: tempdir: {e}"));
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_text(port))
             .unwrap_or_else(|e| panic!("kube fixture: write kubeconfig: {e}"));
-        let state: Shared = Arc::default();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let served = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("kube-fixture".into())
-            .spawn(move || serve(listener, served, rx))
-            .unwrap_or_else(|e| panic!("kube fixture: spawn: {e}"));
         KubeFixture {
             port,
             state,
             kubeconfig,
             _dir: dir,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -379,17 +363,6 @@ fn store(state: &mut State, key: String, mut object: Value) {
     state.objects.insert(key, object);
 }
 
-impl Drop for KubeFixture {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn kubeconfig_text(port: u16) -> String {
     format!(
         "apiVersion: v1
@@ -411,39 +384,6 @@ contexts:
 current-context: fixture
 "
     )
-}
-
-fn serve(listener: TcpListener, state: Shared, mut shutdown: tokio::sync::oneshot::Receiver<()>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("kube fixture: runtime: {e}"),
-    };
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => panic!("kube fixture: listener: {e}"),
-        };
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(state.clone(), req));
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        }
-    });
-    // Dropping the runtime cancels connections still open and requests
-    // still delayed.
 }
 
 type Reply = Response<Full<Bytes>>;

@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod kube_fixture;
+pub mod local_http;
 pub mod receivers;
 pub mod smtp;
 pub mod tansu;

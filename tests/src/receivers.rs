@@ -28,18 +28,13 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 /// Where the PagerDuty stand-in listens.
@@ -138,35 +133,24 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 pub struct Receivers {
     port: u16,
     state: Shared,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Stops the server when dropped.
+    _server: crate::local_http::LocalHttp,
 }
 
 impl Receivers {
     /// Starts the server on 127.0.0.1 on a free port, on its own thread and
     /// runtime (so it works from any test, async or not).
     pub fn start() -> Receivers {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("receivers: cannot bind 127.0.0.1: {e}"));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("receivers: set_nonblocking: {e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("receivers: local_addr: {e}"))
-            .port();
         let state: Shared = Arc::default();
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let served = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("receivers".into())
-            .spawn(move || serve(listener, served, rx))
-            .unwrap_or_else(|e| panic!("receivers: spawn: {e}"));
+        let server = crate::local_http::LocalHttp::start("receivers", move |req| {
+            handle(served.clone(), req)
+        });
+        let port = server.port();
         Receivers {
             port,
             state,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -251,53 +235,9 @@ impl Receivers {
     }
 }
 
-impl Drop for Receivers {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// `/hooks/NAME`.
 pub fn webhook_path(name: &str) -> String {
     format!("/hooks/{name}")
-}
-
-fn serve(listener: TcpListener, state: Shared, mut shutdown: tokio::sync::oneshot::Receiver<()>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("receivers: runtime: {e}"),
-    };
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => panic!("receivers: listener: {e}"),
-        };
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(state.clone(), req));
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-        }
-    });
-    // Dropping the runtime cancels connections still open and requests
-    // still delayed.
 }
 
 type Reply = Response<Full<Bytes>>;
