@@ -176,6 +176,42 @@ struct Computed {
     guarded: bool,
 }
 
+/// A subject's alert states that are not inactive, by local rule index.
+/// A rule that is absent is inactive, so a subject costs nothing for the
+/// many rules that never matched it, however many rules there are.
+#[derive(Default)]
+struct AlertStates(Vec<(usize, AlertState)>);
+
+impl AlertStates {
+    fn get(&self, rule: usize) -> Option<&AlertState> {
+        let i = self.0.binary_search_by_key(&rule, |(r, _)| *r).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Removes and returns the state, inactive if absent.
+    fn take(&mut self, rule: usize) -> AlertState {
+        match self.0.binary_search_by_key(&rule, |(r, _)| *r) {
+            Ok(i) => self.0.remove(i).1,
+            Err(_) => AlertState::default(),
+        }
+    }
+
+    /// Stores the state unless it is inactive.
+    fn put(&mut self, rule: usize, state: AlertState) {
+        if state.phase == Phase::Inactive {
+            return;
+        }
+        match self.0.binary_search_by_key(&rule, |(r, _)| *r) {
+            Ok(i) => self.0[i].1 = state,
+            Err(i) => self.0.insert(i, (rule, state)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &AlertState)> {
+        self.0.iter().map(|(r, s)| (*r, s))
+    }
+}
+
 /// Whether a firing alert counts towards an alert-derived variable.
 type Counts = fn(&AlertFlags) -> bool;
 
@@ -195,7 +231,7 @@ struct AlertFlags {
 struct Subject {
     labels: Labels,
     samples: Vec<Option<Sample>>,
-    alerts: Vec<AlertState>,
+    alerts: AlertStates,
     /// Canary and stable windows, once inference events arrive.
     tracks: Option<Box<[TrackWindow; 2]>>,
     /// Listed in `Engine::active` for refreshes.
@@ -307,10 +343,12 @@ impl Engine {
         for group in &mut groups {
             group.dependents = vec![Vec::new(); slot_kinds.len()];
             for (local, r) in group.rules.iter().enumerate() {
-                for &slot in &r.inputs {
-                    if !group.dependents[slot].contains(&local) {
-                        group.dependents[slot].push(local);
-                    }
+                // `baseline` may name a slot the condition also reads.
+                let mut slots = r.inputs.clone();
+                slots.sort_unstable();
+                slots.dedup();
+                for slot in slots {
+                    group.dependents[slot].push(local);
                 }
             }
         }
@@ -416,9 +454,11 @@ impl Engine {
             }
             self.timers.pop();
             let rule = &self.rules.rules()[self.groups[timer.group].rules[timer.rule].rule];
-            let state = &self.groups[timer.group].subjects[timer.subject].alerts[timer.rule];
+            let state = self.groups[timer.group].subjects[timer.subject]
+                .alerts
+                .get(timer.rule);
             // Timers are never cancelled; a stale one no longer matches.
-            if state.due(&rule.timing) == Some(timer.due) {
+            if state.and_then(|st| st.due(&rule.timing)) == Some(timer.due) {
                 self.evaluate(timer.group, timer.subject, timer.rule, timer.due, out);
             }
         }
@@ -683,7 +723,7 @@ impl Engine {
                 group.subjects.push(Subject {
                     labels: Arc::new(labels),
                     samples,
-                    alerts: vec![AlertState::default(); group.rules.len()],
+                    alerts: AlertStates::default(),
                     tracks: None,
                     active: false,
                     firing: BTreeMap::new(),
@@ -745,10 +785,12 @@ impl Engine {
                 }
             }
         };
-        let state = &mut subject.alerts[r];
+        let mut state = subject.alerts.take(r);
         let due_before = state.due(&rule.timing);
-        let change = step(state, obs, at, &rule.timing);
+        let change = step(&mut state, obs, at, &rule.timing);
         let due_after = state.due(&rule.timing);
+        let active_since = state.active_since;
+        subject.alerts.put(r, state);
         if let Some(due) = due_after
             && due_after != due_before
         {
@@ -773,7 +815,7 @@ impl Engine {
                 subject: subject.labels.clone(),
                 from: change.from,
                 to: change.to,
-                active_since: state.active_since,
+                active_since,
                 values,
             }));
         }
@@ -819,9 +861,9 @@ impl Engine {
                 .position(|grp| grp.labels == old_group.labels)
             else {
                 for subject in &old_group.subjects {
-                    for (state, gr) in subject.alerts.iter().zip(&old_group.rules) {
+                    for (o, state) in subject.alerts.iter() {
                         if state.phase.is_active() {
-                            let name = old_rules.rules()[gr.rule].name.clone();
+                            let name = old_rules.rules()[old_group.rules[o].rule].name.clone();
                             report
                                 .dropped
                                 .push((name, subject.labels.clone(), state.phase));
@@ -869,25 +911,24 @@ impl Engine {
                     }
                 }
                 let mut old_alerts = std::mem::take(&mut old.alerts);
-                for (o, (state, ogr)) in old_alerts.iter().zip(&old_group.rules).enumerate() {
+                for (o, state) in old_alerts.iter() {
                     if state.phase.is_active() && !kept[o] {
                         report.dropped.push((
-                            old_rules.rules()[ogr.rule].name.clone(),
+                            old_rules.rules()[old_group.rules[o].rule].name.clone(),
                             old.labels.clone(),
                             state.phase,
                         ));
                     }
                 }
-                let alerts: Vec<AlertState> = carried
-                    .iter()
-                    .map(|c| {
-                        c.map(|o| std::mem::take(&mut old_alerts[o]))
-                            .unwrap_or_default()
-                    })
-                    .collect();
+                let mut alerts = AlertStates::default();
+                for (r, c) in carried.iter().enumerate() {
+                    if let Some(o) = *c {
+                        alerts.put(r, old_alerts.take(o));
+                    }
+                }
                 let group = &mut new.groups[g];
                 let s = group.subjects.len();
-                for (r, state) in alerts.iter().enumerate() {
+                for (r, state) in alerts.iter() {
                     if let Some(due) = state.due(&new.rules.rules()[group.rules[r].rule].timing) {
                         new.timers.push(Reverse(Timer {
                             due,
@@ -925,29 +966,25 @@ impl Engine {
     pub fn alerts(&self) -> impl Iterator<Item = AlertView<'_>> {
         self.groups.iter().flat_map(move |group| {
             group.subjects.iter().flat_map(move |subject| {
-                subject
-                    .alerts
-                    .iter()
-                    .zip(&group.rules)
-                    .filter(|(state, _)| state.phase != Phase::Inactive)
-                    .map(move |(state, gr)| {
-                        let rule = &self.rules.rules()[gr.rule];
-                        let values = rule
-                            .condition
-                            .variables()
-                            .iter()
-                            .zip(&gr.inputs)
-                            .filter_map(|(name, &slot)| {
-                                subject.samples[slot].map(|x| (name.clone(), x.value))
-                            })
-                            .collect();
-                        AlertView {
-                            rule: &rule.name,
-                            subject: &subject.labels,
-                            state,
-                            values,
-                        }
-                    })
+                subject.alerts.iter().map(move |(r, state)| {
+                    let gr = &group.rules[r];
+                    let rule = &self.rules.rules()[gr.rule];
+                    let values = rule
+                        .condition
+                        .variables()
+                        .iter()
+                        .zip(&gr.inputs)
+                        .filter_map(|(name, &slot)| {
+                            subject.samples[slot].map(|x| (name.clone(), x.value))
+                        })
+                        .collect();
+                    AlertView {
+                        rule: &rule.name,
+                        subject: &subject.labels,
+                        state,
+                        values,
+                    }
+                })
             })
         })
     }
@@ -970,14 +1007,14 @@ impl Engine {
     }
 
     /// The state of one rule for one subject, if that subject exists.
-    pub fn alert(&self, rule: &str, subject: &BTreeMap<String, String>) -> Option<&AlertState> {
+    pub fn alert(&self, rule: &str, subject: &BTreeMap<String, String>) -> Option<AlertState> {
         self.groups.iter().find_map(|group| {
             let r = group
                 .rules
                 .iter()
                 .position(|gr| self.rules.rules()[gr.rule].name == rule)?;
             let subject = group.subjects.iter().find(|s| *s.labels == *subject)?;
-            Some(&subject.alerts[r])
+            Some(subject.alerts.get(r).cloned().unwrap_or_default())
         })
     }
 
@@ -999,7 +1036,7 @@ impl Engine {
                 count += 1;
                 total += std::mem::size_of::<Subject>()
                     + s.samples.capacity() * std::mem::size_of::<Option<Sample>>()
-                    + s.alerts.capacity() * std::mem::size_of::<AlertState>()
+                    + s.alerts.0.capacity() * std::mem::size_of::<(usize, AlertState)>()
                     + s.labels
                         .iter()
                         .map(|(k, v)| 48 + k.capacity() + v.capacity())
