@@ -1051,7 +1051,7 @@ fn secret_refs(v: &Value, files: &mut BTreeSet<String>, envs: &mut BTreeSet<Stri
 
 #[test]
 fn credentials_come_from_the_secret_and_are_documented() {
-    let docs = read("deploy/README-section.md");
+    let docs = read("README.md");
     for dir in DEPLOYMENTS {
         let d = deployment(dir);
         let c = container(d);
@@ -1085,7 +1085,7 @@ fn credentials_come_from_the_secret_and_are_documented() {
                 .unwrap_or_else(|| panic!("{dir}: {file} is not in the Secret volume {dir_path}"));
             assert!(
                 docs.contains(&format!("--from-file={key}=")),
-                "README-section.md must show how to create Secret key {key}"
+                "README.md must show how to create Secret key {key}"
             );
         }
         let env_from = c["envFrom"].as_array().unwrap();
@@ -1103,10 +1103,10 @@ fn credentials_come_from_the_secret_and_are_documented() {
             assert!(!literal.contains(env.as_str()), "{dir}: {env} set inline");
             assert!(
                 docs.contains(&format!("--from-literal={env}=")),
-                "README-section.md must show how to create Secret key {env}"
+                "README.md must show how to create Secret key {env}"
             );
         }
-        assert!(docs.contains(secret), "README-section.md names the Secret");
+        assert!(docs.contains(secret), "README.md names the Secret");
     }
 }
 
