@@ -151,10 +151,17 @@ impl Config {
 
     /// Loads every rule file, reporting all errors across all files.
     pub fn load(self) -> Result<Loaded, ConfigError> {
+        self.load_reusing(None)
+    }
+
+    /// Like [`Config::load`], reusing the compiled conditions of `running`
+    /// where a rule's condition did not change: a reload's fast path.
+    pub fn load_reusing(self, running: Option<&Loaded>) -> Result<Loaded, ConfigError> {
         let vocabulary = Vocabulary::builtin().with_extra(self.variables.iter().cloned());
         let options = LoadOptions {
             vocabulary: vocabulary.clone(),
             matrix: self.decision_matrix.clone(),
+            previous: running.map(|l| (l.rules.clone(), l.vocabulary.clone())),
             ..LoadOptions::default()
         };
         let rules = load_rule_files(&self.rules, &options)?;

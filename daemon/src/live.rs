@@ -716,8 +716,9 @@ impl Live {
             .config_path
             .clone()
             .ok_or_else(|| vec!["this canaryd was not started from a config file".to_string()])?;
+        let running = self.loaded();
         let loaded = Config::read(&path)
-            .and_then(Config::load)
+            .and_then(|c| c.load_reusing(Some(&running)))
             .map_err(|e| e.lines())?;
         let problems = loaded.problems();
         if !problems.is_empty() {

@@ -17,6 +17,8 @@ pub struct Condition {
     idents: Vec<String>,
     /// The variable each identifier reads; `baseline` resolved to a stable metric.
     vars: Vec<String>,
+    /// The rule's `baseline:` field, which the compilation depended on.
+    explicit_baseline: Option<String>,
 }
 
 /// Why a condition was rejected.
@@ -101,6 +103,7 @@ impl Condition {
             tree,
             idents,
             vars,
+            explicit_baseline: explicit_baseline.map(str::to_string),
         };
         condition.type_check()?;
         Ok(condition)
@@ -109,6 +112,12 @@ impl Condition {
     /// The expression as written.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether compiling `source` with `explicit_baseline` would give this
+    /// condition (against the same vocabulary), so it can be reused.
+    pub fn compiled_from(&self, source: &str, explicit_baseline: Option<&str>) -> bool {
+        self.source == source && self.explicit_baseline.as_deref() == explicit_baseline
     }
 
     /// The variables this condition reads, aligned with [`Condition::evaluate`]'s

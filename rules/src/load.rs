@@ -41,6 +41,10 @@ pub struct LoadOptions {
     pub matrix: DecisionMatrix,
     /// Files larger than this are rejected.
     pub max_bytes: usize,
+    /// The rules running now, with the vocabulary they were compiled
+    /// against: a reload reuses the compiled condition of a rule whose
+    /// condition did not change, rather than compiling it again.
+    pub previous: Option<(Arc<crate::rule::RuleSet>, Vocabulary)>,
 }
 
 impl Default for LoadOptions {
@@ -49,6 +53,7 @@ impl Default for LoadOptions {
             vocabulary: Vocabulary::builtin(),
             matrix: DecisionMatrix::default(),
             max_bytes: DEFAULT_MAX_BYTES,
+            previous: None,
         }
     }
 }
@@ -264,13 +269,20 @@ fn parse_rule(node: &Node, options: &LoadOptions, ctx: &mut Errors) -> Option<Ru
 
     let baseline = text("baseline", false, ctx);
     let condition = text("condition", true, ctx).and_then(|(src, line)| {
-        Condition::compile(
-            &src,
-            &options.vocabulary,
-            baseline.as_ref().map(|b| b.0.as_str()),
-        )
-        .map_err(|e| ctx.push(line, rule, e.to_string()))
-        .ok()
+        let explicit = baseline.as_ref().map(|b| b.0.as_str());
+        let unchanged = options
+            .previous
+            .as_ref()
+            .filter(|(_, vocabulary)| *vocabulary == options.vocabulary)
+            .and_then(|(rules, _)| rules.get(rule?))
+            .filter(|r| r.condition.compiled_from(&src, explicit))
+            .map(|r| r.condition.clone());
+        match unchanged {
+            Some(c) => Some(c),
+            None => Condition::compile(&src, &options.vocabulary, explicit)
+                .map_err(|e| ctx.push(line, rule, e.to_string()))
+                .ok(),
+        }
     });
     let span = |field: &str, required: bool, ctx: &mut Errors, t: Option<(String, usize)>| match t {
         None if !required => Some(Span::ZERO),

@@ -48,7 +48,7 @@ pub enum VarKind {
 }
 
 /// Every variable the engine knows, with its kind.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vocabulary {
     vars: BTreeMap<String, VarKind>,
 }

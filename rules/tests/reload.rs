@@ -175,3 +175,32 @@ fn a_firing_alert_does_not_fire_again_after_a_reload_of_the_same_rules() {
         Some(Timestamp(300_000))
     );
 }
+
+#[test]
+fn a_reload_reuses_compiled_conditions_only_against_the_same_vocabulary() {
+    let text = "alerts:\n  - name: gpu\n    condition: gpu_memory_bytes > 1e9\n    duration: 0s\n    severity: high\n";
+    let with_gpu = LoadOptions {
+        vocabulary: canaryd_rules::Vocabulary::builtin().with_extra(["gpu_memory_bytes"]),
+        ..LoadOptions::default()
+    };
+    let running =
+        Arc::new(RuleSet::new(load_rules("r.yaml", text.as_bytes(), &with_gpu).unwrap()).unwrap());
+    // Same vocabulary: loads (the compiled condition is reused).
+    let again = LoadOptions {
+        previous: Some((running.clone(), with_gpu.vocabulary.clone())),
+        ..with_gpu.clone()
+    };
+    assert!(load_rules("r.yaml", text.as_bytes(), &again).is_ok());
+    // The variable was dropped from the config: the same text must now fail.
+    let without = LoadOptions {
+        previous: Some((running, with_gpu.vocabulary.clone())),
+        ..LoadOptions::default()
+    };
+    let errors = load_rules("r.yaml", text.as_bytes(), &without).unwrap_err();
+    assert!(
+        errors[0]
+            .message
+            .contains("unknown variable `gpu_memory_bytes`"),
+        "{errors:?}"
+    );
+}
