@@ -35,7 +35,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
 use crate::action::{Action, Outcome};
-use crate::connector::{BoxFuture, Connector, ConnectorError};
+use crate::connector::ConnectorError;
 use crate::http::{chain, duration};
 use crate::message::{self, Status, Templates};
 use crate::receiver::ReceiverError;
@@ -339,28 +339,14 @@ impl EmailConnector {
     }
 }
 
-impl Connector for EmailConnector {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn execute<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<Outcome, ConnectorError>> {
-        Box::pin(self.send(action, Status::Firing))
-    }
-
-    fn resolve<'a>(
-        &'a self,
-        action: &'a Action,
-    ) -> Option<BoxFuture<'a, Result<Outcome, ConnectorError>>> {
-        Some(Box::pin(self.send(action, Status::Resolved)))
-    }
-}
+crate::message::notification_connector!(EmailConnector);
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
     use super::*;
+    use crate::Connector;
     use crate::message::tests::action;
 
     #[test]

@@ -353,6 +353,39 @@ pub fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+/// Implements [`Connector`](crate::Connector) for a notification receiver
+/// with a `name` field and an `async fn send(&self, &Action, Status)`:
+/// firing actions are sent as firing, resolutions as resolved.
+macro_rules! notification_connector {
+    ($connector:ty) => {
+        impl $crate::Connector for $connector {
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            fn execute<'a>(
+                &'a self,
+                action: &'a $crate::Action,
+            ) -> $crate::connector::BoxFuture<'a, Result<$crate::Outcome, $crate::ConnectorError>>
+            {
+                Box::pin(self.send(action, $crate::message::Status::Firing))
+            }
+
+            fn resolve<'a>(
+                &'a self,
+                action: &'a $crate::Action,
+            ) -> Option<
+                $crate::connector::BoxFuture<'a, Result<$crate::Outcome, $crate::ConnectorError>>,
+            > {
+                Some(Box::pin(
+                    self.send(action, $crate::message::Status::Resolved),
+                ))
+            }
+        }
+    };
+}
+pub(crate) use notification_connector;
+
 #[cfg(test)]
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::action::{Action, Outcome};
-use crate::connector::{BoxFuture, Connector, ConnectorError};
+use crate::connector::ConnectorError;
 use crate::http;
 use crate::message::{self, Status, Templates};
 use crate::receiver::ReceiverError;
@@ -235,22 +235,7 @@ impl SlackConnector {
     }
 }
 
-impl Connector for SlackConnector {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn execute<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<Outcome, ConnectorError>> {
-        Box::pin(self.send(action, Status::Firing))
-    }
-
-    fn resolve<'a>(
-        &'a self,
-        action: &'a Action,
-    ) -> Option<BoxFuture<'a, Result<Outcome, ConnectorError>>> {
-        Some(Box::pin(self.send(action, Status::Resolved)))
-    }
-}
+crate::message::notification_connector!(SlackConnector);
 
 #[cfg(test)]
 mod tests {

@@ -155,9 +155,7 @@ impl KafkaConfig {
                 self.session_timeout.millis().max(1).to_string(),
             )
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            // Statistics feed the consumer-lag metric.
-            .set("statistics.interval.ms", "5000");
+            .set("enable.partition.eof", "false");
         Ok(config)
     }
 

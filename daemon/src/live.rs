@@ -199,13 +199,17 @@ impl Live {
     /// commits offsets.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
         let (assign_tx, assign_rx) = mpsc::channel();
-        let consumer: StreamConsumer<GroupContext> = self
-            .kafka
-            .consumer_config()
-            .map_err(RunError::Config)?
-            .create_with_context(GroupContext {
+        let mut consumer_config = self.kafka.consumer_config().map_err(RunError::Config)?;
+        // Statistics feed the consumer-lag metric, which only the HTTP server
+        // shows; parsing them runs on the consume loop, so only then.
+        let serving = self.loaded().config.http.is_some();
+        if serving {
+            consumer_config.set("statistics.interval.ms", "5000");
+        }
+        let consumer: StreamConsumer<GroupContext> =
+            consumer_config.create_with_context(GroupContext {
                 events: assign_tx,
-                shared: Some(self.shared.clone()),
+                shared: serving.then(|| self.shared.clone()),
             })?;
         let topics: Vec<&str> = self.kafka.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -305,7 +309,15 @@ impl Live {
                         {
                             break;
                         }
-                        self.snapshot(&mut partitions, &mut alertmanager, &mut evaluations_seen);
+                        // Only the HTTP server reads the snapshot; without it,
+                        // the consume loop does not pay for building one.
+                        if server.is_some() {
+                            self.snapshot(
+                                &mut partitions,
+                                &mut alertmanager,
+                                &mut evaluations_seen,
+                            );
+                        }
                         continue;
                     }
                     tokio::select! {

@@ -110,7 +110,6 @@ pub fn route_problems(routes: &Routes, receivers: &[&str]) -> Vec<String> {
 #[derive(Default)]
 pub struct PipelineStats {
     outcomes: Mutex<BTreeMap<(String, OutcomeKind), u64>>,
-    latency: Mutex<BTreeMap<String, (u64, f64)>>,
     /// Where connector latencies also go, once attached.
     sink: std::sync::OnceLock<Arc<crate::service::Shared>>,
 }
@@ -133,23 +132,11 @@ impl PipelineStats {
                 .metrics
                 .observe_connector_duration(receiver, Duration::from_secs_f64(seconds));
         }
-        let mut map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(receiver.to_string()).or_default();
-        entry.0 += 1;
-        entry.1 += seconds;
     }
 
     /// Outcomes so far: (receiver, outcome) → count.
     pub fn outcomes(&self) -> BTreeMap<(String, OutcomeKind), u64> {
         self.outcomes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Connector calls so far: receiver → (count, total seconds).
-    pub fn latency(&self) -> BTreeMap<String, (u64, f64)> {
-        self.latency
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

@@ -1026,26 +1026,4 @@ impl Engine {
             .find(|s| *s.labels == *subject)
             .map(|s| s.stale)
     }
-
-    /// Approximate heap bytes held per subject, for capacity planning.
-    pub fn approx_bytes_per_subject(&self) -> usize {
-        let mut total = 0usize;
-        let mut count = 0usize;
-        for group in &self.groups {
-            for s in &group.subjects {
-                count += 1;
-                total += std::mem::size_of::<Subject>()
-                    + s.samples.capacity() * std::mem::size_of::<Option<Sample>>()
-                    + s.alerts.0.capacity() * std::mem::size_of::<(usize, AlertState)>()
-                    + s.labels
-                        .iter()
-                        .map(|(k, v)| 48 + k.capacity() + v.capacity())
-                        .sum::<usize>()
-                    + group.labels.len() * 24
-                    + s.labels.values().map(|v| v.len()).sum::<usize>()
-                    + 32; // index entry
-            }
-        }
-        total.checked_div(count).unwrap_or(0)
-    }
 }

@@ -34,7 +34,7 @@ pub fn free_port() -> u16 {
 pub struct Tansu {
     child: Child,
     port: u16,
-    /// Holds the sqlite file, when there is one.
+    /// Holds the broker log.
     _dir: tempfile::TempDir,
     log: PathBuf,
 }
@@ -42,26 +42,14 @@ pub struct Tansu {
 impl Tansu {
     /// Starts a broker with in-memory storage.
     pub fn start() -> Tansu {
-        Tansu::start_with("memory://tansu/".to_string(), None)
-    }
-
-    /// Starts a broker with sqlite storage in `dir`, which survives restarts.
-    pub fn start_sqlite(dir: tempfile::TempDir) -> Tansu {
-        let url = format!("sqlite://{}", dir.path().join("tansu.db").display());
-        Tansu::start_with(url, Some(dir))
-    }
-
-    fn start_with(storage: String, dir: Option<tempfile::TempDir>) -> Tansu {
+        let storage = "memory://tansu/";
         let bin = tansu_bin();
         assert!(
             bin.exists(),
             "{} is missing: tests/run installs it",
             bin.display()
         );
-        let dir = match dir {
-            Some(d) => d,
-            None => tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
-        };
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = dir.path().join("tansu.log");
@@ -74,7 +62,7 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                &storage,
+                storage,
             ])
             .stdout(Stdio::null())
             .stderr(log_file)
