@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use crate::action::{Action, Outcome};
 
@@ -12,17 +13,39 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// Worth retrying: a timeout, a refused connection, a 5xx, a 409.
-    #[error("retriable: {0}")]
-    Retriable(String),
+    #[error("retriable: {reason}")]
+    Retriable {
+        /// What went wrong.
+        reason: String,
+        /// How long the receiver asked to be left alone (`Retry-After`),
+        /// if it said.
+        retry_after: Option<Duration>,
+    },
     /// Not worth retrying: bad credentials, 403, 404, a rejected payload.
     #[error("permanent: {0}")]
     Permanent(String),
 }
 
 impl ConnectorError {
+    /// A retriable failure with no `Retry-After`.
+    pub fn retriable(reason: impl Into<String>) -> ConnectorError {
+        ConnectorError::Retriable {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
     /// Whether trying again might help.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, ConnectorError::Retriable(_))
+        matches!(self, ConnectorError::Retriable { .. })
+    }
+
+    /// The wait the receiver asked for before the next attempt.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ConnectorError::Retriable { retry_after, .. } => *retry_after,
+            ConnectorError::Permanent(_) => None,
+        }
     }
 }
 

@@ -36,9 +36,9 @@ use serde::Deserialize;
 
 use crate::action::{Action, Outcome};
 use crate::connector::ConnectorError;
+use crate::error::ReceiverError;
 use crate::http::{chain, duration};
 use crate::message::{self, Status, Templates};
-use crate::receiver::ReceiverError;
 use crate::secret::SecretValue;
 
 /// How the connection to the SMTP server is secured.
@@ -283,7 +283,7 @@ impl EmailConnector {
         }
         let email = self.message(action, status)?;
         match tokio::time::timeout(self.timeout, self.transport.send(email)).await {
-            Err(_) => Err(ConnectorError::Retriable(format!(
+            Err(_) => Err(ConnectorError::retriable(format!(
                 "timeout: SMTP server {} did not take the email within {}",
                 self.server,
                 Span(i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX))
@@ -324,17 +324,17 @@ impl EmailConnector {
                     "SMTP server {server} refused the email: {text}"
                 ));
             }
-            return ConnectorError::Retriable(format!(
+            return ConnectorError::retriable(format!(
                 "SMTP server {server} answered with a temporary failure: {text}"
             ));
         }
         if e.is_timeout() {
-            ConnectorError::Retriable(format!("timeout talking to SMTP server {server}: {text}"))
+            ConnectorError::retriable(format!("timeout talking to SMTP server {server}: {text}"))
         } else if e.is_client() {
             // E.g. no authentication mechanism both sides support.
             ConnectorError::Permanent(format!("cannot send through SMTP server {server}: {text}"))
         } else {
-            ConnectorError::Retriable(format!("cannot reach SMTP server {server}: {text}"))
+            ConnectorError::retriable(format!("cannot reach SMTP server {server}: {text}"))
         }
     }
 }

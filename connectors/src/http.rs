@@ -14,7 +14,7 @@
 //! Messages never contain the URL: for Slack and many webhooks the URL is
 //! the secret.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use canaryd_rules::Span;
 use reqwest::header::HeaderMap;
@@ -22,6 +22,7 @@ use reqwest::{RequestBuilder, StatusCode};
 
 use crate::connector::ConnectorError;
 use crate::message::truncate;
+use crate::retry::parse_retry_after;
 
 /// How much of a receiver's answer an error message quotes, in bytes.
 pub const MAX_BODY_IN_ERROR: usize = 300;
@@ -121,11 +122,11 @@ pub async fn send(
         Ok::<_, reqwest::Error>((status, retry_after, body))
     };
     match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(ConnectorError::Retriable(format!(
+        Err(_) => Err(ConnectorError::retriable(format!(
             "timeout: {what} did not answer within {}",
             span(timeout)
         ))),
-        Ok(Err(e)) if e.is_timeout() => Err(ConnectorError::Retriable(format!(
+        Ok(Err(e)) if e.is_timeout() => Err(ConnectorError::retriable(format!(
             "timeout: {what} did not answer within {}",
             span(timeout)
         ))),
@@ -155,7 +156,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Classifies a non-2xx answer: 5xx, 408 and 429 are retriable, every other
-/// status permanent. `body` is quoted, shortened.
+/// status permanent. `body` is quoted, shortened. A `Retry-After` (as
+/// [`retry_after`] gives it) is quoted and becomes the error's
+/// [`ConnectorError::retry_after`], which the retry policy honours.
 pub fn classify_status(
     what: &str,
     status: StatusCode,
@@ -168,7 +171,13 @@ pub fn classify_status(
         let retry = retry_after
             .map(|r| format!("; retry after {r}"))
             .unwrap_or_default();
-        ConnectorError::Retriable(format!("{what} answered {status}{retry}{quoted}"))
+        // `retry_after` writes a number of seconds as `7s`.
+        let wait = retry_after
+            .and_then(|r| parse_retry_after(r.strip_suffix('s').unwrap_or(r), SystemTime::now()));
+        ConnectorError::Retriable {
+            reason: format!("{what} answered {status}{retry}{quoted}"),
+            retry_after: wait,
+        }
     } else if status.is_redirection() {
         ConnectorError::Permanent(format!(
             "{what} answered {status} (a redirect, which canaryd does not follow: configure the final URL){quoted}"
@@ -183,7 +192,7 @@ pub fn classify_status(
             "{what} refused the request with {status}{hint}{quoted}"
         ))
     } else {
-        ConnectorError::Retriable(format!("{what} answered an unexpected {status}{quoted}"))
+        ConnectorError::retriable(format!("{what} answered an unexpected {status}{quoted}"))
     }
 }
 
@@ -195,16 +204,16 @@ pub fn classify_error(what: &str, error: reqwest::Error) -> ConnectorError {
     let error = error.without_url();
     let text = chain(&error);
     if error.is_timeout() {
-        ConnectorError::Retriable(format!("timeout: {what} did not answer in time: {text}"))
+        ConnectorError::retriable(format!("timeout: {what} did not answer in time: {text}"))
     } else if error.is_builder() {
         ConnectorError::Permanent(format!("cannot build the request to {what}: {text}"))
     } else if error.is_redirect() {
         ConnectorError::Permanent(format!("{what} redirected the request: {text}"))
     } else if error.is_connect() {
-        ConnectorError::Retriable(format!("cannot connect to {what}: {text}"))
+        ConnectorError::retriable(format!("cannot connect to {what}: {text}"))
     } else {
         // Reset connections, truncated answers, protocol errors.
-        ConnectorError::Retriable(format!("request to {what} failed: {text}"))
+        ConnectorError::retriable(format!("request to {what} failed: {text}"))
     }
 }
 
@@ -261,6 +270,15 @@ mod tests {
             e.to_string(),
             "retriable: PagerDuty receiver pd answered 429 Too Many Requests; retry after 7s: slow down"
         );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(61));
+        let e = classify_status("x", s(503), Some(&in_a_minute), "");
+        let wait = e.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(61),
+            "{wait:?}"
+        );
+        assert_eq!(classify_status("x", s(503), None, "").retry_after(), None);
         let long = "x".repeat(1000);
         let e = classify_status("x", s(400), None, &long);
         assert!(e.to_string().len() < 400, "{e}");

@@ -483,12 +483,12 @@ impl KubeConnector {
             }
             let after = self.timed(api.get(&target.name)).await.map_err(|e| {
                 let e = self.fail("get", target.kind.plural(), &target, e);
-                ConnectorError::Retriable(format!(
+                ConnectorError::retriable(format!(
                     "{target} was written but could not be read back to verify: {e}"
                 ))
             })?;
             plan.verify(&target, &self.config.target, &after)
-                .map_err(ConnectorError::Retriable)?;
+                .map_err(ConnectorError::retriable)?;
             let change = plan.describe();
             self.record_event(action, &target, &plan, &change, &after)
                 .await;
@@ -496,7 +496,7 @@ impl KubeConnector {
             tracing::info!(%detail, attempt, "traffic changed");
             return Ok(Outcome::succeeded(self.name(), action, false, detail));
         }
-        Err(ConnectorError::Retriable(format!(
+        Err(ConnectorError::retriable(format!(
             "conflict: {target} changed concurrently on each of {MAX_ATTEMPTS} attempts (409 Conflict); giving up for now"
         )))
     }
@@ -669,10 +669,10 @@ fn classify(
     failure: CallFailure,
     timeout: Duration,
 ) -> ConnectorError {
-    use ConnectorError::{Permanent, Retriable};
+    use ConnectorError::Permanent;
     let e = match failure {
         CallFailure::Timeout => {
-            return Retriable(format!(
+            return ConnectorError::retriable(format!(
                 "timeout: {verb} {target} took longer than {}",
                 Span(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX))
             ));
@@ -695,7 +695,7 @@ fn classify(
             return Permanent(format!("cannot {verb} {target}: {e}"));
         }
         e => {
-            return Retriable(format!(
+            return ConnectorError::retriable(format!(
                 "cannot reach the Kubernetes API server to {verb} {target}: {e}"
             ));
         }
@@ -714,12 +714,14 @@ fn classify(
             target.namespace
         )),
         404 => Permanent(format!("not found: {target}{server}")),
-        409 => Retriable(format!("conflict: {target} changed concurrently{server}")),
-        408 | 429 => Retriable(format!(
+        409 => {
+            ConnectorError::retriable(format!("conflict: {target} changed concurrently{server}"))
+        }
+        408 | 429 => ConnectorError::retriable(format!(
             "{verb} {target}: the API server answered {} {}{server}",
             status.code, status.reason
         )),
-        500..=599 => Retriable(format!(
+        500..=599 => ConnectorError::retriable(format!(
             "{verb} {target}: the API server answered {} {}{server}",
             status.code, status.reason
         )),

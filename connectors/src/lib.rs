@@ -9,8 +9,12 @@
 //! - [`dry_run`]: a connector that records what it would do and does nothing.
 //! - [`kube`]: the Kubernetes traffic connector: `auto_rollback` and
 //!   `reduce_traffic` on an Istio VirtualService, an HTTPRoute or an Argo Rollout.
-//! - [`receiver`]: notification receivers by name ([`ReceiverConfig`]:
-//!   `pagerduty`, `slack`, `webhook`, `email`), checked and built into connectors.
+//! - [`registry`]: the receivers the config names ([`ReceiverConfig`]:
+//!   `kube`, `pagerduty`, `slack`, `webhook`, `email`, `dry_run`), checked
+//!   and built into connectors: the one place config becomes a connector.
+//! - [`error`]: [`ReceiverError`], why a receiver could not be built.
+//! - [`retry`]: [`RetryPolicy`], the one backoff (exponential, jittered,
+//!   capped, honouring `Retry-After`) every retry loop uses.
 //! - [`pagerduty`]: PagerDuty Events API v2 (trigger and resolve by dedup key).
 //! - [`slack`]: Slack incoming webhooks.
 //! - [`webhook`]: the action as JSON to any URL, with bearer or basic auth.
@@ -24,11 +28,13 @@ pub mod action;
 pub mod connector;
 pub mod dry_run;
 pub mod email;
+pub mod error;
 pub mod http;
 pub mod kube;
 pub mod message;
 pub mod pagerduty;
-pub mod receiver;
+pub mod registry;
+pub mod retry;
 pub mod secret;
 pub mod slack;
 pub mod webhook;
@@ -38,8 +44,10 @@ pub use action::{Action, Evidence, Outcome, OutcomeKind};
 pub use connector::{Connector, ConnectorError};
 pub use dry_run::DryRun;
 pub use email::{EmailConfig, EmailConnector, EmailTls};
+pub use error::ReceiverError;
 pub use pagerduty::{PagerDutyConfig, PagerDutyConnector};
-pub use receiver::{ReceiverConfig, ReceiverError};
+pub use registry::ReceiverConfig;
+pub use retry::RetryPolicy;
 pub use secret::SecretValue;
 pub use slack::{SlackConfig, SlackConnector};
 pub use webhook::{BasicAuth, WebhookConfig, WebhookConnector};

@@ -36,9 +36,9 @@ use serde_json::{Value, json};
 
 use crate::action::{Action, Outcome};
 use crate::connector::ConnectorError;
+use crate::error::ReceiverError;
 use crate::http;
 use crate::message::{self, Status, Templates};
-use crate::receiver::ReceiverError;
 use crate::secret::SecretValue;
 
 /// PagerDuty's Events API v2 endpoint.

@@ -17,7 +17,9 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 /// A configuration value that may be a secret, and where it comes from.
 ///
-/// Its `Debug` output never shows an inline value.
+/// Neither its `Debug` nor its `Display` ever shows an inline value, so a
+/// config logged whole leaks nothing; [`SecretValue::resolve`] is the only
+/// way to the value.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretValue {
     /// Written in the config file.
@@ -112,6 +114,13 @@ impl fmt::Debug for SecretValue {
     }
 }
 
+/// Where the value comes from, never the value: as [`SecretValue::source`].
+impl fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source())
+    }
+}
+
 const EXPECTED: &str = "a string, {env: NAME} or {file: PATH}";
 
 impl<'de> Deserialize<'de> for SecretValue {
@@ -203,6 +212,11 @@ mod tests {
         let inline = SecretValue::Inline("hunter2".into());
         assert_eq!(inline.resolve().unwrap(), "hunter2");
         assert!(!format!("{inline:?}").contains("hunter2"));
+        assert!(!format!("{inline:#?}").contains("hunter2"));
+        assert_eq!(format!("{inline}"), "inline");
+        // Inside a larger structure, as a config is logged.
+        let nested = Some(vec![inline.clone()]);
+        assert!(!format!("{nested:?}").contains("hunter2"));
         let missing = SecretValue::Env {
             env: "CANARYD_TEST_SURELY_UNSET".into(),
         };

@@ -32,9 +32,9 @@ use serde_json::{Value, json};
 
 use crate::action::{Action, Outcome};
 use crate::connector::ConnectorError;
+use crate::error::ReceiverError;
 use crate::http;
 use crate::message::{self, Status, Templates};
-use crate::receiver::ReceiverError;
 use crate::secret::SecretValue;
 
 /// Slack's limit on a header block's text, in characters.

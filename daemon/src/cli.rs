@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
-use crate::replay::{self, Format};
-use crate::{check, ruletest};
+use crate::offline::replay::{self, Format};
+use crate::offline::{check, ruletest};
 
 /// canaryd keeps canary rollouts of ML models safe.
 #[derive(Debug, Parser)]
@@ -104,7 +104,7 @@ fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
         }
     };
     let instance = instance.unwrap_or_else(default_instance);
-    let live = match crate::live::Live::new(loaded, instance)
+    let live = match crate::run::Live::new(loaded, instance)
         .map(|l| l.with_config_path(path.to_path_buf()))
     {
         Ok(l) => l,

@@ -31,19 +31,19 @@ pub struct Config {
     pub variables: Vec<String>,
     /// Queues, workers, retries and rate limits of the action pipeline.
     #[serde(default)]
-    pub pipeline: crate::pipeline::PipelineConfig,
+    pub pipeline: crate::act::pipeline::PipelineConfig,
     /// Named action targets.
     #[serde(default)]
-    pub receivers: std::collections::BTreeMap<String, crate::receivers::ReceiverSpec>,
+    pub receivers: std::collections::BTreeMap<String, canaryd_connectors::ReceiverConfig>,
     /// Which receivers each action goes to.
     #[serde(default)]
-    pub routes: crate::pipeline::Routes,
+    pub routes: crate::act::routes::Routes,
     /// The HTTP server: Alertmanager webhook, JSON API, metrics, status page.
     #[serde(default)]
     pub http: Option<crate::server::HttpConfig>,
     /// Where events come from; required by `canaryd run`.
     #[serde(default)]
-    pub kafka: Option<crate::kafka::KafkaConfig>,
+    pub kafka: Option<crate::run::kafka::KafkaConfig>,
 }
 
 /// Why configuration could not be loaded. Every variant lists all it found.
@@ -96,7 +96,7 @@ impl Loaded {
     /// Every problem with receivers, routes and Kafka settings.
     pub fn problems(&self) -> Vec<String> {
         let mut out =
-            crate::receivers::problems(&self.config.receivers, &self.config.routes, &self.rules);
+            crate::act::routes::problems(&self.config.receivers, &self.config.routes, &self.rules);
         if let Some(kafka) = &self.config.kafka {
             out.extend(kafka.problems());
         }

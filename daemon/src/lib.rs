@@ -2,36 +2,34 @@
 //!
 //! # Layout
 //!
+//! Folders follow the flow of work: an event is consumed and evaluated in
+//! [`run`], its decisions are carried out in [`act`], and [`server`] shows
+//! it all over HTTP. The offline commands in [`offline`] run the same
+//! engine on files.
+//!
 //! - [`cli`]: the command line and what each command does.
-//! - [`config`]: the config file and loading the rules it names.
-//! - [`check`]: `canaryd check`, validation of any canaryd file.
-//! - [`ruletest`]: `canaryd test`, promtool-style rule unit tests.
-//! - [`replay`]: `canaryd replay`, recorded events through the engine.
-//! - [`decide`]: from alert transitions to actions.
-//! - [`live`]: `canaryd run`, the Kafka consume loop.
-//! - [`logging`]: text or JSON logs, with a filter that changes at runtime.
-//! - [`kafka`]: Kafka settings and the consumer group context.
-//! - [`pipeline`]: routing, queues, retries, escalation and rate limits for actions.
-//! - [`receivers`]: the configured action targets, built into connectors.
-//! - [`audit`]: transitions and outcomes published as JSON.
-//! - [`secret`]: values read inline, from the environment or from files.
-//! - [`server`]: the HTTP side: Alertmanager receiver, silences, API, status page.
+//! - [`config`]: the config file, and loading the rules it names.
+//! - [`offline`]: `check`, `test` and `replay`, which need no broker.
+//! - [`run`]: `canaryd run`: start-up and shutdown, the Kafka consume loop
+//!   and its stages, reloads.
+//! - [`act`]: from transitions to actions, routes, the action pipeline
+//!   (queues, retries, escalation, rate limits) and the audit trail.
+//! - [`server`]: the HTTP side: Alertmanager receiver, silences, API,
+//!   status page.
+//! - [`shared`]: what the consume loop, the pipeline and the HTTP server
+//!   share: the snapshot, recent outcomes, silences, commands.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
+//! - [`dedup`]: the one bounded set of recently seen keys.
+//! - [`logging`]: text or JSON logs, with a filter that changes at runtime.
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod check;
+pub mod act;
 pub mod cli;
 pub mod config;
-pub mod decide;
-pub mod kafka;
-pub mod live;
+pub mod dedup;
 pub mod logging;
 pub mod metrics;
-pub mod pipeline;
-pub mod receivers;
-pub mod replay;
-pub mod ruletest;
-pub mod secret;
+pub mod offline;
+pub mod run;
 pub mod server;
-pub mod service;
+pub mod shared;

@@ -34,8 +34,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::server::PayloadResult;
-
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -352,6 +350,52 @@ impl Metrics {
                 result: result.as_str().to_string(),
             })
             .inc();
+    }
+}
+
+/// How one Alertmanager webhook payload ended: the `result` label of
+/// `canaryd_alertmanager_payloads_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PayloadResult {
+    /// Taken in (200): at least one alert was new and the backend accepted it.
+    Accepted,
+    /// Every alert in it had been seen already (200).
+    Duplicate,
+    /// Missing or wrong credentials (401).
+    Unauthorized,
+    /// Larger than `body_limit` (413).
+    TooLarge,
+    /// Not `application/json` (415).
+    BadContentType,
+    /// Not a valid payload, or an invalid action label (400).
+    Malformed,
+    /// The backend refused it (503); Alertmanager retries.
+    Unavailable,
+}
+
+impl PayloadResult {
+    /// Every result.
+    pub const ALL: [PayloadResult; 7] = [
+        PayloadResult::Accepted,
+        PayloadResult::Duplicate,
+        PayloadResult::Unauthorized,
+        PayloadResult::TooLarge,
+        PayloadResult::BadContentType,
+        PayloadResult::Malformed,
+        PayloadResult::Unavailable,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadResult::Accepted => "accepted",
+            PayloadResult::Duplicate => "duplicate",
+            PayloadResult::Unauthorized => "unauthorized",
+            PayloadResult::TooLarge => "too_large",
+            PayloadResult::BadContentType => "bad_content_type",
+            PayloadResult::Malformed => "malformed",
+            PayloadResult::Unavailable => "unavailable",
+        }
     }
 }
 

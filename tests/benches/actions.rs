@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canaryd::audit::Audit;
-use canaryd::decide::actions_for;
-use canaryd::pipeline::{Pipeline, PipelineConfig, Route, Routes};
+use canaryd::act::audit::Audit;
+use canaryd::act::decide::actions_for;
+use canaryd::act::pipeline::{Pipeline, PipelineConfig};
+use canaryd::act::routes::{Route, Routes};
 use canaryd_connectors::connector::BoxFuture;
 use canaryd_connectors::{
     Action, Connector, ConnectorError, KubeConfig, KubeConnector, Outcome, OutcomeKind,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canaryd::config::Config;
-use canaryd::live::Live;
+use canaryd::run::Live;
 use canaryd_connectors::connector::BoxFuture;
 use canaryd_connectors::{Action, Connector, ConnectorError, Outcome, OutcomeKind};
 use canaryd_tests::kafka::{producer, send, send_all};

@@ -5,6 +5,7 @@
 pub mod kafka;
 pub mod kube_fixture;
 pub mod local_http;
+pub mod modgraph;
 pub mod receivers;
 pub mod smtp;
 pub mod tansu;

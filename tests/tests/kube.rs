@@ -90,7 +90,7 @@ fn permanent(e: &ConnectorError) -> &str {
 
 fn retriable(e: &ConnectorError) -> &str {
     match e {
-        ConnectorError::Retriable(m) => m,
+        ConnectorError::Retriable { reason: m, .. } => m,
         other => panic!("expected a retriable error, got {other:?}"),
     }
 }

@@ -68,7 +68,7 @@ fn firing() -> Action {
 async fn build(name: &str, yaml: &str) -> Arc<dyn Connector> {
     let config: ReceiverConfig = serde_yaml_ng::from_str(yaml).unwrap();
     assert!(config.check().is_empty(), "{:?}", config.check());
-    match config.build(name.to_string()).await {
+    match config.build(name).await {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     }
@@ -102,7 +102,7 @@ fn permanent(e: &ConnectorError) -> &str {
 
 fn retriable(e: &ConnectorError) -> &str {
     match e {
-        ConnectorError::Retriable(m) => m,
+        ConnectorError::Retriable { reason: m, .. } => m,
         other => panic!("expected a retriable error, got {other:?}"),
     }
 }
@@ -628,7 +628,7 @@ async fn a_template_that_does_not_compile_is_reported_by_check() {
         problems[1].contains("body_template: template uses unknown variable `rulez`"),
         "{problems:?}"
     );
-    let Err(err) = config.build("slack-oncall".into()).await else {
+    let Err(err) = config.build("slack-oncall").await else {
         panic!("built with a broken template");
     };
     assert!(matches!(err, ReceiverError::Invalid { .. }), "{err}");

@@ -1,12 +1,14 @@
 //! The Alertmanager webhook (payload version 4): alerts in, as alert events
 //! or as direct action requests, with duplicates removed.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use canaryd_rules::event::{AlertEvent, AlertStatus};
 use canaryd_rules::{ActionName, Timestamp};
 use serde::{Deserialize, Serialize};
+
+use crate::dedup::DedupSet;
 
 /// `http.alertmanager:` in the config file: how an Alertmanager alert asks
 /// for an action directly instead of feeding the rules.
@@ -210,55 +212,9 @@ pub(super) fn parse(
     Ok(out)
 }
 
-/// The alerts seen recently, by key; at most `capacity`, oldest forgotten first.
-pub(super) struct Dedup {
-    capacity: usize,
-    next: u64,
-    seen: HashMap<Arc<str>, u64>,
-    /// Keys in the order they were reserved, with the sequence number they
-    /// had then; an entry whose key was released (or re-reserved since) is
-    /// stale and only waits to be popped.
-    order: VecDeque<(Arc<str>, u64)>,
-}
-
-impl Dedup {
-    pub(super) fn new(capacity: usize) -> Dedup {
-        Dedup {
-            capacity: capacity.max(1),
-            next: 0,
-            seen: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// Whether `key` is new; if it is, it is remembered from now on.
-    pub(super) fn reserve(&mut self, key: &Arc<str>) -> bool {
-        if self.seen.contains_key(key) {
-            return false;
-        }
-        self.next += 1;
-        self.seen.insert(key.clone(), self.next);
-        self.order.push_back((key.clone(), self.next));
-        while self.order.len() > self.capacity {
-            if let Some((old, seq)) = self.order.pop_front()
-                && self.seen.get(&old) == Some(&seq)
-            {
-                self.seen.remove(&old);
-            }
-        }
-        true
-    }
-
-    /// Forgets `key`, which was reserved but not taken in.
-    pub(super) fn release(&mut self, key: &Arc<str>) {
-        self.seen.remove(key);
-    }
-
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.seen.len()
-    }
-}
+/// The alerts seen recently (fingerprint, start and status), oldest
+/// forgotten first.
+pub(super) type Dedup = DedupSet<Arc<str>>;
 
 /// Reserved keys, released when dropped unless kept: a backend that
 /// refuses, or a request dropped half-way, leaves nothing marked as seen.
@@ -285,7 +241,7 @@ impl Drop for Reservation {
         }
         let mut dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         for key in &self.keys {
-            dedup.release(key);
+            dedup.remove(key);
         }
     }
 }
@@ -299,43 +255,18 @@ mod tests {
     }
 
     #[test]
-    fn dedup_memory_is_bounded_and_forgets_the_oldest() {
-        let mut d = Dedup::new(3);
-        for k in ["a", "b", "c"] {
-            assert!(d.reserve(&key(k)));
-        }
-        assert!(!d.reserve(&key("a")));
-        assert!(d.reserve(&key("d")));
-        assert_eq!(d.len(), 3);
-        assert!(d.reserve(&key("a")), "the oldest was forgotten");
-        assert!(!d.reserve(&key("d")));
-    }
-
-    #[test]
-    fn a_released_key_can_be_reserved_again_and_is_not_evicted_early() {
-        let mut d = Dedup::new(2);
-        assert!(d.reserve(&key("a")));
-        d.release(&key("a"));
-        assert!(d.reserve(&key("b")));
-        assert!(d.reserve(&key("a")));
-        // The stale first entry for "a" is popped, but "a" stays seen.
-        assert!(!d.reserve(&key("a")));
-        assert!(!d.reserve(&key("b")));
-    }
-
-    #[test]
     fn a_dropped_reservation_releases_and_a_kept_one_does_not() {
         let dedup = Arc::new(Mutex::new(Dedup::new(10)));
         {
             let mut d = dedup.lock().unwrap();
-            assert!(d.reserve(&key("x")));
-            assert!(d.reserve(&key("y")));
+            assert!(d.insert(key("x")));
+            assert!(d.insert(key("y")));
         }
         drop(Reservation::new(dedup.clone(), vec![key("x")]));
         Reservation::new(dedup.clone(), vec![key("y")]).keep();
         let mut d = dedup.lock().unwrap();
-        assert!(d.reserve(&key("x")), "released");
-        assert!(!d.reserve(&key("y")), "kept");
+        assert!(d.insert(key("x")), "released");
+        assert!(!d.insert(key("y")), "kept");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use subtle::{Choice, ConstantTimeEq};
 
-use crate::secret::Value;
+use canaryd_connectors::SecretValue as Value;
 
 /// `http.auth:` in the config file. Secrets come from `{env: NAME}` or
 /// `{file: PATH}`, never inline.

@@ -56,6 +56,8 @@ pub use alertmanager::{AlertmanagerMapping, DirectAction};
 pub use auth::AuthConfig;
 pub use silences::Silence;
 
+pub use crate::metrics::PayloadResult;
+
 use alertmanager::{Dedup, Item};
 use silences::{NewSilence, Silences};
 
@@ -169,52 +171,6 @@ pub trait Backend: Send + Sync + 'static {
     /// `canaryd_alertmanager_payloads_total{result}`. Does nothing by default.
     fn record_payload(&self, result: PayloadResult) {
         let _ = result;
-    }
-}
-
-/// How one Alertmanager webhook payload ended: the `result` label of
-/// `canaryd_alertmanager_payloads_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PayloadResult {
-    /// Taken in (200): at least one alert was new and the backend accepted it.
-    Accepted,
-    /// Every alert in it had been seen already (200).
-    Duplicate,
-    /// Missing or wrong credentials (401).
-    Unauthorized,
-    /// Larger than `body_limit` (413).
-    TooLarge,
-    /// Not `application/json` (415).
-    BadContentType,
-    /// Not a valid payload, or an invalid action label (400).
-    Malformed,
-    /// The backend refused it (503); Alertmanager retries.
-    Unavailable,
-}
-
-impl PayloadResult {
-    /// Every result.
-    pub const ALL: [PayloadResult; 7] = [
-        PayloadResult::Accepted,
-        PayloadResult::Duplicate,
-        PayloadResult::Unauthorized,
-        PayloadResult::TooLarge,
-        PayloadResult::BadContentType,
-        PayloadResult::Malformed,
-        PayloadResult::Unavailable,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PayloadResult::Accepted => "accepted",
-            PayloadResult::Duplicate => "duplicate",
-            PayloadResult::Unauthorized => "unauthorized",
-            PayloadResult::TooLarge => "too_large",
-            PayloadResult::BadContentType => "bad_content_type",
-            PayloadResult::Malformed => "malformed",
-            PayloadResult::Unavailable => "unavailable",
-        }
     }
 }
 
@@ -537,7 +493,7 @@ async fn receive_alerts(app: &App, headers: &HeaderMap, body: Body) -> (PayloadR
     {
         let mut dedup = app.dedup.lock().unwrap_or_else(|p| p.into_inner());
         for incoming in items {
-            if !dedup.reserve(&incoming.key) {
+            if !dedup.insert(incoming.key.clone()) {
                 continue;
             }
             match incoming.item {

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 use tower::ServiceExt;
 
 use super::*;
-use crate::secret::Value;
+use canaryd_connectors::SecretValue as Value;
 
 /// What Alertmanager 0.25 posts to a `webhook_config` receiver: one firing
 /// alert from Prometheus, one resolved, grouped by `model`.

@@ -3,6 +3,8 @@
 //! pipeline. At least once: an offset is stored only after its event has
 //! been evaluated and its actions accepted (or it was dead-lettered).
 
+pub mod kafka;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,13 +21,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::Audit;
+use self::kafka::{Assignment, GroupContext, KafkaConfig};
+use crate::act::audit::Audit;
+use crate::act::decide::{actions_for, resolutions_for};
+use crate::act::pipeline::Pipeline;
+use crate::act::routes::{Route, Routes};
 use crate::config::{Config, Loaded};
-use crate::decide::{actions_for, resolutions_for};
-use crate::kafka::{Assignment, GroupContext, KafkaConfig};
-use crate::pipeline::{Pipeline, Route, Routes};
 use crate::server::{self, Backend, DirectAction};
-use crate::service::{Command, Shared};
+use crate::shared::{Command, Shared};
 use std::collections::BTreeMap;
 
 /// Why live mode stopped with an error.
@@ -521,7 +524,11 @@ impl Live {
         }
         let mut built = Vec::new();
         for (name, spec) in &config.receivers {
-            built.push(spec.build(name).await.map_err(RunError::Config)?);
+            built.push(
+                spec.build(name)
+                    .await
+                    .map_err(|e| RunError::Config(format!("receivers.{name}: {e}")))?,
+            );
         }
         for action in ActionName::ALL {
             if !config.routes.contains_key(&action) {
@@ -564,7 +571,7 @@ impl Live {
             }
             for (labels, stats) in engine.analytics(10_000) {
                 if let Some(model) = labels.get("model") {
-                    subjects.insert(model.clone(), crate::service::subject_json(model, &stats));
+                    subjects.insert(model.clone(), crate::shared::subject_json(model, &stats));
                 }
             }
         }

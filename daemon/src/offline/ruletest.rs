@@ -10,8 +10,8 @@ use canaryd_rules::event::{AlertEvent, MetricEvent};
 use canaryd_rules::{Engine, EngineConfig, Event, LoadOptions, Output, Phase, Span, Timestamp};
 use serde::Deserialize;
 
+use crate::act::decide::actions_for;
 use crate::config::{ConfigError, load_rule_files};
-use crate::decide::actions_for;
 
 /// A rule test file.
 #[derive(Debug, Deserialize)]

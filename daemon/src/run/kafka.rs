@@ -4,13 +4,12 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 
+use canaryd_connectors::SecretValue;
 use canaryd_rules::Span;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
 use serde::Deserialize;
-
-use crate::secret;
 
 /// `kafka:` in the config file.
 ///
@@ -35,7 +34,7 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties, passed through: `security.protocol`,
     /// `sasl.*`, `ssl.*`, ... Secrets must come from `{env: NAME}` or `{file: PATH}`.
     #[serde(default)]
-    pub properties: BTreeMap<String, secret::Value>,
+    pub properties: BTreeMap<String, SecretValue>,
     /// `fetch.wait.max.ms`: how long the broker may hold a fetch that has no
     /// data. Kafka answers as soon as data arrives, so there a larger value
     /// (e.g. 100ms) only saves idle requests; brokers that hold every fetch
@@ -90,6 +89,14 @@ const MANAGED: [(&str, &str); 9] = [
     ("enable.partition.eof", "nothing"),
 ];
 
+/// Whether a client property holds a secret and so must not be inline.
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "private.key", "key.pem", "token"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
 impl KafkaConfig {
     /// Every problem with these settings, for `canaryd check`.
     pub fn problems(&self) -> Vec<String> {
@@ -108,7 +115,7 @@ impl KafkaConfig {
                 out.push(format!(
                     "kafka.properties.{key} is set by canaryd; use {instead}"
                 ));
-            } else if secret::is_secret_key(key) && value.is_inline() {
+            } else if is_secret_key(key) && value.is_inline() {
                 out.push(format!(
                     "kafka.properties.{key} looks like a secret: give it as {{env: NAME}} or {{file: PATH}}, not inline"
                 ));
@@ -185,7 +192,7 @@ pub struct GroupContext {
     /// Where assignment changes go; the loop drains it before each message.
     pub events: mpsc::Sender<Assignment>,
     /// Where consumer lag is reported, from librdkafka's statistics.
-    pub shared: Option<std::sync::Arc<crate::service::Shared>>,
+    pub shared: Option<std::sync::Arc<crate::shared::Shared>>,
 }
 
 impl ClientContext for GroupContext {
@@ -232,5 +239,19 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(e) => tracing::error!(error = %e, "consumer group rebalance failed"),
             Rebalance::Revoke(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_keys_are_recognised() {
+        assert!(is_secret_key("sasl.password"));
+        assert!(is_secret_key("ssl.key.password"));
+        assert!(is_secret_key("sasl.oauthbearer.client.secret"));
+        assert!(!is_secret_key("security.protocol"));
+        assert!(!is_secret_key("sasl.username"));
     }
 }

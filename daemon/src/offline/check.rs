@@ -5,7 +5,7 @@ use std::path::Path;
 use canaryd_rules::{LoadOptions, load_rules};
 
 use crate::config::Config;
-use crate::ruletest;
+use crate::offline::ruletest;
 
 /// What kind of file a path holds, judged by its top-level keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

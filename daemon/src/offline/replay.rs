@@ -7,8 +7,8 @@ use canaryd_connectors::{Action, Connector, DryRun};
 use canaryd_rules::{Engine, Ingested, Output, Transition, decode};
 use serde_json::json;
 
+use crate::act::decide::actions_for;
 use crate::config::Loaded;
-use crate::decide::actions_for;
 
 /// Lines longer than this are reported as malformed, not decoded.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;

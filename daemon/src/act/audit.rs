@@ -11,7 +11,7 @@ pub struct Audit {
     sink: Option<(FutureProducer, String)>,
     instance: String,
     /// Where outcomes are also counted and kept for the JSON API.
-    shared: Option<std::sync::Arc<crate::service::Shared>>,
+    shared: Option<std::sync::Arc<crate::shared::Shared>>,
 }
 
 impl Audit {
@@ -34,7 +34,7 @@ impl Audit {
     }
 
     /// Also counts outcomes in metrics and keeps recent ones for the API.
-    pub fn with_shared(mut self, shared: std::sync::Arc<crate::service::Shared>) -> Audit {
+    pub fn with_shared(mut self, shared: std::sync::Arc<crate::shared::Shared>) -> Audit {
         self.shared = Some(shared);
         self
     }

@@ -13,14 +13,14 @@
 //! - Notifications over a receiver's rate limit are held and sent as one
 //!   summary, never dropped. Traffic changes are never rate limited.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use canaryd_connectors::{Action, Connector, ConnectorError, Outcome, OutcomeKind};
+use canaryd_connectors::{Action, Connector, ConnectorError, Outcome, OutcomeKind, RetryPolicy};
 use canaryd_rules::{ActionName, Span};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
@@ -28,7 +28,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::Audit;
+use crate::act::audit::Audit;
+use crate::act::routes::Routes;
+use crate::dedup::DedupSet;
+use crate::shared::Shared;
 
 /// How many recent idempotency keys each receiver remembers.
 const DEDUP_MEMORY: usize = 100_000;
@@ -56,6 +59,16 @@ pub struct PipelineConfig {
     pub shutdown_grace: Span,
 }
 
+impl PipelineConfig {
+    /// The backoff between attempts at one action.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(
+            Duration::from_millis(u64::try_from(self.retry_initial.millis()).unwrap_or(0)),
+            Duration::from_millis(u64::try_from(self.retry_max.millis()).unwrap_or(0)),
+        )
+    }
+}
+
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
@@ -71,47 +84,12 @@ impl Default for PipelineConfig {
     }
 }
 
-/// Where one action name goes.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// Receiver names.
-    pub receivers: Vec<String>,
-    /// Record this action everywhere, never carry it out.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// `routes:` in the config file: action name to receivers.
-pub type Routes = BTreeMap<ActionName, Route>;
-
-/// Every problem with routes against the receivers that exist.
-pub fn route_problems(routes: &Routes, receivers: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for (action, route) in routes {
-        if route.receivers.is_empty() {
-            out.push(format!("routes.{action}: no receiver"));
-        }
-        for r in &route.receivers {
-            if !receivers.contains(&r.as_str()) {
-                out.push(format!(
-                    "routes.{action}: unknown receiver `{r}`{}",
-                    canaryd_rules::vocabulary::suggest(r, receivers.iter().copied())
-                        .map(|s| format!(" (did you mean `{s}`?)"))
-                        .unwrap_or_default()
-                ));
-            }
-        }
-    }
-    out
-}
-
 /// Counts of outcomes by receiver, for logs and metrics.
 #[derive(Default)]
 pub struct PipelineStats {
     outcomes: Mutex<BTreeMap<(String, OutcomeKind), u64>>,
     /// Where connector latencies also go, once attached.
-    sink: std::sync::OnceLock<Arc<crate::service::Shared>>,
+    sink: std::sync::OnceLock<Arc<Shared>>,
 }
 
 impl PipelineStats {
@@ -121,7 +99,7 @@ impl PipelineStats {
     }
 
     /// Also feeds connector latencies into the metrics of `shared`.
-    pub fn attach(&self, shared: Arc<crate::service::Shared>) {
+    pub fn attach(&self, shared: Arc<Shared>) {
         // Attached once, at start-up; a second call changes nothing.
         let _ = self.sink.set(shared);
     }
@@ -245,7 +223,7 @@ impl Pipeline {
                 oncall,
                 limiter: RateLimiter::keyed(quota(config)),
                 held: Mutex::new(Vec::new()),
-                seen: Mutex::new(Seen::default()),
+                seen: Mutex::new(DedupSet::new(DEDUP_MEMORY)),
                 hurry: hurry.clone(),
             };
             set.spawn(Arc::new(lane).run(rx));
@@ -308,30 +286,6 @@ fn quota(config: &PipelineConfig) -> Quota {
     Quota::per_minute(per_minute).allow_burst(burst)
 }
 
-/// Remembers recent idempotency keys, oldest forgotten first.
-#[derive(Default)]
-struct Seen {
-    keys: HashSet<String>,
-    order: VecDeque<String>,
-}
-
-impl Seen {
-    /// True if `key` is new (and remembers it).
-    fn first(&mut self, key: &str) -> bool {
-        if self.keys.contains(key) {
-            return false;
-        }
-        if self.order.len() >= DEDUP_MEMORY
-            && let Some(old) = self.order.pop_front()
-        {
-            self.keys.remove(&old);
-        }
-        self.keys.insert(key.to_string());
-        self.order.push_back(key.to_string());
-        true
-    }
-}
-
 /// One receiver's worker pool.
 struct LaneWorker {
     connector: Arc<dyn Connector>,
@@ -344,7 +298,8 @@ struct LaneWorker {
     limiter: DefaultKeyedRateLimiter<String>,
     /// Notifications over the limit, waiting for the next summary.
     held: Mutex<Vec<Action>>,
-    seen: Mutex<Seen>,
+    /// Idempotency keys acted on recently.
+    seen: Mutex<DedupSet<String>>,
     /// Cancelled when the shutdown grace period is over.
     hurry: CancellationToken,
 }
@@ -410,7 +365,7 @@ impl LaneWorker {
                     .seen
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .first(&action.key);
+                    .insert(action.key.clone());
                 if !first {
                     tracing::info!(receiver = self.name(), key = %action.key, "duplicate action ignored");
                     return;
@@ -527,8 +482,7 @@ impl LaneWorker {
     ) -> Result<(), (OutcomeKind, String)> {
         let name = connector.name();
         let budget = Duration::from_millis(action.deadline.millis().max(0) as u64);
-        let mut delay = Duration::from_millis(self.config.retry_initial.millis().max(1) as u64);
-        let max_delay = Duration::from_millis(self.config.retry_max.millis().max(1) as u64);
+        let mut backoff = self.config.retry_policy().backoff();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -543,9 +497,11 @@ impl LaneWorker {
                 Err(ConnectorError::Permanent(reason)) => {
                     return Err((OutcomeKind::Failed, format!("failed permanently: {reason}")));
                 }
-                Err(ConnectorError::Retriable(reason)) => {
-                    // Jitter keeps a fleet of retries from arriving together.
-                    let wait = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                Err(ConnectorError::Retriable {
+                    reason,
+                    retry_after,
+                }) => {
+                    let wait = backoff.next_delay(retry_after);
                     if accepted.elapsed() + wait >= budget {
                         return Err((
                             OutcomeKind::DeadLettered,
@@ -571,7 +527,6 @@ impl LaneWorker {
                             ));
                         }
                     }
-                    delay = (delay * 2).min(max_delay);
                 }
             }
         }
@@ -697,6 +652,7 @@ async fn record(audit: &Audit, action: &Action, outcome: &Outcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::act::routes::{Route, route_problems};
     use canaryd_connectors::Evidence;
     use canaryd_connectors::connector::BoxFuture;
     use canaryd_rules::{Severity, Timestamp};
@@ -748,7 +704,7 @@ mod tests {
                     return Err(if self.permanent {
                         ConnectorError::Permanent("403 forbidden".into())
                     } else {
-                        ConnectorError::Retriable("503 unavailable".into())
+                        ConnectorError::retriable("503 unavailable")
                     });
                 }
                 Ok(Outcome {

@@ -1,0 +1,8 @@
+//! From a decision to its effect: which actions a transition asks for,
+//! where each goes, and carrying them out with retries, deadlines and an
+//! audit trail.
+
+pub mod audit;
+pub mod decide;
+pub mod pipeline;
+pub mod routes;
