@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use canaryd_rules::condition::Threshold;
-use canaryd_rules::{ActionName, Severity, Span, Timestamp};
+use canaryd_rules::{ActionName, Severity, Span, Subject, Timestamp};
 use serde::Serialize;
 
 /// One thing to do because a rule fired for a subject.
@@ -41,8 +41,7 @@ impl Action {
         subject: &BTreeMap<String, String>,
         active_since: Timestamp,
     ) -> String {
-        let subject: Vec<String> = subject.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{rule}|{}|{}", subject.join(","), active_since.millis())
+        format!("{rule}|{}|{}", Subject(subject), active_since.millis())
     }
 }
 

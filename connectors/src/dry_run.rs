@@ -2,6 +2,8 @@
 
 use std::sync::Mutex;
 
+use canaryd_rules::Subject;
+
 use crate::action::{Action, Outcome};
 use crate::connector::{BoxFuture, Connector, ConnectorError};
 
@@ -39,12 +41,7 @@ impl Connector for DryRun {
                 Ok(mut v) => v.push(action.clone()),
                 Err(poisoned) => poisoned.into_inner().push(action.clone()),
             }
-            let subject: Vec<String> = action
-                .subject
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            let detail = format!("would {} for {}", action.action, subject.join(","));
+            let detail = format!("would {} for {}", action.action, Subject(&action.subject));
             Ok(Outcome::succeeded(self.name(), action, true, detail))
         })
     }

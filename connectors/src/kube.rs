@@ -36,13 +36,12 @@
 //!   reduce_step: 0.5                      # reduce_traffic: canary weight *= step, rounded down
 //! ```
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use canaryd_rules::{ActionName, Span};
+use canaryd_rules::{ActionName, Span, Subject};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{
@@ -54,10 +53,18 @@ use serde_json::{Value, json};
 
 use crate::action::{Action, Outcome};
 use crate::connector::{BoxFuture, Connector, ConnectorError};
+use crate::retry::RetryPolicy;
 
 /// How many times a write is tried when the object keeps changing under it
 /// (409 Conflict): each try reads the object afresh.
 pub const MAX_ATTEMPTS: usize = 5;
+
+/// Between those tries: 10 ms doubling to 200 ms, jittered so that two
+/// writers that collided do not collide again.
+const CONFLICT_RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_millis(10),
+    max: Duration::from_millis(200),
+};
 
 /// The field manager canaryd's writes are recorded under.
 pub const FIELD_MANAGER: &str = "canaryd";
@@ -397,13 +404,13 @@ impl KubeConnector {
             let text = env.render_str(source, &context).map_err(|e| {
                 ConnectorError::Permanent(format!(
                     "{field}: cannot render `{source}` for {}: {e}",
-                    subject_text(&action.subject)
+                    Subject(&action.subject)
                 ))
             })?;
             check_name(&text).map_err(|why| {
                 ConnectorError::Permanent(format!(
                     "{field}: `{source}` rendered `{text}` for {}, which {why}",
-                    subject_text(&action.subject)
+                    Subject(&action.subject)
                 ))
             })?;
             Ok(text)
@@ -448,6 +455,7 @@ impl KubeConnector {
             &target.namespace,
             &target.kind.api_resource(),
         );
+        let mut backoff = CONFLICT_RETRY.backoff();
         for attempt in 1..=MAX_ATTEMPTS {
             let current = self
                 .timed(api.get(&target.name))
@@ -477,6 +485,8 @@ impl KubeConnector {
                         attempt,
                         "conflict: {target} changed since it was read; reading again"
                     );
+                    // Another writer is active: let it finish before re-reading.
+                    tokio::time::sleep(backoff.next_delay(None)).await;
                     continue;
                 }
                 Err(e) => return Err(self.fail("patch", plan.resource(), &target, e)),
@@ -580,7 +590,7 @@ impl KubeConnector {
         let message = format!(
             "canaryd {} for {} because rule \"{}\" ({}) fired: {}; {change}",
             action.action,
-            subject_text(&action.subject),
+            Subject(&action.subject),
             action.rule,
             action.severity,
             if values.is_empty() {
@@ -1052,14 +1062,6 @@ fn check_name(name: &str) -> Result<(), &'static str> {
             "is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)",
         )
     }
-}
-
-fn subject_text(subject: &BTreeMap<String, String>) -> String {
-    subject
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use canaryd_rules::Subject;
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Value, json};
@@ -276,11 +277,7 @@ pub fn subject_text(subject: &BTreeMap<String, String>) -> String {
     if subject.is_empty() {
         return "(no subject)".to_string();
     }
-    subject
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    Subject(subject).to_string()
 }
 
 /// The runbook link from the annotations (`runbook` or `runbook_url`), if any.

@@ -135,7 +135,13 @@ fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "canaryd stopped");
             eprintln!("canaryd stopped: {e}");
-            ExitCode::from(IO_ERROR)
+            // Something the config names cannot be had (a secret, the
+            // address): the config is what to fix.
+            let code = match e {
+                crate::run::RunError::Config(_) => INVALID,
+                _ => IO_ERROR,
+            };
+            ExitCode::from(code)
         }
     }
 }

@@ -20,11 +20,13 @@
 //!   share: the snapshot, recent outcomes, silences, commands.
 //! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`dedup`]: the one bounded set of recently seen keys.
+//! - [`clock`]: the wall clock as event time, read in one place.
 //! - [`logging`]: text or JSON logs, with a filter that changes at runtime.
 #![forbid(unsafe_code)]
 
 pub mod act;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dedup;
 pub mod logging;

@@ -13,6 +13,7 @@
 //! - [`rule`]: the compiled rule and the [`RuleSet`].
 //! - [`template`]: annotation templates (minijinja).
 //! - [`state`]: the alert state machine, a pure `step` function.
+//! - [`subject`]: [`Subject`], how a subject's labels are written (`model=summarizer`).
 //! - [`event`]: the event schema and its decoder.
 //! - [`engine`]: events in, transitions out, driven by a watermark.
 //! - [`analytics`]: per subject-track sliding windows over inference events.
@@ -26,6 +27,7 @@ pub mod load;
 pub mod policy;
 pub mod rule;
 pub mod state;
+pub mod subject;
 pub mod template;
 pub mod time;
 pub mod vocabulary;
@@ -37,5 +39,6 @@ pub use load::{LoadOptions, load_rules};
 pub use policy::{ActionName, DecisionMatrix, Severity};
 pub use rule::{Rule, RuleError, RuleSet};
 pub use state::{AlertState, Observation, Phase};
+pub use subject::Subject;
 pub use time::{Span, Timestamp};
 pub use vocabulary::Vocabulary;

@@ -719,3 +719,176 @@ async fn the_status_page_shows_live_canary_against_stable_alerts_actions_and_rul
     let rules = section("rules");
     assert!(rules.contains("Canary Cost Overrun"), "{rules}");
 }
+
+/// `config` with its own consumer group, so tests sharing a broker do not
+/// share partitions.
+fn config_in_group(dir: &Path, bootstrap: &str, port: u16, group: &str) -> std::path::PathBuf {
+    let path = config(dir, bootstrap, port);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("group_id: canaryd-http", &format!("group_id: {group}"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn ready(port: u16) -> u16 {
+    http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/-/ready"),
+        &[],
+        None,
+    )
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_owns_no_partition_is_not_ready_until_it_takes_one_over() {
+    let broker = Tansu::start();
+    broker
+        .create_topics(&[("events", 1), ("events-dlq", 1), ("canaryd-audit", 1)])
+        .await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (free_port(), free_port());
+    let cfg_a = config_in_group(dir_a.path(), &broker.bootstrap(), port_a, "readiness");
+    let cfg_b = config_in_group(dir_b.path(), &broker.bootstrap(), port_b, "readiness");
+    let a = Daemon::spawn(
+        &[
+            "run",
+            "--config",
+            cfg_a.to_str().unwrap(),
+            "--instance",
+            "a",
+        ],
+        dir_a.path().join("canaryd.log"),
+    );
+    assert!(
+        wait_until(WAIT, || ready(port_a) == 200),
+        "{}",
+        a.log_text()
+    );
+    let b = Daemon::spawn(
+        &[
+            "run",
+            "--config",
+            cfg_b.to_str().unwrap(),
+            "--instance",
+            "b",
+        ],
+        dir_b.path().join("canaryd.log"),
+    );
+    // One partition, two members: once the group has settled, exactly one
+    // of them owns it, and only that one is ready.
+    let settled = || {
+        b.log_text().contains("partitions assigned")
+            && [ready(port_a), ready(port_b)]
+                .iter()
+                .filter(|c| **c == 200)
+                .count()
+                == 1
+    };
+    assert!(
+        wait_until(WAIT, settled),
+        "a: {} b: {}\n--- a ---\n{}\n--- b ---\n{}",
+        ready(port_a),
+        ready(port_b),
+        a.log_text(),
+        b.log_text()
+    );
+    let a_owns = ready(port_a) == 200;
+    let (owner, idle, idle_port) = if a_owns {
+        (&a, &b, port_b)
+    } else {
+        (&b, &a, port_a)
+    };
+    assert_eq!(ready(idle_port), 503);
+    assert!(
+        idle.log_text().contains("no partition assigned: not ready"),
+        "{}",
+        idle.log_text()
+    );
+    // The owner leaves: the idle member takes the partition and is ready.
+    owner.signal("TERM");
+    assert!(
+        wait_until(WAIT, || ready(idle_port) == 200),
+        "{}",
+        idle.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_config_and_rule_files_trigger_a_reload_and_an_unreadable_secret_is_refused() {
+    let broker = Tansu::start();
+    broker
+        .create_topics(&[("events", 1), ("events-dlq", 1), ("canaryd-audit", 1)])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config_in_group(dir.path(), &broker.bootstrap(), port, "watch");
+    let base = format!("http://127.0.0.1:{port}");
+    // The daemon's own log lives beside its config, as it often does.
+    let daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path().join("canaryd.log"),
+    );
+    assert!(
+        wait_until(WAIT, || ready(port) == 200),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Another file beside the config changes for three seconds, longer
+    // than the one-second settling time: no reload.
+    let other = dir.path().join("sidecar.log");
+    for i in 0..30 {
+        std::fs::write(&other, format!("line {i}\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !daemon.log_text().contains("configuration files changed"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // The bearer token's file goes away: a reload is refused, naming it,
+    // and the running configuration (and its credentials) stay.
+    std::fs::remove_file(dir.path().join("token")).unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (code, body) = http("POST", &format!("{base}/-/reload"), &[&auth], None);
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        body.contains("http.auth.bearer") && body.contains("cannot read"),
+        "{body}"
+    );
+    let (_, metrics) = http("GET", &format!("{base}/metrics"), &[], None);
+    assert!(
+        metrics.contains("canaryd_config_last_reload_successful 0"),
+        "{metrics}"
+    );
+
+    // Rewriting the config file itself is noticed.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text).unwrap();
+    assert!(
+        daemon.wait_for_log("configuration files changed", WAIT),
+        "{}",
+        daemon.log_text()
+    );
+
+    // At start-up the same missing secret stops canaryd with exit code 1
+    // and says why, rather than running without its HTTP server.
+    let port2 = free_port();
+    let dir2 = tempfile::tempdir().unwrap();
+    let cfg2 = config_in_group(dir2.path(), &broker.bootstrap(), port2, "watch-2");
+    std::fs::remove_file(dir2.path().join("token")).unwrap();
+    let mut second = Daemon::spawn(
+        &["run", "--config", cfg2.to_str().unwrap()],
+        dir2.path().join("canaryd.log"),
+    );
+    assert_eq!(second.wait_exit(WAIT), Some(1), "{}", second.log_text());
+    let log = second.log_text();
+    assert!(
+        log.contains("http.auth.bearer") && log.contains("cannot read"),
+        "{log}"
+    );
+}

@@ -3,7 +3,17 @@
 
 use std::time::Duration;
 
+use canaryd_connectors::RetryPolicy;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Tries at delivering one record before it is logged in full instead.
+const ATTEMPTS: u32 = 8;
+
+/// Between tries: 100 ms doubling to 10 s, about a minute in all.
+const RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(10),
+};
 
 /// Where audit records go. Cloning shares the producer.
 #[derive(Clone)]
@@ -55,8 +65,8 @@ impl Audit {
             return;
         };
         let payload = record.to_string();
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=8 {
+        let mut backoff = RETRY.backoff();
+        for attempt in 1..=ATTEMPTS {
             let sent = producer
                 .send(
                     FutureRecord::to(topic).key(key).payload(&payload),
@@ -67,8 +77,7 @@ impl Audit {
                 Ok(_) => return,
                 Err((e, _)) => {
                     tracing::warn!(error = %e, attempt, topic = %topic, "audit record not delivered; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    tokio::time::sleep(backoff.next_delay(None)).await;
                 }
             }
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use canaryd_connectors::{Action, Connector, ConnectorError, Outcome, OutcomeKind, RetryPolicy};
-use canaryd_rules::{ActionName, Span};
+use canaryd_rules::{ActionName, Span, Subject};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
@@ -420,12 +420,9 @@ impl LaneWorker {
     }
 
     fn within_limit(&self, action: &Action) -> bool {
-        let subject: Vec<String> = action
-            .subject
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        self.limiter.check_key(&subject.join(",")).is_ok()
+        self.limiter
+            .check_key(&Subject(&action.subject).to_string())
+            .is_ok()
     }
 
     /// Carries `action` out through this receiver; on failure records it,
@@ -570,7 +567,7 @@ fn escalation_for(action: &Action, receiver: &str, reason: &str) -> Action {
         format!(
             "ESCALATION: {} for {} by rule {:?} via {receiver} {reason}",
             action.action,
-            subject_text(&action.subject),
+            Subject(&action.subject),
             action.rule
         ),
     );
@@ -586,7 +583,7 @@ fn summary_of(held: &[Action], receiver: &str) -> Action {
             format!(
                 "{} {} ({}) at {}",
                 a.rule,
-                subject_text(&a.subject),
+                Subject(&a.subject),
                 a.severity,
                 a.ts
             )
@@ -603,14 +600,6 @@ fn summary_of(held: &[Action], receiver: &str) -> Action {
         .max()
         .unwrap_or(summary.severity);
     summary
-}
-
-fn subject_text(subject: &BTreeMap<String, String>) -> String {
-    subject
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 async fn record(audit: &Audit, action: &Action, outcome: &Outcome) {

@@ -4,7 +4,7 @@
 use std::io::{self, BufRead, Write};
 
 use canaryd_connectors::{Action, Connector, DryRun};
-use canaryd_rules::{Engine, Ingested, Output, Transition, decode};
+use canaryd_rules::{Engine, Ingested, Output, Subject, Transition, decode};
 use serde_json::json;
 
 use crate::act::decide::actions_for;
@@ -146,11 +146,9 @@ async fn emit<W: Write>(
                     "{}",
                     json!({"kind": "stale", "ts": ts, "subject": subject})
                 )?,
-                Format::Text => writeln!(
-                    out,
-                    "{ts}  STALE     {}  no fresh data",
-                    subject_text(&subject)
-                )?,
+                Format::Text => {
+                    writeln!(out, "{ts}  STALE     {}  no fresh data", Subject(&subject))?
+                }
             }
         }
         Output::Transition(t) => {
@@ -187,7 +185,7 @@ async fn emit<W: Write>(
                             "{}  ACTION    {}  {}  deadline {}  [dry run: {detail}]",
                             action.ts,
                             action.action,
-                            subject_text(&action.subject),
+                            Subject(&action.subject),
                             action.deadline,
                         )?;
                         if let Some(summary) = action.annotations.get("summary") {
@@ -233,20 +231,12 @@ fn write_transition<W: Write>(
                 t.ts,
                 t.to.as_str().to_uppercase(),
                 rule.name,
-                subject_text(&t.subject),
+                Subject(&t.subject),
                 values.join(" "),
                 rule.severity
             )
         }
     }
-}
-
-fn subject_text(subject: &std::collections::BTreeMap<String, String>) -> String {
-    subject
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io::Result<()> {
@@ -265,7 +255,7 @@ fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io
     let firing: Vec<String> = engine
         .alerts()
         .filter(|a| a.state.phase == canaryd_rules::Phase::Firing)
-        .map(|a| format!("{} ({})", a.rule, subject_text(a.subject)))
+        .map(|a| format!("{} ({})", a.rule, Subject(a.subject)))
         .collect();
     writeln!(
         out,
@@ -284,7 +274,7 @@ fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io
             out,
             "  decision: {} {} at {} because {} (dry run)",
             a.action,
-            subject_text(&a.subject),
+            Subject(&a.subject),
             a.ts,
             a.rule
         )?;

@@ -58,6 +58,8 @@ pub use silences::Silence;
 
 pub use crate::metrics::PayloadResult;
 
+use crate::clock::wall_clock;
+
 use alertmanager::{Dedup, Item};
 use silences::{NewSilence, Silences};
 
@@ -121,6 +123,15 @@ impl HttpConfig {
         out.extend(self.alertmanager.problems());
         out
     }
+
+    /// Reads the secrets, as [`Server::new`] will: an error names the
+    /// one that cannot be had. A reload checks this before it is accepted.
+    pub fn resolve_secrets(&self) -> Result<(), String> {
+        match &self.auth {
+            Some(auth) => auth.resolve().map(drop),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What the server needs from the running daemon.
@@ -174,57 +185,72 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
-/// Serves on `listener` until `shutdown` is cancelled, then stops accepting
-/// connections and lets the requests in flight finish.
-///
-/// Secrets in `config.auth` are read once, here; a missing or inline one
-/// fails with [`std::io::ErrorKind::InvalidInput`]. Expired silences are
-/// dropped (and the backend told) within a second.
+/// The HTTP server, its settings checked and its secrets read, not yet
+/// listening.
+pub struct Server {
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Checks `config` and reads the secrets in `config.auth`, once: a
+    /// missing, unreadable or inline one is an error here, at start-up,
+    /// never a server that quietly does not run.
+    pub fn new(config: &HttpConfig, backend: Arc<dyn Backend>) -> Result<Server, String> {
+        let app = App::new(config, backend, Arc::new(wall_clock))?;
+        Ok(Server { app })
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then stops
+    /// accepting connections and lets the requests in flight finish.
+    /// Expired silences are dropped (and the backend told) within a second.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let app = self.app;
+        // Stops with the server, without cancelling the caller's token.
+        let sweeper_stop = shutdown.child_token();
+        let sweeper = {
+            let app = app.clone();
+            let shutdown = sweeper_stop.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = every.tick() => app.expire_silences(),
+                    }
+                }
+            })
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, auth = app.auth.is_some(), "HTTP server listening");
+        }
+        let served = axum::serve(listener, app.router())
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        sweeper_stop.cancel();
+        if let Err(e) = sweeper.await {
+            tracing::warn!(error = %e, "silence expiry task failed");
+        }
+        tracing::info!("HTTP server stopped");
+        served
+    }
+}
+
+/// [`Server::new`] then [`Server::serve`]; an invalid config or unreadable
+/// secret fails with [`std::io::ErrorKind::InvalidInput`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: HttpConfig,
     backend: Arc<dyn Backend>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = App::new(&config, backend, Arc::new(system_now))
+    let server = Server::new(&config, backend)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // Stops with the server, without cancelling the caller's token.
-    let sweeper_stop = shutdown.child_token();
-    let sweeper = {
-        let app = app.clone();
-        let shutdown = sweeper_stop.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = every.tick() => app.expire_silences(),
-                }
-            }
-        })
-    };
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, auth = app.auth.is_some(), "HTTP server listening");
-    }
-    let served = axum::serve(listener, app.router())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    sweeper_stop.cancel();
-    if let Err(e) = sweeper.await {
-        tracing::warn!(error = %e, "silence expiry task failed");
-    }
-    tracing::info!("HTTP server stopped");
-    served
-}
-
-/// Milliseconds since the Unix epoch, now.
-fn system_now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    Timestamp(millis)
+    server.serve(listener, shutdown).await
 }
 
 type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;

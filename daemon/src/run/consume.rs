@@ -1,0 +1,384 @@
+//! The consume loop, as the flow of one event: consume → decode →
+//! evaluate → record and act → commit. Each stage is a method here or a
+//! module beside this one; between messages the loop also moves idle
+//! partitions' event time on, applies rebalances, serves the HTTP side's
+//! commands and reloads.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use canaryd_rules::event::AlertEvent;
+use canaryd_rules::{Engine, Event, Ingested, Output, decode};
+use futures::FutureExt;
+use prometheus_client::metrics::counter::Counter;
+use rdkafka::Message;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::BorrowedMessage;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::DeadLetters;
+use super::dispatch::Dispatcher;
+use super::kafka::{Assignment, GroupContext};
+use super::offsets::Offsets;
+use super::partitions::{PartitionState, Partitions};
+use super::stats::LiveStats;
+use super::{reload, snapshot};
+use crate::act::pipeline::Closed;
+use crate::clock::wall_clock;
+use crate::config::Loaded;
+use crate::shared::{Command, Shared};
+
+/// Messages taken without yielding before the clock and shutdown are checked.
+const BURST: u32 = 256;
+
+/// How long file changes must settle before a reload: editors and
+/// ConfigMap updates touch several files.
+const RELOAD_SETTLE: Duration = Duration::from_secs(1);
+
+/// Why the loop ended.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The action pipeline closed under it (a receiver's workers failed).
+    PipelineClosed,
+    /// The HTTP server stopped while the daemon was running.
+    ServerStopped(String),
+}
+
+/// Everything the loop reads from outside besides the consumer.
+pub(super) struct Inputs {
+    /// Commands from the HTTP server.
+    pub(super) commands: tokio::sync::mpsc::Receiver<Command>,
+    /// A message whenever a watched config or rule file changed.
+    pub(super) file_changes: tokio::sync::mpsc::Receiver<()>,
+    /// SIGHUP.
+    pub(super) hangup: tokio::signal::unix::Signal,
+    /// The HTTP server's task, while serving: its end is the daemon's.
+    pub(super) server: Option<ServerTask>,
+}
+
+/// The HTTP server's task.
+pub(super) type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// The state of the consume loop.
+pub(super) struct ConsumeLoop<'c> {
+    pub(super) consumer: &'c StreamConsumer<GroupContext>,
+    /// Partition assignment changes, from the consumer group context.
+    pub(super) assignments: mpsc::Receiver<Assignment>,
+    /// The configuration in force; a reload replaces it.
+    pub(super) loaded: Arc<Loaded>,
+    /// Where the configuration came from, for reloads.
+    pub(super) config_path: Option<std::path::PathBuf>,
+    pub(super) instance: String,
+    pub(super) dispatcher: Dispatcher,
+    pub(super) dead_letters: DeadLetters,
+    pub(super) shared: Arc<Shared>,
+    pub(super) stats: Arc<LiveStats>,
+    /// How often idle partitions move on and the snapshot is refreshed.
+    pub(super) tick: Duration,
+    /// Whether the HTTP server runs: only then is a snapshot built.
+    pub(super) serving: bool,
+    pub(super) partitions: Partitions,
+    /// Alerts from Alertmanager have no partition: they get their own engine.
+    pub(super) alertmanager: Engine,
+    pub(super) outputs: Vec<Output>,
+    pub(super) offsets: Offsets,
+    /// A consumed-messages counter per topic, taken once.
+    pub(super) consumed: Vec<(String, Counter)>,
+    pub(super) evaluations_seen: u64,
+}
+
+impl<'c> ConsumeLoop<'c> {
+    /// Consumes until shutdown, the pipeline closing or the server
+    /// stopping; stores the offsets of everything processed on the way out.
+    /// Gives back the server's task if it still runs.
+    pub(super) async fn run(
+        &mut self,
+        inputs: Inputs,
+        shutdown: &CancellationToken,
+    ) -> (Ended, Option<ServerTask>) {
+        let Inputs {
+            mut commands,
+            mut file_changes,
+            mut hangup,
+            mut server,
+        } = inputs;
+        let consumer = self.consumer;
+        let mut now = Instant::now();
+        let mut next_tick = now + self.tick;
+        let mut reload_at: Option<tokio::time::Instant> = None;
+        let mut burst = 0u32;
+        let ended = loop {
+            // Take messages that are already waiting without the cost of a
+            // select!; every BURST messages, look at the clock and shutdown.
+            let ready = if burst < BURST {
+                consumer.recv().now_or_never()
+            } else {
+                None
+            };
+            let message = match ready {
+                Some(m) => {
+                    burst += 1;
+                    m
+                }
+                None => {
+                    burst = 0;
+                    // Store offsets before waiting.
+                    self.offsets.store(consumer);
+                    now = Instant::now();
+                    if shutdown.is_cancelled() {
+                        break Ended::Shutdown;
+                    }
+                    if now >= next_tick {
+                        next_tick = now + self.tick;
+                        if let Err(ended) = self.on_tick().await {
+                            break ended;
+                        }
+                        continue;
+                    }
+                    let server_running = server.is_some();
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break Ended::Shutdown,
+                        ended = async {
+                            match server.as_mut() {
+                                Some(server) => server.await,
+                                None => std::future::pending().await,
+                            }
+                        }, if server_running => {
+                            server = None;
+                            break Ended::ServerStopped(match ended {
+                                Ok(Ok(())) => "it stopped".to_string(),
+                                Ok(Err(e)) => e.to_string(),
+                                Err(e) => format!("its task failed: {e}"),
+                            });
+                        }
+                        _ = tokio::time::sleep_until(next_tick.into()) => continue,
+                        Some(()) = file_changes.recv() => {
+                            reload_at = Some(tokio::time::Instant::now() + RELOAD_SETTLE);
+                            continue;
+                        }
+                        _ = tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)), if reload_at.is_some() => {
+                            reload_at = None;
+                            tracing::info!("configuration files changed: reloading");
+                            let _ = self.reload().await;
+                            continue;
+                        }
+                        _ = hangup.recv() => {
+                            tracing::info!("SIGHUP received: reloading");
+                            let _ = self.reload().await;
+                            continue;
+                        }
+                        Some(command) = commands.recv() => {
+                            if self.command(command).await.is_err() {
+                                break Ended::PipelineClosed;
+                            }
+                            continue;
+                        }
+                        m = consumer.recv() => {
+                            now = Instant::now();
+                            m
+                        }
+                    }
+                }
+            };
+            self.rebalanced();
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume error");
+                    continue;
+                }
+            };
+            match self.process(&message, now, shutdown).await {
+                Ok(true) => self.offsets.note(&message),
+                // Shutting down before it was dead-lettered: redelivered later.
+                Ok(false) => break Ended::Shutdown,
+                Err(Closed) => break Ended::PipelineClosed,
+            }
+        };
+        self.offsets.store(consumer);
+        (ended, server)
+    }
+
+    /// One message through the stages up to the commit: counted, decoded
+    /// (or dead-lettered), evaluated, recorded and acted on. `Ok(true)`
+    /// when it is processed and its offset may be stored.
+    async fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        now: Instant,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Closed> {
+        self.count(message.topic());
+        let event = match message.payload().map(decode) {
+            Some(Ok(event)) => event,
+            failed => {
+                let (reason, detail) = match failed {
+                    Some(Err(e)) => (e.kind.as_str(), e.message),
+                    _ => ("missing_payload", "message has no payload".to_string()),
+                };
+                return Ok(self
+                    .dead_letters
+                    .send(message, reason, &detail, shutdown)
+                    .await);
+            }
+        };
+        self.evaluate(message, &event, now);
+        if !self.outputs.is_empty() {
+            self.dispatcher
+                .dispatch(&self.loaded, &mut self.outputs, message.partition())
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// The consume stage's count, per topic.
+    fn count(&mut self, topic: &str) {
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        match self.consumed.iter().find(|(t, _)| t == topic) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                let counter = self.shared.metrics.consumed_counter(topic);
+                counter.inc();
+                self.consumed.push((topic.to_string(), counter));
+            }
+        }
+    }
+
+    /// The evaluate stage: the event into its partition's engine.
+    fn evaluate(&mut self, message: &BorrowedMessage<'_>, event: &Event, now: Instant) {
+        let (topic, partition) = (message.topic(), message.partition());
+        let state = self.partitions.state(topic, partition, &self.loaded);
+        if state.engine.ingest(event, &mut self.outputs) == Ingested::Late {
+            self.stats.late.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.inc_late();
+            tracing::debug!(
+                topic,
+                partition,
+                offset = message.offset(),
+                "late event dropped"
+            );
+        }
+        state.evaluated(now);
+    }
+
+    /// Once a tick: rebalances, idle partitions' event time, the snapshot.
+    async fn on_tick(&mut self) -> Result<(), Ended> {
+        self.rebalanced();
+        for (partition, state) in self.partitions.iter_mut() {
+            state.advance_idle(&mut self.outputs);
+            if !self.outputs.is_empty() {
+                self.dispatcher
+                    .dispatch(&self.loaded, &mut self.outputs, partition)
+                    .await
+                    .map_err(|Closed| Ended::PipelineClosed)?;
+            }
+        }
+        // Only the HTTP server reads the snapshot; without it, the consume
+        // loop does not pay for building one.
+        if self.serving {
+            let engines = self
+                .partitions
+                .engines_mut()
+                .chain(std::iter::once(&mut self.alertmanager));
+            snapshot::refresh(&self.shared, engines, &mut self.evaluations_seen);
+        }
+        Ok(())
+    }
+
+    /// Applies assignment changes. Ready means owning at least one
+    /// partition: a member that owns nothing serves no one's events.
+    fn rebalanced(&mut self) {
+        let mut changed = false;
+        while let Ok(change) = self.assignments.try_recv() {
+            self.partitions.apply(change, &self.loaded, &self.instance);
+            changed = true;
+        }
+        if changed {
+            let owned = self.partitions.len();
+            if owned == 0 {
+                tracing::warn!(instance = %self.instance, "no partition assigned: not ready");
+            }
+            self.shared.set_ready(owned > 0);
+        }
+    }
+
+    /// Carries out a command from the HTTP server.
+    async fn command(&mut self, command: Command) -> Result<(), Closed> {
+        match command {
+            Command::Reload(reply) => {
+                let result = self.reload().await;
+                let _ = reply.send(result);
+                Ok(())
+            }
+            Command::Alerts(alerts, reply) => {
+                let result = self.alertmanager_alerts(alerts).await;
+                answer(reply, &result);
+                result
+            }
+            Command::Act(requests, reply) => {
+                let result = self.dispatcher.direct(&self.loaded, requests).await;
+                answer(reply, &result);
+                result
+            }
+        }
+    }
+
+    /// Alertmanager's alerts into their own engine, and their decisions out.
+    async fn alertmanager_alerts(&mut self, alerts: Vec<AlertEvent>) -> Result<(), Closed> {
+        // Alertmanager reports alerts as they are now; stamping them with
+        // the wall clock keeps a group_wait from making them late.
+        let now = wall_clock();
+        for mut alert in alerts {
+            alert.ts = now;
+            self.alertmanager
+                .ingest(&Event::Alert(alert), &mut self.outputs);
+        }
+        if self.outputs.is_empty() {
+            return Ok(());
+        }
+        self.dispatcher
+            .dispatch(&self.loaded, &mut self.outputs, -1)
+            .await
+    }
+
+    /// Reloads the configuration, keeping the running one on failure.
+    async fn reload(&mut self) -> Result<Value, Vec<String>> {
+        let engines = self
+            .partitions
+            .engines_mut()
+            .chain(std::iter::once(&mut self.alertmanager));
+        let (loaded, report) = reload::reload(
+            self.config_path.as_deref(),
+            &self.loaded,
+            engines,
+            &self.dispatcher.audit,
+            &self.shared,
+        )
+        .await?;
+        self.loaded = loaded;
+        Ok(report)
+    }
+
+    /// A fresh partition state for the configuration in force.
+    pub(super) fn fresh_engine(loaded: &Loaded) -> Engine {
+        PartitionState::new(loaded).engine
+    }
+}
+
+/// Answers the HTTP side: accepted, or refused because the daemon stops.
+fn answer(reply: oneshot::Sender<Result<(), String>>, result: &Result<(), Closed>) {
+    let answer = match result {
+        Ok(()) => Ok(()),
+        Err(Closed) => Err("shutting down".to_string()),
+    };
+    let _ = reply.send(answer);
+}

@@ -1,0 +1,140 @@
+//! The record and act stages: each engine output is logged and published
+//! to the audit trail, and the actions it asks for go to the pipeline,
+//! unless a silence covers them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use canaryd_connectors::{Action, Evidence};
+use canaryd_rules::event::AlertStatus;
+use canaryd_rules::{Output, Severity, Span, Subject};
+use serde_json::json;
+
+use super::stats::LiveStats;
+use crate::act::audit::Audit;
+use crate::act::decide::{actions_for, resolutions_for};
+use crate::act::pipeline::{Closed, Pipeline};
+use crate::clock::wall_clock;
+use crate::config::Loaded;
+use crate::server::DirectAction;
+use crate::shared::Shared;
+
+/// Where decisions go: the audit trail and the action pipeline.
+pub(super) struct Dispatcher {
+    pub(super) pipeline: Pipeline,
+    pub(super) audit: Audit,
+    pub(super) shared: Arc<Shared>,
+    pub(super) stats: Arc<LiveStats>,
+}
+
+impl Dispatcher {
+    /// Publishes `outputs` (draining them) and submits their actions;
+    /// `partition` is the input partition they came from (-1 for
+    /// Alertmanager's alerts). Returns once the pipeline has taken every
+    /// action; `Err` once it has closed.
+    pub(super) async fn dispatch(
+        &self,
+        loaded: &Loaded,
+        outputs: &mut Vec<Output>,
+        partition: i32,
+    ) -> Result<(), Closed> {
+        for output in outputs.drain(..) {
+            match output {
+                Output::Stale { ts, subject } => {
+                    tracing::warn!(subject = %Subject(&subject), %ts, "subject has no fresh data");
+                    let record = json!({"kind": "stale", "ts": ts, "subject": subject});
+                    self.audit.publish("stale", record).await;
+                }
+                Output::Transition(t) => {
+                    self.stats.transitions.fetch_add(1, Ordering::Relaxed);
+                    let Some(rule) = loaded.rules.rules().get(t.rule) else {
+                        continue;
+                    };
+                    tracing::info!(rule = %rule.name, subject = %Subject(&t.subject), from = %t.from, to = %t.to, ts = %t.ts, values = ?t.values, "alert transition");
+                    self.audit
+                        .publish(&rule.name, json!({
+                            "kind": "transition", "ts": t.ts, "rule": rule.name, "subject": t.subject,
+                            "from": t.from, "to": t.to, "severity": rule.severity, "values": t.values,
+                            "partition": partition,
+                        }))
+                        .await;
+                    for action in actions_for(&t, &loaded.rules, loaded.config.dry_run) {
+                        self.submit(action).await?;
+                    }
+                    for action in resolutions_for(&t, &loaded.rules, loaded.config.dry_run) {
+                        self.pipeline.resolve(action).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the actions Alertmanager's alerts name directly.
+    pub(super) async fn direct(
+        &self,
+        loaded: &Loaded,
+        requests: Vec<DirectAction>,
+    ) -> Result<(), Closed> {
+        for request in requests {
+            let action = direct_action(loaded, &request);
+            match request.status {
+                AlertStatus::Resolved => self.pipeline.resolve(action).await?,
+                AlertStatus::Firing => self.submit(action).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands `action` to the pipeline, unless a silence covers it: then it
+    /// is only recorded.
+    async fn submit(&self, action: Action) -> Result<(), Closed> {
+        if self
+            .shared
+            .is_silenced(&action.rule, &action.subject, wall_clock())
+        {
+            tracing::info!(rule = %action.rule, subject = %Subject(&action.subject), action = %action.action, "silenced: not acting");
+            let record = json!({"kind": "silenced", "ts": action.ts, "rule": action.rule, "subject": action.subject, "action": action.action, "key": action.key});
+            self.audit.publish(&action.key, record).await;
+            return Ok(());
+        }
+        self.pipeline.submit(action).await?;
+        self.stats.actions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The action an Alertmanager alert names with the action label.
+fn direct_action(loaded: &Loaded, request: &DirectAction) -> Action {
+    let severity = request
+        .labels
+        .get("severity")
+        .and_then(|s| s.parse::<Severity>().ok())
+        .unwrap_or(Severity::High);
+    Action {
+        key: format!(
+            "alertmanager|{}|{}|{}|{}",
+            request.alertname,
+            Subject(&request.subject),
+            request.starts_at.millis(),
+            request.action
+        ),
+        ts: request.starts_at,
+        rule: request.alertname.clone(),
+        subject: request.subject.clone(),
+        action: request.action,
+        severity,
+        deadline: loaded.config.decision_matrix.get(severity).deadline,
+        dry_run: loaded.config.dry_run,
+        evidence: Evidence {
+            condition: format!("Alertmanager alert {}", request.alertname),
+            values: BTreeMap::new(),
+            thresholds: Vec::new(),
+            duration: Span::ZERO,
+            since: request.starts_at,
+        },
+        labels: request.labels.clone(),
+        annotations: request.annotations.clone(),
+    }
+}

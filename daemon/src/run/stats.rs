@@ -1,0 +1,19 @@
+//! Counters of what the consume loop did, for its log line at shutdown
+//! and for tests and benchmarks.
+
+use std::sync::atomic::AtomicU64;
+
+/// Counts since start-up.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Messages consumed.
+    pub consumed: AtomicU64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Events dropped as late.
+    pub late: AtomicU64,
+    /// Alert transitions.
+    pub transitions: AtomicU64,
+    /// Actions accepted by the pipeline.
+    pub actions: AtomicU64,
+}
