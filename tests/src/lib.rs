@@ -1,5 +1,20 @@
 //! Helpers for the black-box tests in `tests/tests/`: they run the real
-//! `canaryd` binary, as a user would.
+//! `canaryd` binary, as a user would, against real servers on 127.0.0.1.
+//!
+//! # Layout
+//!
+//! - this file: the binary ([`canaryd`], [`Daemon`] for `canaryd run`),
+//!   paths in the repository, golden files.
+//! - [`tansu`]: a real Kafka-protocol broker (Tansu), on a free port.
+//! - [`kafka`]: producing test events and reading canaryd's output topics.
+//! - [`kube_fixture`]: a fake Kubernetes API server that kube-rs talks to
+//!   through a kubeconfig (GET, merge and apply PATCH, conflicts, errors).
+//! - [`receivers`]: local PagerDuty, Slack and webhook receivers that check
+//!   each API's schema.
+//! - [`smtp`]: real SMTP servers from Debian's aiosmtpd.
+//! - [`local_http`]: the small HTTP server the fixtures above are built on.
+//! - [`modgraph`]: a crate's module graph from its sources, for the test
+//!   that forbids import cycles.
 #![forbid(unsafe_code)]
 
 pub mod kafka;

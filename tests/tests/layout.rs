@@ -25,3 +25,35 @@ fn no_crate_has_a_module_import_cycle() {
         found.join("\n")
     );
 }
+
+#[test]
+fn the_pure_core_cannot_read_the_clock() {
+    // chrono's `clock` feature is what gives `Utc::now()`; the rules crate
+    // takes time as an argument, so it must not be able to read it.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "-p",
+            "canaryd-rules",
+            "-e",
+            "features,normal",
+            "-i",
+            "chrono",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(canaryd_tests::root())
+        .output()
+        .unwrap_or_else(|e| panic!("cargo tree: {e}"));
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.contains("chrono feature \"std\""), "{tree}");
+    assert!(!tree.contains("chrono feature \"clock\""), "{tree}");
+}

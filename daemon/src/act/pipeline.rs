@@ -653,7 +653,11 @@ mod tests {
         name: String,
         failures: AtomicUsize,
         permanent: bool,
+        /// What a retriable failure says in `Retry-After`.
+        retry_after: Option<Duration>,
         calls: Mutex<Vec<Action>>,
+        /// When each call came, in (paused) tokio time.
+        called_at: Mutex<Vec<Instant>>,
         gate: Option<Arc<Semaphore>>,
     }
 
@@ -663,9 +667,17 @@ mod tests {
                 name: name.into(),
                 failures: AtomicUsize::new(failures),
                 permanent,
+                retry_after: None,
                 calls: Mutex::new(Vec::new()),
+                called_at: Mutex::new(Vec::new()),
                 gate: None,
             })
+        }
+
+        fn asking_to_wait(name: &str, failures: usize, wait: Duration) -> Arc<Flaky> {
+            let mut flaky = Arc::into_inner(Flaky::new(name, failures, false)).unwrap();
+            flaky.retry_after = Some(wait);
+            Arc::new(flaky)
         }
 
         fn calls(&self) -> Vec<Action> {
@@ -687,13 +699,17 @@ mod tests {
                     gate.acquire().await.unwrap().forget();
                 }
                 self.calls.lock().unwrap().push(action.clone());
+                self.called_at.lock().unwrap().push(Instant::now());
                 let left = self.failures.load(Ordering::SeqCst);
                 if left > 0 {
                     self.failures.store(left - 1, Ordering::SeqCst);
                     return Err(if self.permanent {
                         ConnectorError::Permanent("403 forbidden".into())
                     } else {
-                        ConnectorError::retriable("503 unavailable")
+                        ConnectorError::Retriable {
+                            reason: "503 unavailable".into(),
+                            retry_after: self.retry_after,
+                        }
                     });
                 }
                 Ok(Outcome {
@@ -782,6 +798,50 @@ mod tests {
         drain(p, set).await;
         assert_eq!(kube.calls().len(), 1);
         assert_eq!(count(&stats, "kube", OutcomeKind::Succeeded), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_out_and_one_past_the_deadline_is_not_tried() {
+        let slack = Flaky::asking_to_wait("slack", 1, Duration::from_secs(7));
+        let (p, set) = Pipeline::start(
+            vec![slack.clone()],
+            &routes(&[(ActionName::NotifyOnCall, &["slack"])]),
+            &PipelineConfig::default(),
+            audit(),
+            CancellationToken::new(),
+        );
+        p.submit(action("k1", ActionName::NotifyOnCall, "m"))
+            .await
+            .unwrap();
+        let stats = p.stats.clone();
+        drain(p, set).await;
+        let at = slack.called_at.lock().unwrap().clone();
+        assert_eq!(at.len(), 2);
+        // The backoff alone would have retried after 125 to 250 ms.
+        assert!(
+            at[1] - at[0] >= Duration::from_secs(7),
+            "{:?}",
+            at[1] - at[0]
+        );
+        assert_eq!(count(&stats, "slack", OutcomeKind::Succeeded), 1);
+
+        // Asked to wait longer than the action's 30 s deadline: given up at
+        // once, not hammered.
+        let slack = Flaky::asking_to_wait("slack", 1, Duration::from_secs(60));
+        let (p, set) = Pipeline::start(
+            vec![slack.clone()],
+            &routes(&[(ActionName::NotifyOnCall, &["slack"])]),
+            &PipelineConfig::default(),
+            audit(),
+            CancellationToken::new(),
+        );
+        p.submit(action("k2", ActionName::NotifyOnCall, "m"))
+            .await
+            .unwrap();
+        let stats = p.stats.clone();
+        drain(p, set).await;
+        assert_eq!(slack.calls().len(), 1);
+        assert_eq!(count(&stats, "slack", OutcomeKind::DeadLettered), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -909,6 +969,8 @@ mod tests {
             name: "slow".into(),
             failures: AtomicUsize::new(0),
             permanent: false,
+            retry_after: None,
+            called_at: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
             gate: Some(gate.clone()),
         });
