@@ -19,6 +19,8 @@
 //! | `canaryd_config_last_reload_success_timestamp_seconds` | gauge | |
 //! | `canaryd_config_reload_duration_seconds` | histogram | |
 //! | `canaryd_alertmanager_payloads_total` | counter | `result` |
+//! | `canaryd_audit_records_total` | counter | `result` (`delivered`, `undeliverable`) |
+//! | `canaryd_audit_backpressure_total` | counter | |
 //! | `canaryd_build_info` | gauge (always 1) | `version` |
 //!
 //! On the hot path (one call per consumed message), take a [`Counter`]
@@ -102,6 +104,8 @@ pub struct Metrics {
     reload_success_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     reload_duration: Histogram,
     alertmanager_payloads: Family<ResultLabels, Counter>,
+    audit_records: Family<ResultLabels, Counter>,
+    audit_backpressure: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -195,6 +199,23 @@ impl Metrics {
             "Alertmanager webhook payloads received, by result",
             alertmanager_payloads.clone(),
         );
+        let audit_records = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "audit_records",
+            "Audit records by result: delivered to the audit topic, or undeliverable (logged in full instead)",
+            audit_records.clone(),
+        );
+        for result in ["delivered", "undeliverable"] {
+            audit_records.get_or_create_owned(&ResultLabels {
+                result: result.to_string(),
+            });
+        }
+        let audit_backpressure = Counter::default();
+        registry.register(
+            "audit_backpressure",
+            "Times a full audit queue made evaluation wait for the writer",
+            audit_backpressure.clone(),
+        );
         for result in PayloadResult::ALL {
             alertmanager_payloads.get_or_create_owned(&ResultLabels {
                 result: result.as_str().to_string(),
@@ -225,6 +246,8 @@ impl Metrics {
             reload_success_timestamp,
             reload_duration,
             alertmanager_payloads,
+            audit_records,
+            audit_backpressure,
         }
     }
 
@@ -350,6 +373,25 @@ impl Metrics {
                 result: result.as_str().to_string(),
             })
             .inc();
+    }
+
+    /// Counts an audit record delivered (or given up on and logged).
+    pub fn inc_audit_record(&self, delivered: bool) {
+        let result = if delivered {
+            "delivered"
+        } else {
+            "undeliverable"
+        };
+        self.audit_records
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a publisher that had to wait for a full audit queue.
+    pub fn inc_audit_backpressure(&self) {
+        self.audit_backpressure.inc();
     }
 }
 

@@ -800,9 +800,9 @@ mod tests {
         assert_eq!(count(&stats, "kube", OutcomeKind::Succeeded), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retry_after_is_waited_out_and_one_past_the_deadline_is_not_tried() {
-        let slack = Flaky::asking_to_wait("slack", 1, Duration::from_secs(7));
+    /// Sends one on-call notification through `slack` and waits for the
+    /// pipeline to finish with it.
+    async fn notify_through(slack: &Arc<Flaky>) -> Arc<PipelineStats> {
         let (p, set) = Pipeline::start(
             vec![slack.clone()],
             &routes(&[(ActionName::NotifyOnCall, &["slack"])]),
@@ -815,6 +815,13 @@ mod tests {
             .unwrap();
         let stats = p.stats.clone();
         drain(p, set).await;
+        stats
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_out_and_one_past_the_deadline_is_not_tried() {
+        let slack = Flaky::asking_to_wait("slack", 1, Duration::from_secs(7));
+        let stats = notify_through(&slack).await;
         let at = slack.called_at.lock().unwrap().clone();
         assert_eq!(at.len(), 2);
         // The backoff alone would have retried after 125 to 250 ms.
@@ -828,18 +835,7 @@ mod tests {
         // Asked to wait longer than the action's 30 s deadline: given up at
         // once, not hammered.
         let slack = Flaky::asking_to_wait("slack", 1, Duration::from_secs(60));
-        let (p, set) = Pipeline::start(
-            vec![slack.clone()],
-            &routes(&[(ActionName::NotifyOnCall, &["slack"])]),
-            &PipelineConfig::default(),
-            audit(),
-            CancellationToken::new(),
-        );
-        p.submit(action("k2", ActionName::NotifyOnCall, "m"))
-            .await
-            .unwrap();
-        let stats = p.stats.clone();
-        drain(p, set).await;
+        let stats = notify_through(&slack).await;
         assert_eq!(slack.calls().len(), 1);
         assert_eq!(count(&stats, "slack", OutcomeKind::DeadLettered), 1);
     }

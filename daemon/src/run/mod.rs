@@ -46,12 +46,15 @@ use self::dispatch::Dispatcher;
 use self::kafka::{GroupContext, KafkaConfig};
 use self::reload::Watched;
 pub use self::stats::LiveStats;
-use crate::act::audit::Audit;
+use crate::act::audit::{self, Audit};
 use crate::act::pipeline::{Pipeline, WorkerFailed};
 use crate::act::routes::{Route, Routes};
 use crate::config::Loaded;
 use crate::server::{Backend, Server};
 use crate::shared::{Command, Shared};
+
+/// How long the audit writer may take, at shutdown, to deliver what is queued.
+const AUDIT_FLUSH: Duration = Duration::from_secs(15);
 
 /// Why live mode stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -167,11 +170,15 @@ impl Live {
             .producer_config()
             .map_err(RunError::Config)?
             .create()?;
-        let audit = match &kafka.audit_topic {
-            Some(topic) => Audit::kafka(producer.clone(), topic.clone(), instance.clone()),
-            None => Audit::log_only(instance.clone()),
-        }
-        .with_shared(shared.clone());
+        let audit = Audit::log_only(instance.clone()).with_shared(shared.clone());
+        let (audit, audit_writer) = match &kafka.audit_topic {
+            Some(topic) => {
+                let (audit, writer) =
+                    audit.to_kafka(producer.clone(), topic.clone(), audit::DEFAULT_QUEUE);
+                (audit, Some(writer))
+            }
+            None => (audit, None),
+        };
         let (receivers, routes) = receivers(&loaded, connector).await?;
         let http = match &config.http {
             Some(http) => {
@@ -258,6 +265,10 @@ impl Live {
         );
         drop(consume);
         let drained = drain(workers, hurry, grace).await;
+        // Every publisher is gone now: the writer delivers what is queued.
+        if let Some(writer) = audit_writer {
+            writer.finish(AUDIT_FLUSH).await;
+        }
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
             Err(rdkafka::error::KafkaError::ConsumerCommit(
