@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use hashbrown::Equivalent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::analytics::{AnalyticsConfig, TrackWindow};
 use crate::event::{AlertEvent, AlertStatus, Event, InferenceEvent, MetricEvent, Track};
@@ -20,6 +20,8 @@ use crate::rule::{Rule, RuleSet};
 use crate::state::{AlertState, Observation, Phase, step};
 use crate::time::{Span, Timestamp};
 use crate::vocabulary::{TRACK_METRICS, TRACKS, VarKind, Vocabulary};
+
+pub mod checkpoint;
 
 /// The labels that identify a subject, e.g. `{model: summarizer}`.
 pub type Labels = Arc<BTreeMap<String, String>>;
@@ -112,7 +114,7 @@ pub enum Ingested {
 }
 
 /// Counters, for logs and metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStats {
     /// Events offered.
     pub events: u64,
@@ -145,7 +147,7 @@ pub struct AlertView<'a> {
     pub values: BTreeMap<String, f64>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Sample {
     value: f64,
     ts: Timestamp,
@@ -222,7 +224,7 @@ const ALERT_SLOTS: [(&str, Counts); 3] = [
     ("firing_alerts", |_| true),
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct AlertFlags {
     critical: bool,
     oom: bool,
@@ -240,6 +242,8 @@ struct Subject {
     firing: BTreeMap<(String, BTreeMap<String, String>), AlertFlags>,
     last_seen: Timestamp,
     stale: bool,
+    /// Changed since [`Engine::take_changed`] last saw it.
+    changed: bool,
 }
 
 struct GroupRule {
@@ -483,6 +487,7 @@ impl Engine {
             for subject in &mut group.subjects {
                 if !subject.stale && now.since(subject.last_seen) > stale_after {
                     subject.stale = true;
+                    subject.changed = true;
                     out.push(Output::Stale {
                         ts: now,
                         subject: subject.labels.clone(),
@@ -643,6 +648,7 @@ impl Engine {
             let Some(tracks) = subject.tracks.as_mut() else {
                 continue;
             };
+            subject.changed = true;
             // min_samples is applied per rule at evaluation time.
             let stats = [tracks[0].stats(now, 1), tracks[1].stats(now, 1)];
             for &slot in &group.computed_slots {
@@ -729,6 +735,7 @@ impl Engine {
                     firing: BTreeMap::new(),
                     last_seen: ts,
                     stale: false,
+                    changed: true,
                 });
                 group.index.insert(key, group.subjects.len() - 1);
                 group.subjects.len() - 1
@@ -737,6 +744,7 @@ impl Engine {
         let subject = &mut group.subjects[s];
         subject.last_seen = subject.last_seen.max(ts);
         subject.stale = false;
+        subject.changed = true;
         Some(s)
     }
 
@@ -785,6 +793,7 @@ impl Engine {
                 }
             }
         };
+        subject.changed = true;
         let mut state = subject.alerts.take(r);
         let due_before = state.due(&rule.timing);
         let change = step(&mut state, obs, at, &rule.timing);

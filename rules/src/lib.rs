@@ -15,7 +15,8 @@
 //! - [`state`]: the alert state machine, a pure `step` function.
 //! - [`subject`]: [`Subject`], how a subject's labels are written (`model=summarizer`).
 //! - [`event`]: the event schema and its decoder.
-//! - [`engine`]: events in, transitions out, driven by a watermark.
+//! - [`engine`]: events in, transitions out, driven by a watermark;
+//!   [`engine::checkpoint`] saves and restores its state by name.
 //! - [`analytics`]: per subject-track sliding windows over inference events.
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod time;
 pub mod vocabulary;
 mod yaml;
 
+pub use engine::checkpoint::{EngineCheckpoint, SubjectState};
 pub use engine::{Engine, EngineConfig, Ingested, Labels, Output, ReloadReport, Transition};
 pub use event::{Event, decode};
 pub use load::{LoadOptions, load_rules};

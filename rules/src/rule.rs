@@ -58,6 +58,19 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// What [`Rule::same_logic`] compares, as text: stored with saved alert
+    /// state, so that a restore carries an alert only to the same logic.
+    pub fn logic(&self) -> String {
+        format!(
+            "{}|{:?}|{:?}|{:?}|{:?}",
+            self.condition.source(),
+            self.condition.variables(),
+            self.timing,
+            self.group_by,
+            self.min_samples
+        )
+    }
+
     /// Whether this rule and `other` evaluate the same way, so that a reload
     /// may keep the alert state of one for the other.
     pub fn same_logic(&self, other: &Rule) -> bool {
