@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::changelog::{self, Acked, Changelog};
 use super::dead_letter::DeadLetters;
 use super::dispatch::Dispatcher;
 use super::kafka::{Assignment, GroupContext};
@@ -38,6 +39,9 @@ const BURST: u32 = 256;
 /// How long file changes must settle before a reload: editors and
 /// ConfigMap updates touch several files.
 const RELOAD_SETTLE: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the last checkpoint to be acknowledged.
+const CHANGELOG_FLUSH: Duration = Duration::from_secs(10);
 
 /// Why the loop ended.
 #[derive(Debug)]
@@ -88,6 +92,13 @@ pub(super) struct ConsumeLoop<'c> {
     pub(super) alertmanager: Engine,
     pub(super) outputs: Vec<Output>,
     pub(super) offsets: Offsets,
+    /// Where partition state is checkpointed, if anywhere.
+    pub(super) changelog: Option<Changelog>,
+    /// How the changelog is read back on assignment.
+    pub(super) reader: Option<rdkafka::ClientConfig>,
+    /// How often a checkpoint is taken.
+    pub(super) checkpoint_every: Duration,
+    pub(super) next_checkpoint: Instant,
     /// A consumed-messages counter per topic, taken once.
     pub(super) consumed: Vec<(String, Counter)>,
     pub(super) evaluations_seen: u64,
@@ -187,7 +198,7 @@ impl<'c> ConsumeLoop<'c> {
                     }
                 }
             };
-            self.rebalanced();
+            self.rebalanced().await;
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
@@ -196,12 +207,15 @@ impl<'c> ConsumeLoop<'c> {
                 }
             };
             match self.process(&message, now, shutdown).await {
-                Ok(true) => self.offsets.note(&message),
+                // With a changelog, offsets move only with checkpoints.
+                Ok(true) if self.changelog.is_none() => self.offsets.note(&message),
+                Ok(true) => {}
                 // Shutting down before it was dead-lettered: redelivered later.
                 Ok(false) => break Ended::Shutdown,
                 Err(Closed) => break Ended::PipelineClosed,
             }
         };
+        self.flush_changelog().await;
         self.offsets.store(consumer);
         (ended, server)
     }
@@ -216,6 +230,15 @@ impl<'c> ConsumeLoop<'c> {
         shutdown: &CancellationToken,
     ) -> Result<bool, Closed> {
         self.count(message.topic());
+        if self.changelog.is_some()
+            && let Some(state) = self
+                .partitions
+                .get_mut(message.topic(), message.partition())
+            && message.offset() < state.resume_from
+        {
+            // Already in the state restored from the changelog.
+            return Ok(true);
+        }
         let event = match message.payload().map(decode) {
             Some(Ok(event)) => event,
             failed => {
@@ -223,10 +246,17 @@ impl<'c> ConsumeLoop<'c> {
                     Some(Err(e)) => (e.kind.as_str(), e.message),
                     _ => ("missing_payload", "message has no payload".to_string()),
                 };
-                return Ok(self
+                let sent = self
                     .dead_letters
                     .send(message, reason, &detail, shutdown)
-                    .await);
+                    .await;
+                if sent && self.changelog.is_some() {
+                    let (topic, partition) = (message.topic(), message.partition());
+                    self.partitions
+                        .state(topic, partition, &self.loaded)
+                        .next_offset = Some(message.offset() + 1);
+                }
+                return Ok(sent);
             }
         };
         self.evaluate(message, &event, now);
@@ -268,11 +298,12 @@ impl<'c> ConsumeLoop<'c> {
             );
         }
         state.evaluated(now);
+        state.next_offset = Some(message.offset() + 1);
     }
 
     /// Once a tick: rebalances, idle partitions' event time, the snapshot.
     async fn on_tick(&mut self) -> Result<(), Ended> {
-        self.rebalanced();
+        self.rebalanced().await;
         for (partition, state) in self.partitions.iter_mut() {
             state.advance_idle(&mut self.outputs);
             if !self.outputs.is_empty() {
@@ -291,15 +322,103 @@ impl<'c> ConsumeLoop<'c> {
                 .chain(std::iter::once(&mut self.alertmanager));
             snapshot::refresh(&self.shared, engines, &mut self.evaluations_seen);
         }
+        if Instant::now() >= self.next_checkpoint {
+            self.next_checkpoint = Instant::now() + self.checkpoint_every;
+            self.checkpoint();
+        }
+        self.checkpoints_acknowledged();
         Ok(())
+    }
+
+    /// The checkpoint stage: each partition's changed subjects, and a
+    /// marker with the offset they reflect, to the changelog. Never waits
+    /// for the broker.
+    fn checkpoint(&mut self) {
+        let Some(changelog) = self.changelog.as_mut() else {
+            return;
+        };
+        for (topic, partition, state) in self.partitions.iter_all_mut() {
+            let Some(next_offset) = state.next_offset else {
+                continue;
+            };
+            let subjects = if state.rewrite_all {
+                // Drain the changed set too, so it does not grow.
+                let _ = state.engine.take_changed();
+                state.engine.subject_states()
+            } else {
+                state.engine.take_changed()
+            };
+            // Idle time firing a timer changes state without input: that is
+            // written too, so a restart does not decide it again.
+            if subjects.is_empty() && state.checkpointed == Some(next_offset) {
+                continue;
+            }
+            let generation = state.generation + 1;
+            let engine = state.engine.checkpoint();
+            match changelog.write(topic, partition, generation, next_offset, engine, subjects) {
+                Ok(()) => {
+                    state.generation = generation;
+                    state.checkpointed = Some(next_offset);
+                    state.rewrite_all = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, partition, "checkpoint not written; the next one writes everything");
+                    state.rewrite_all = true;
+                }
+            }
+        }
+    }
+
+    /// Commits what acknowledged checkpoints reflect.
+    fn checkpoints_acknowledged(&mut self) {
+        let Some(changelog) = self.changelog.as_mut() else {
+            return;
+        };
+        for acked in changelog.acknowledged() {
+            match acked {
+                Acked::Commit {
+                    topic,
+                    partition,
+                    next_offset,
+                } => self.offsets.note_offset(&topic, partition, next_offset - 1),
+                Acked::Failed {
+                    topic,
+                    partition,
+                    why,
+                } => {
+                    tracing::warn!(error = %why, %topic, partition, "checkpoint not acknowledged; the next one writes everything");
+                    if let Some(state) = self.partitions.get_mut(&topic, partition) {
+                        state.rewrite_all = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// At shutdown: a last checkpoint, and its acknowledgement (bounded),
+    /// so that the next owner replays nothing.
+    async fn flush_changelog(&mut self) {
+        if self.changelog.is_none() {
+            return;
+        }
+        self.checkpoint();
+        let limit = Instant::now() + CHANGELOG_FLUSH;
+        while self.changelog.as_ref().is_some_and(Changelog::busy) && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.checkpoints_acknowledged();
+        }
+        self.checkpoints_acknowledged();
     }
 
     /// Applies assignment changes. Ready means owning at least one
     /// partition: a member that owns nothing serves no one's events.
-    fn rebalanced(&mut self) {
+    async fn rebalanced(&mut self) {
         let mut changed = false;
         while let Ok(change) = self.assignments.try_recv() {
-            self.partitions.apply(change, &self.loaded, &self.instance);
+            let assigned = self.partitions.apply(change, &self.loaded, &self.instance);
+            for (topic, partition) in assigned {
+                self.restore(&topic, partition).await;
+            }
             changed = true;
         }
         if changed {
@@ -308,6 +427,48 @@ impl<'c> ConsumeLoop<'c> {
                 tracing::warn!(instance = %self.instance, "no partition assigned: not ready");
             }
             self.shared.set_ready(owned > 0);
+        }
+    }
+
+    /// Restores an assigned partition's state from the changelog, if there
+    /// is one. Unreadable, it is rebuilt from the input from the committed
+    /// offset on, and says so.
+    async fn restore(&mut self, topic: &str, partition: i32) {
+        let (Some(changelog), Some(reader)) = (&self.changelog, &self.reader) else {
+            return;
+        };
+        let started = Instant::now();
+        let (reader, changelog_topic, input) = (
+            reader.clone(),
+            changelog.topic().to_string(),
+            topic.to_string(),
+        );
+        let read = tokio::task::spawn_blocking(move || {
+            changelog::restore(&reader, &changelog_topic, &input, partition)
+        })
+        .await;
+        match read {
+            Ok(Ok(Some(restored))) => {
+                let subjects = restored.subjects.len();
+                let next_offset = restored.next_offset;
+                let generation = restored.generation;
+                let state = PartitionState::restored(&self.loaded, restored);
+                self.partitions.insert(topic, partition, state);
+                tracing::info!(topic, partition, subjects, next_offset, generation, took = ?started.elapsed(), "partition state restored from the changelog");
+            }
+            Ok(Ok(None)) => {
+                tracing::info!(
+                    topic,
+                    partition,
+                    "no checkpoint in the changelog: starting from an empty state"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, topic, partition, "changelog unreadable: rebuilding this partition's state from the input");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, topic, partition, "changelog restore failed: rebuilding this partition's state from the input");
+            }
         }
     }
 

@@ -31,6 +31,17 @@ pub struct KafkaConfig {
     /// Where transitions and action outcomes are published as JSON.
     #[serde(default)]
     pub audit_topic: Option<String>,
+    /// Where each input partition's evaluation state is checkpointed
+    /// (compacted; at least as many partitions as the input topics), so
+    /// that a restart or a partition move carries on where it stood.
+    /// Without it, a new owner starts from an empty state.
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
+    /// How often changed state is written to the changelog. Offsets are
+    /// committed only once the state they reflect is in the changelog, so
+    /// this is also how much input a new owner replays at most.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: Span,
     /// Extra librdkafka properties, passed through: `security.protocol`,
     /// `sasl.*`, `ssl.*`, ... Secrets must come from `{env: NAME}` or `{file: PATH}`.
     #[serde(default)]
@@ -62,6 +73,9 @@ fn default_fetch_wait() -> Span {
 }
 fn default_fetch_queue_backoff() -> Span {
     Span(5)
+}
+fn default_checkpoint_interval() -> Span {
+    Span::seconds(1)
 }
 fn default_commit_interval() -> Span {
     Span::seconds(1)
@@ -109,6 +123,17 @@ impl KafkaConfig {
         }
         if self.topics.contains(&self.dead_letter_topic) {
             out.push("kafka.dead_letter_topic must not be one of kafka.topics".to_string());
+        }
+        if let Some(changelog) = &self.changelog_topic {
+            if self.topics.contains(changelog) || *changelog == self.dead_letter_topic {
+                out.push(
+                    "kafka.changelog_topic must be a topic of its own, not an input or the dead-letter topic"
+                        .to_string(),
+                );
+            }
+            if self.checkpoint_interval.millis() <= 0 {
+                out.push("kafka.checkpoint_interval must be longer than 0s".to_string());
+            }
         }
         for (key, value) in &self.properties {
             if let Some((_, instead)) = MANAGED.iter().find(|(k, _)| k == key) {
@@ -166,7 +191,24 @@ impl KafkaConfig {
         Ok(config)
     }
 
-    /// The producer's configuration: idempotent, acknowledged by all replicas.
+    /// A consumer outside the group, for reading a changelog partition
+    /// from its beginning.
+    pub fn reader_config(&self) -> Result<ClientConfig, String> {
+        let mut config = self.common()?;
+        config
+            .set("group.id", format!("{}-changelog-reader", self.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "fetch.wait.max.ms",
+                self.fetch_wait_max.millis().max(0).to_string(),
+            )
+            .set("enable.partition.eof", "false");
+        Ok(config)
+    }
+
+    /// The producer's configuration: acknowledged by all replicas.
     pub fn producer_config(&self) -> Result<ClientConfig, String> {
         let mut config = self.common()?;
         config

@@ -13,11 +13,14 @@
 //! - [`dispatch`]: the record and act stages: audit trail, silences, pipeline.
 //! - [`dead_letter`]: malformed messages to the dead-letter topic.
 //! - [`offsets`]: the commit stage: processed offsets, stored in batches.
+//! - [`changelog`]: each partition's state, checkpointed to a compacted
+//!   topic and restored by the partition's next owner.
 //! - [`reload`]: reloading the config, and the file watcher that asks for it.
 //! - [`snapshot`]: what the HTTP side shows of the engines.
 //! - [`kafka`]: Kafka settings and the consumer group context.
 //! - [`stats`]: counters of what the loop did.
 
+mod changelog;
 mod consume;
 mod dead_letter;
 mod dispatch;
@@ -40,6 +43,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::changelog::Changelog;
 use self::consume::{ConsumeLoop, Ended, Inputs};
 use self::dead_letter::DeadLetters;
 use self::dispatch::Dispatcher;
@@ -195,6 +199,10 @@ impl Live {
         };
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| RunError::Config(format!("cannot listen for SIGHUP: {e}")))?;
+        let reader = match &kafka.changelog_topic {
+            Some(_) => Some(kafka.reader_config().map_err(RunError::Config)?),
+            None => None,
+        };
         let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
 
@@ -217,6 +225,10 @@ impl Live {
             .and_then(|path| reload::watch(Watched::new(path, &config.rules), file_tx));
         tracing::info!(%instance, topics = ?kafka.topics, group = %kafka.group_id, rules = loaded.rules.len(), "consuming");
 
+        let changelog = kafka
+            .changelog_topic
+            .clone()
+            .map(|topic| Changelog::new(producer.clone(), topic));
         let mut consume = ConsumeLoop {
             consumer: &consumer,
             assignments,
@@ -243,6 +255,14 @@ impl Live {
             partitions: Default::default(),
             outputs: Vec::new(),
             offsets: Default::default(),
+            changelog,
+            reader,
+            checkpoint_every: Duration::from_millis(
+                u64::try_from(kafka.checkpoint_interval.millis())
+                    .unwrap_or(1000)
+                    .max(1),
+            ),
+            next_checkpoint: std::time::Instant::now(),
             consumed: Vec::new(),
             evaluations_seen: 0,
         };

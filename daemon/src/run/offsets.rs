@@ -18,13 +18,18 @@ pub(super) struct Offsets {
 impl Offsets {
     /// Records that `message` has been evaluated and its actions accepted.
     pub(super) fn note(&mut self, message: &BorrowedMessage<'_>) {
-        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        self.note_offset(message.topic(), message.partition(), message.offset());
+    }
+
+    /// Records that the message at `offset` is processed (with a
+    /// changelog: its state is checkpointed).
+    pub(super) fn note_offset(&mut self, topic: &str, partition: i32, offset: i64) {
         match self
             .offsets
             .iter_mut()
             .find(|(t, p, _)| *p == partition && t == topic)
         {
-            Some(entry) => entry.2 = offset,
+            Some(entry) => entry.2 = entry.2.max(offset),
             None => self.offsets.push((topic.to_string(), partition, offset)),
         }
     }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use canaryd_rules::{Engine, Output, Timestamp};
 
+use super::changelog::Restored;
 use super::kafka::Assignment;
 use crate::config::Loaded;
 
@@ -18,6 +19,16 @@ pub(super) struct PartitionState {
     last_event_at: Instant,
     /// The watermark right after that event.
     watermark_then: Option<Timestamp>,
+    /// The offset after the last message processed.
+    pub(super) next_offset: Option<i64>,
+    /// With a changelog: the offset its last checkpoint reflects.
+    pub(super) checkpointed: Option<i64>,
+    /// With a changelog: the last checkpoint's generation.
+    pub(super) generation: u64,
+    /// Input before this offset is already in the restored state.
+    pub(super) resume_from: i64,
+    /// A checkpoint failed: the next one writes every subject.
+    pub(super) rewrite_all: bool,
 }
 
 impl PartitionState {
@@ -31,6 +42,33 @@ impl PartitionState {
             ),
             last_event_at: Instant::now(),
             watermark_then: None,
+            next_offset: None,
+            checkpointed: None,
+            generation: 0,
+            resume_from: 0,
+            rewrite_all: false,
+        }
+    }
+
+    /// The state a changelog checkpoint saved, for the rules of `loaded`.
+    pub(super) fn restored(loaded: &Loaded, restored: Restored) -> PartitionState {
+        let watermark = restored.engine.watermark;
+        let engine = Engine::restore(
+            loaded.rules.clone(),
+            &loaded.vocabulary,
+            loaded.engine_config(),
+            restored.engine,
+            restored.subjects,
+        );
+        PartitionState {
+            engine,
+            last_event_at: Instant::now(),
+            watermark_then: watermark,
+            next_offset: Some(restored.next_offset),
+            checkpointed: Some(restored.next_offset),
+            generation: restored.generation,
+            resume_from: restored.next_offset,
+            rewrite_all: false,
         }
     }
 
@@ -74,17 +112,21 @@ impl Partitions {
     }
 
     /// Applies an assignment change: revoked partitions lose their state,
-    /// assigned ones start fresh.
-    pub(super) fn apply(&mut self, change: Assignment, loaded: &Loaded, instance: &str) {
+    /// assigned ones start fresh. Returns the partitions assigned, for a
+    /// caller that restores their state.
+    pub(super) fn apply(
+        &mut self,
+        change: Assignment,
+        loaded: &Loaded,
+        instance: &str,
+    ) -> Vec<(String, i32)> {
         match change {
             Assignment::Assigned(list) => {
                 tracing::info!(%instance, partitions = ?list, "partitions assigned");
-                for (topic, partition) in list {
-                    self.by_topic
-                        .entry(topic)
-                        .or_default()
-                        .insert(partition, PartitionState::new(loaded));
+                for (topic, partition) in &list {
+                    self.insert(topic, *partition, PartitionState::new(loaded));
                 }
+                list
             }
             Assignment::Revoked(list) => {
                 tracing::info!(%instance, partitions = ?list, "partitions revoked");
@@ -93,8 +135,33 @@ impl Partitions {
                         by_partition.remove(&partition);
                     }
                 }
+                Vec::new()
             }
         }
+    }
+
+    /// Sets the state of `partition` of `topic`.
+    pub(super) fn insert(&mut self, topic: &str, partition: i32, state: PartitionState) {
+        self.by_topic
+            .entry_ref(topic)
+            .or_default()
+            .insert(partition, state);
+    }
+
+    /// Every partition with its topic and state.
+    pub(super) fn iter_all_mut(
+        &mut self,
+    ) -> impl Iterator<Item = (&str, i32, &mut PartitionState)> {
+        self.by_topic.iter_mut().flat_map(|(topic, by_partition)| {
+            by_partition
+                .iter_mut()
+                .map(move |(partition, state)| (topic.as_str(), *partition, state))
+        })
+    }
+
+    /// The state of `partition` of `topic`, if owned.
+    pub(super) fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionState> {
+        self.by_topic.get_mut(topic)?.get_mut(&partition)
     }
 
     /// How many partitions are owned.
