@@ -186,10 +186,16 @@ impl Changelog {
             .map_err(|(e, _)| format!("changelog {}: {e}", self.topic))
     }
 
-    /// The checkpoints finished since the last call, oldest first.
+    /// The checkpoints finished since the last call, oldest first. A
+    /// checkpoint is committed only after every earlier one of its
+    /// partition: a later marker relies on the subjects the earlier ones
+    /// wrote. Once one fails, the later ones of its partition fail with it.
     pub(super) fn acknowledged(&mut self) -> Vec<Acked> {
         let mut done = Vec::new();
         let mut still = Vec::with_capacity(self.in_flight.len());
+        // Partitions with an earlier checkpoint still on its way, or failed.
+        let mut waiting: Vec<(String, i32)> = Vec::new();
+        let mut failed_parts: Vec<(String, i32, String)> = Vec::new();
         for mut checkpoint in std::mem::take(&mut self.in_flight) {
             let mut failed = None;
             checkpoint
@@ -206,19 +212,26 @@ impl Changelog {
                         false
                     }
                 });
-            if let Some(why) = failed {
+            let part = (checkpoint.topic.clone(), checkpoint.partition);
+            let earlier_failed = failed_parts
+                .iter()
+                .find(|(t, p, _)| *t == part.0 && *p == part.1)
+                .map(|(_, _, why)| why.clone());
+            if let Some(why) = failed.or(earlier_failed) {
+                failed_parts.push((part.0.clone(), part.1, why.clone()));
                 done.push(Acked::Failed {
                     topic: checkpoint.topic,
                     partition: checkpoint.partition,
                     why,
                 });
-            } else if checkpoint.deliveries.is_empty() {
+            } else if checkpoint.deliveries.is_empty() && !waiting.contains(&part) {
                 done.push(Acked::Commit {
                     topic: checkpoint.topic,
                     partition: checkpoint.partition,
                     next_offset: checkpoint.next_offset,
                 });
             } else {
+                waiting.push(part);
                 still.push(checkpoint);
             }
         }
