@@ -1,0 +1,322 @@
+//! Fault drills: canaryd killed, restarted and moved while an incident is
+//! under way, against a real broker (Tansu), the Kubernetes API fixture
+//! and a PagerDuty-compatible receiver. Durations are compressed; every
+//! check is on event time or on counts, never on how long something took.
+//! Each drill prints what it checked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use canaryd_tests::Daemon;
+use canaryd_tests::kafka::{Record, producer, read_until, send};
+use canaryd_tests::kube_fixture::KubeFixture;
+use canaryd_tests::receivers::{PAGERDUTY_PATH, Receivers};
+use canaryd_tests::tansu::Tansu;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+
+/// Upper bound for waiting on the broker or the daemon; never an assertion.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The drill rule's `duration`.
+const HOLD_S: i64 = 12;
+
+/// Everything a drill runs against.
+struct Rig {
+    broker: Tansu,
+    kube: KubeFixture,
+    pager: Receivers,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Rig {
+    async fn start(group: &str) -> Rig {
+        let broker = Tansu::start();
+        broker
+            .create_topics(&[
+                ("events", 1),
+                ("events-dlq", 1),
+                ("canaryd-audit", 1),
+                ("canaryd-changelog", 1),
+            ])
+            .await;
+        let kube = KubeFixture::start();
+        kube.put(KubeFixture::virtual_service(
+            "ml-serving",
+            "model-summarizer",
+            90,
+            10,
+        ));
+        let pager = Receivers::start();
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.yaml");
+        std::fs::write(
+            &rules,
+            format!(
+                "alerts:
+  - name: Drill Canary Errors
+    condition: canary_error_rate > 0.05
+    duration: {HOLD_S}s
+    severity: critical
+    action: [auto_rollback, notify_on_call]
+"
+            ),
+        )
+        .unwrap();
+        let routing_key = dir.path().join("routing-key");
+        std::fs::write(&routing_key, "R0UT1NGKEY").unwrap();
+        let config = dir.path().join("canaryd.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "rules: [{rules}]
+receivers:
+  kube:
+    type: kube
+    kubeconfig: {kubeconfig}
+    target: {{kind: VirtualService, namespace: ml-serving, name: 'model-{{{{ model }}}}'}}
+  pager: {{type: pagerduty, routing_key: {{file: {routing_key}}}, url: '{pd}'}}
+routes:
+  auto_rollback: {{receivers: [kube]}}
+  notify_on_call: {{receivers: [pager]}}
+kafka:
+  brokers: {bootstrap}
+  group_id: {group}
+  topics: [events]
+  dead_letter_topic: events-dlq
+  audit_topic: canaryd-audit
+  changelog_topic: canaryd-changelog
+  session_timeout: 6s
+",
+                rules = rules.display(),
+                routing_key = routing_key.display(),
+                kubeconfig = kube.kubeconfig().display(),
+                pd = pager.pagerduty_url(),
+                bootstrap = broker.bootstrap(),
+            ),
+        )
+        .unwrap();
+        Rig {
+            broker,
+            kube,
+            pager,
+            dir,
+            config,
+        }
+    }
+
+    fn spawn(&self, name: &str) -> Daemon {
+        Daemon::spawn(
+            &["run", "--config", self.config.to_str().unwrap()],
+            self.dir.path().join(format!("{name}.log")),
+        )
+    }
+
+    fn audit_until(&self, done: impl Fn(&[Record]) -> bool) -> Vec<Value> {
+        read_until(&self.broker.bootstrap(), "canaryd-audit", WAIT, done)
+            .iter()
+            .map(Record::json)
+            .collect()
+    }
+
+    /// PATCH requests that reached the VirtualService.
+    fn patches(&self) -> usize {
+        self.kube
+            .requests_matching("PATCH", "/virtualservices/model-summarizer")
+            .len()
+    }
+
+    /// PagerDuty trigger events accepted.
+    fn pages(&self) -> Vec<Value> {
+        self.pager
+            .accepted(PAGERDUTY_PATH)
+            .iter()
+            .map(|r| r.json())
+            .filter(|e| e["event_action"] == "trigger")
+            .collect()
+    }
+
+    fn canary_weight(&self) -> Value {
+        let vs = self
+            .kube
+            .object("VirtualService", "ml-serving", "model-summarizer")
+            .unwrap();
+        vs["spec"]["http"][0]["route"][1]["weight"].clone()
+    }
+}
+
+fn firing(records: &[Record]) -> bool {
+    records
+        .iter()
+        .map(Record::json)
+        .any(|r| r["kind"] == "transition" && r["to"] == "firing")
+}
+
+fn rolled_back(records: &[Record]) -> bool {
+    records
+        .iter()
+        .map(Record::json)
+        .any(|r| r["kind"] == "outcome" && r["connector"] == "kube" && r["outcome"] == "succeeded")
+}
+
+/// A stream of the canary's error rate, one event every 100 ms stamped
+/// with the wall clock: healthy until `bad` is set.
+struct Feed {
+    bad: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// The event time of the first unhealthy event.
+    first_bad: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Feed {
+    fn start(bootstrap: &str) -> Feed {
+        let p = producer(bootstrap);
+        let bad = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let first_bad = Arc::new(std::sync::Mutex::new(None));
+        let (b, s, f) = (bad.clone(), stop.clone(), first_bad.clone());
+        let task = tokio::spawn(async move {
+            // Bounded: a drill never runs for more than a few minutes.
+            for _ in 0..6_000 {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let now = Utc::now();
+                let unhealthy = b.load(Ordering::SeqCst);
+                if unhealthy {
+                    f.lock().unwrap().get_or_insert(now);
+                }
+                let value = if unhealthy { 0.2 } else { 0.001 };
+                let event = format!(
+                    r#"{{"type":"metric","ts":"{}","name":"canary_error_rate","value":{value},"labels":{{"model":"summarizer","namespace":"ml-serving"}}}}"#,
+                    now.to_rfc3339_opts(SecondsFormat::Millis, true)
+                );
+                send(&p, "events", 0, "summarizer", event.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Feed {
+            bad,
+            stop,
+            first_bad,
+            task,
+        }
+    }
+
+    /// Starts the incident; returns the event time it starts at.
+    async fn go_bad(&self) -> DateTime<Utc> {
+        self.bad.store(true, Ordering::SeqCst);
+        for _ in 0..100 {
+            if let Some(t) = *self.first_bad.lock().unwrap() {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the feed sent no unhealthy event");
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+    }
+}
+
+fn ts(value: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(value.as_str().unwrap())
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn wait_for_assignment(daemon: &Daemon) {
+    assert!(
+        daemon.wait_for_log("partitions assigned", WAIT),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// Prints one check of a drill and fails the drill if it does not hold;
+/// `context` (the daemons' logs) is shown only on failure.
+fn check(what: &str, ok: bool, detail: impl std::fmt::Display, context: &str) {
+    println!(
+        "drill check: {what}: {} ({detail})",
+        if ok { "ok" } else { "FAILED" }
+    );
+    assert!(ok, "{what}: {detail}\n{context}");
+}
+
+/// `kill -9` in the pending window, then a restart at once: the alert
+/// fires at the deadline set by the breach's start, not a full window
+/// after the restart, and acts once.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_in_the_pending_window_fires_at_the_original_deadline_once() {
+    let rig = Rig::start("drill-kill-pending").await;
+    let first = rig.spawn("first");
+    wait_for_assignment(&first);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let breach = feed.go_bad().await;
+    // Into the window, with at least one checkpoint of the pending state.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !rolled_back(&read_until(
+            &rig.broker.bootstrap(),
+            "canaryd-audit",
+            Duration::from_secs(1),
+            |_| false
+        )),
+        "fired before the kill: the drill proves nothing"
+    );
+    first.signal("KILL");
+    drop(first);
+    let second = rig.spawn("second");
+    wait_for_assignment(&second);
+    let audit = rig.audit_until(|r| firing(r) && rolled_back(r));
+    feed.stop().await;
+
+    let logs = second.log_text();
+    let fired: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["kind"] == "transition" && r["to"] == "firing")
+        .collect();
+    check(
+        "one firing transition",
+        fired.len() == 1,
+        fired.len(),
+        &logs,
+    );
+    let deadline = breach + chrono::Duration::seconds(HOLD_S);
+    let off = (ts(&fired[0]["ts"]) - deadline).num_milliseconds();
+    check(
+        "fired at the original deadline ±1 s (event time)",
+        off.abs() <= 1_000,
+        format!("{off} ms from {deadline}"),
+        &logs,
+    );
+    check(
+        "restored from the changelog",
+        logs.contains("partition state restored from the changelog"),
+        "log of the second process",
+        &logs,
+    );
+    check(
+        "one PATCH of the VirtualService",
+        rig.patches() == 1,
+        rig.patches(),
+        &logs,
+    );
+    check(
+        "the canary's weight is 0",
+        rig.canary_weight() == 0,
+        rig.canary_weight(),
+        &logs,
+    );
+    let pages = rig.pages();
+    check("one page", pages.len() == 1, pages.len(), &logs);
+}
