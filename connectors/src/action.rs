@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use canaryd_rules::condition::Threshold;
 use canaryd_rules::{ActionName, Severity, Span, Subject, Timestamp};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One thing to do because a rule fired for a subject.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Action {
     /// Rule + subject + when the firing episode started. A re-fired or
     /// re-delivered action with the same key must not act twice.
@@ -46,7 +46,7 @@ impl Action {
 }
 
 /// The facts behind an action.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     /// The condition as written.
     pub condition: String,

@@ -182,6 +182,30 @@ pub struct Threshold {
     pub value: f64,
 }
 
+/// The comparisons a [`Threshold`] can hold.
+const COMPARISONS: [&str; 6] = [">", "<", ">=", "<=", "==", "!="];
+
+impl<'de> serde::Deserialize<'de> for Threshold {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            variable: String,
+            op: String,
+            value: f64,
+        }
+        let raw = Raw::deserialize(d)?;
+        let op = COMPARISONS
+            .into_iter()
+            .find(|c| *c == raw.op)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown comparison {:?}", raw.op)))?;
+        Ok(Threshold {
+            variable: raw.variable,
+            op,
+            value: raw.value,
+        })
+    }
+}
+
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "a string",

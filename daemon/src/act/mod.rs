@@ -4,5 +4,6 @@
 
 pub mod audit;
 pub mod decide;
+pub mod outbox;
 pub mod pipeline;
 pub mod routes;

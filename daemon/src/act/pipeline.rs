@@ -12,6 +12,11 @@
 //!   and escalated to the `notify_on_call` receivers with the reason.
 //! - Notifications over a receiver's rate limit are held and sent as one
 //!   summary, never dropped. Traffic changes are never rate limited.
+//! - An action decided by an input partition's events is tracked in the
+//!   [`Outbox`] until its receiver is finished with it, so a checkpoint
+//!   never commits past an action that is neither done nor written down.
+//!   Actions abandoned at shutdown stay there for the partition's next
+//!   owner.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -29,6 +34,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::act::audit::Audit;
+use crate::act::outbox::{Origin, Outbox, Pending};
 use crate::act::routes::Routes;
 use crate::dedup::DedupSet;
 use crate::shared::Shared;
@@ -123,8 +129,12 @@ impl PipelineStats {
 
 /// Work for a receiver.
 enum Job {
-    /// Carry out an action.
-    Fire { action: Action, accepted: Instant },
+    /// Carry out an action; `origin` is the partition whose outbox tracks it.
+    Fire {
+        action: Action,
+        accepted: Instant,
+        origin: Option<Origin>,
+    },
     /// Tell the receiver the alert behind the action resolved.
     Resolve(Action),
 }
@@ -141,6 +151,7 @@ pub struct Pipeline {
     lanes: Arc<Vec<Lane>>,
     routes: Arc<HashMap<ActionName, (Vec<usize>, bool)>>,
     audit: Audit,
+    outbox: Outbox,
     /// Outcome counters.
     pub stats: Arc<PipelineStats>,
 }
@@ -200,10 +211,12 @@ impl Pipeline {
             });
             rxs.push(rx);
         }
+        let outbox = Outbox::default();
         let pipeline = Pipeline {
             lanes: Arc::new(txs),
             routes: Arc::new(route_map),
             audit: audit.clone(),
+            outbox: outbox.clone(),
             stats: stats.clone(),
         };
         let mut set = JoinSet::new();
@@ -225,6 +238,7 @@ impl Pipeline {
                 held: Mutex::new(Vec::new()),
                 seen: Mutex::new(DedupSet::new(DEDUP_MEMORY)),
                 hurry: hurry.clone(),
+                outbox: outbox.clone(),
             };
             set.spawn(Arc::new(lane).run(rx));
         }
@@ -234,7 +248,17 @@ impl Pipeline {
     /// Queues `action` for every receiver its route names; returns once all
     /// have taken it. An action with no route is recorded as failed, never
     /// silently dropped.
-    pub async fn submit(&self, mut action: Action) -> Result<(), Closed> {
+    pub async fn submit(&self, action: Action) -> Result<(), Closed> {
+        self.submit_from(action, None).await
+    }
+
+    /// [`Pipeline::submit`], tracked in `origin`'s outbox until each
+    /// receiver is finished with it.
+    pub async fn submit_from(
+        &self,
+        mut action: Action,
+        origin: Option<&Origin>,
+    ) -> Result<(), Closed> {
         let Some((lanes, dry_run)) = self.routes.get(&action.action) else {
             let outcome = Outcome {
                 key: action.key.clone(),
@@ -250,13 +274,51 @@ impl Pipeline {
         action.dry_run |= *dry_run;
         let accepted = Instant::now();
         for &lane in lanes {
+            let lane = &self.lanes[lane];
+            if let Some(origin) = origin {
+                self.outbox.add(origin, &lane.name, &action);
+            }
             let job = Job::Fire {
                 action: action.clone(),
                 accepted,
+                origin: origin.cloned(),
             };
-            self.lanes[lane].tx.send(job).await.map_err(|_| Closed)?;
+            lane.tx.send(job).await.map_err(|_| Closed)?;
         }
         Ok(())
+    }
+
+    /// Hands an action restored from `origin`'s outbox back to its
+    /// receiver. Its deadline counts from now. A receiver no longer
+    /// configured gets it recorded as failed.
+    pub async fn resubmit(&self, pending: Pending, origin: &Origin) -> Result<(), Closed> {
+        let Pending { receiver, action } = pending;
+        let Some(lane) = self.lanes.iter().find(|l| l.name == receiver) else {
+            let outcome = Outcome {
+                key: action.key.clone(),
+                connector: receiver.clone(),
+                kind: OutcomeKind::Failed,
+                dry_run: action.dry_run,
+                detail: format!(
+                    "restored from the outbox, but receiver {receiver} is no longer configured"
+                ),
+            };
+            self.stats.count(&receiver, OutcomeKind::Failed);
+            record(&self.audit, &action, &outcome).await;
+            return Ok(());
+        };
+        self.outbox.add(origin, &lane.name, &action);
+        let job = Job::Fire {
+            action,
+            accepted: Instant::now(),
+            origin: Some(origin.clone()),
+        };
+        lane.tx.send(job).await.map_err(|_| Closed)
+    }
+
+    /// The outbox of every partition's unfinished actions.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     /// Tells every receiver of the action's route that its alert resolved.
@@ -297,11 +359,21 @@ struct LaneWorker {
     /// Notifications per subject.
     limiter: DefaultKeyedRateLimiter<String>,
     /// Notifications over the limit, waiting for the next summary.
-    held: Mutex<Vec<Action>>,
+    held: Mutex<Vec<(Action, Option<Origin>)>>,
     /// Idempotency keys acted on recently.
     seen: Mutex<DedupSet<String>>,
     /// Cancelled when the shutdown grace period is over.
     hurry: CancellationToken,
+    /// Told when this receiver is finished with an action.
+    outbox: Outbox,
+}
+
+/// How an attempt to carry out an action ended, when not in success.
+enum Unfinished {
+    /// For good: failed, or out of time. Recorded as `kind`.
+    Given(OutcomeKind, String),
+    /// Stopped by shutdown.
+    Abandoned(String),
 }
 
 impl LaneWorker {
@@ -360,7 +432,11 @@ impl LaneWorker {
 
     async fn handle(&self, job: Job) {
         match job {
-            Job::Fire { action, accepted } => {
+            Job::Fire {
+                action,
+                accepted,
+                origin,
+            } => {
                 let first = self
                     .seen
                     .lock()
@@ -368,13 +444,13 @@ impl LaneWorker {
                     .insert(action.key.clone());
                 if !first {
                     tracing::info!(receiver = self.name(), key = %action.key, "duplicate action ignored");
+                    self.finished(origin.as_ref(), &action);
                     return;
                 }
                 self.outcome(self.name(), &action, OutcomeKind::Accepted, String::new())
                     .await;
                 if self.hurry.is_cancelled() {
-                    let why = "abandoned at shutdown before the first attempt".to_string();
-                    self.outcome(self.name(), &action, OutcomeKind::DeadLettered, why)
+                    self.abandon(&action, origin.as_ref(), "before the first attempt".into())
                         .await;
                     return;
                 }
@@ -382,10 +458,14 @@ impl LaneWorker {
                     self.held
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push(action);
+                        .push((action, origin));
                     return;
                 }
-                self.deliver(action, accepted, true).await;
+                if self.deliver(&action, accepted, true).await {
+                    self.finished(origin.as_ref(), &action);
+                } else {
+                    self.abandon(&action, origin.as_ref(), String::new()).await;
+                }
             }
             Job::Resolve(action) => {
                 let Some(call) = self.connector.resolve(&action) else {
@@ -425,31 +505,63 @@ impl LaneWorker {
             .is_ok()
     }
 
+    /// This receiver is finished with one submission of `action`.
+    fn finished(&self, origin: Option<&Origin>, action: &Action) {
+        if let Some(origin) = origin {
+            self.outbox.finished(origin, &action.key, self.name());
+        }
+    }
+
+    /// Shutdown stopped `action`. Tracked in an outbox, it stays there for
+    /// the partition's next owner; otherwise it is dead-lettered.
+    async fn abandon(&self, action: &Action, origin: Option<&Origin>, why: String) {
+        let (kind, detail) = match origin {
+            Some(_) => (
+                OutcomeKind::Retried,
+                format!(
+                    "abandoned at shutdown {why}; kept in the outbox for the partition's next owner"
+                ),
+            ),
+            None => (
+                OutcomeKind::DeadLettered,
+                format!("abandoned at shutdown {why}"),
+            ),
+        };
+        self.outcome(self.name(), action, kind, detail).await;
+    }
+
     /// Carries `action` out through this receiver; on failure records it,
     /// dead-letters it and (unless it is itself an escalation) tells on-call.
-    async fn deliver(&self, action: Action, accepted: Instant, may_escalate: bool) {
-        let Err((kind, failure)) = self
-            .attempt(self.connector.as_ref(), &action, accepted)
+    /// `false` when shutdown stopped it before it was either done or given
+    /// up on.
+    async fn deliver(&self, action: &Action, accepted: Instant, may_escalate: bool) -> bool {
+        let (kind, failure) = match self
+            .attempt(self.connector.as_ref(), action, accepted)
             .await
-        else {
-            return;
+        {
+            Ok(()) => return true,
+            Err(Unfinished::Abandoned(why)) => {
+                tracing::info!(receiver = self.name(), key = %action.key, %why, "action abandoned at shutdown");
+                return false;
+            }
+            Err(Unfinished::Given(kind, failure)) => (kind, failure),
         };
-        self.outcome(self.name(), &action, kind, failure.clone())
+        self.outcome(self.name(), action, kind, failure.clone())
             .await;
         if kind == OutcomeKind::Failed {
             // A permanent failure is dead-lettered too, so the action is kept.
             self.outcome(
                 self.name(),
-                &action,
+                action,
                 OutcomeKind::DeadLettered,
                 failure.clone(),
             )
             .await;
         }
         if !may_escalate {
-            return;
+            return true;
         }
-        let escalation = escalation_for(&action, self.name(), &failure);
+        let escalation = escalation_for(action, self.name(), &failure);
         let mut told = Vec::new();
         for target in &self.oncall {
             match self
@@ -457,7 +569,14 @@ impl LaneWorker {
                 .await
             {
                 Ok(()) => told.push(target.name().to_string()),
-                Err((kind, why)) => self.outcome(target.name(), &escalation, kind, why).await,
+                Err(Unfinished::Given(kind, why)) => {
+                    self.outcome(target.name(), &escalation, kind, why).await
+                }
+                Err(Unfinished::Abandoned(why)) => {
+                    let why = format!("abandoned at shutdown {why}");
+                    self.outcome(target.name(), &escalation, OutcomeKind::DeadLettered, why)
+                        .await
+                }
             }
         }
         let detail = if told.is_empty() {
@@ -465,8 +584,9 @@ impl LaneWorker {
         } else {
             format!("on-call told through {}: {failure}", told.join(", "))
         };
-        self.outcome(self.name(), &action, OutcomeKind::Escalated, detail)
+        self.outcome(self.name(), action, OutcomeKind::Escalated, detail)
             .await;
+        true
     }
 
     /// Tries `connector` until success, a permanent error or the action's
@@ -476,7 +596,7 @@ impl LaneWorker {
         connector: &dyn Connector,
         action: &Action,
         accepted: Instant,
-    ) -> Result<(), (OutcomeKind, String)> {
+    ) -> Result<(), Unfinished> {
         let name = connector.name();
         let budget = Duration::from_millis(action.deadline.millis().max(0) as u64);
         let mut backoff = self.config.retry_policy().backoff();
@@ -492,7 +612,10 @@ impl LaneWorker {
                     return Ok(());
                 }
                 Err(ConnectorError::Permanent(reason)) => {
-                    return Err((OutcomeKind::Failed, format!("failed permanently: {reason}")));
+                    return Err(Unfinished::Given(
+                        OutcomeKind::Failed,
+                        format!("failed permanently: {reason}"),
+                    ));
                 }
                 Err(ConnectorError::Retriable {
                     reason,
@@ -500,7 +623,7 @@ impl LaneWorker {
                 }) => {
                     let wait = backoff.next_delay(retry_after);
                     if accepted.elapsed() + wait >= budget {
-                        return Err((
+                        return Err(Unfinished::Given(
                             OutcomeKind::DeadLettered,
                             format!(
                                 "not done within its {} deadline after {attempt} attempts: {reason}",
@@ -518,9 +641,8 @@ impl LaneWorker {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.hurry.cancelled() => {
-                            return Err((
-                                OutcomeKind::DeadLettered,
-                                format!("abandoned at shutdown after {attempt} attempts: {reason}"),
+                            return Err(Unfinished::Abandoned(
+                                format!("after {attempt} attempts: {reason}"),
                             ));
                         }
                     }
@@ -535,13 +657,22 @@ impl LaneWorker {
         if held.is_empty() {
             return;
         }
-        let summary = summary_of(&held, self.name());
-        for action in &held {
+        let actions: Vec<Action> = held.iter().map(|(a, _)| a.clone()).collect();
+        let summary = summary_of(&actions, self.name());
+        for action in &actions {
             let detail = format!("rate limited; sent in summary {}", summary.key);
             self.outcome(self.name(), action, OutcomeKind::Accepted, detail)
                 .await;
         }
-        self.deliver(summary, Instant::now(), true).await;
+        let sent = self.deliver(&summary, Instant::now(), true).await;
+        for (action, origin) in &held {
+            if sent {
+                self.finished(origin.as_ref(), action);
+            } else {
+                self.abandon(action, origin.as_ref(), "in a summary".into())
+                    .await;
+            }
+        }
     }
 
     async fn outcome(&self, receiver: &str, action: &Action, kind: OutcomeKind, detail: String) {
@@ -1046,6 +1177,89 @@ mod tests {
         }
         assert_eq!(count(&stats, "down", OutcomeKind::DeadLettered), 1);
         assert_eq!(count(&stats, "down", OutcomeKind::Succeeded), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_outbox_keeps_what_shutdown_stopped_and_lets_go_of_what_finished() {
+        let down = Flaky::new("down", usize::MAX, false);
+        let up = Flaky::new("up", 0, false);
+        let hurry = CancellationToken::new();
+        let (p, mut set) = Pipeline::start(
+            vec![down.clone(), up.clone()],
+            &routes(&[
+                (ActionName::NotifyFinops, &["down"]),
+                (ActionName::NotifyMlTeam, &["up"]),
+            ]),
+            &PipelineConfig::default(),
+            audit(),
+            hurry.clone(),
+        );
+        let origin = Origin::new("events", 3);
+        let mut slow = action("slow", ActionName::NotifyFinops, "m");
+        slow.deadline = Span::seconds(1800);
+        p.submit_from(slow, Some(&origin)).await.unwrap();
+        p.submit_from(
+            action("quick", ActionName::NotifyMlTeam, "m"),
+            Some(&origin),
+        )
+        .await
+        .unwrap();
+        let outbox = p.outbox().clone();
+        let stats = p.stats.clone();
+        assert_eq!(outbox.unfinished(), 2, "both are tracked once submitted");
+        drop(p);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        hurry.cancel();
+        while let Some(done) = set.join_next().await {
+            done.unwrap().unwrap();
+        }
+        assert_eq!(up.calls().len(), 1);
+        let (pending, _) = outbox.checkpoint(&origin);
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!(pending[0].action.key, "slow");
+        assert_eq!(pending[0].receiver, "down");
+        // Kept for the next owner, not dead-lettered here.
+        assert_eq!(count(&stats, "down", OutcomeKind::DeadLettered), 0);
+        assert_eq!(count(&stats, "down", OutcomeKind::Escalated), 0);
+    }
+
+    #[tokio::test]
+    async fn a_restored_action_goes_once_and_only_to_the_receivers_that_had_not_finished() {
+        let up = Flaky::new("up", 0, false);
+        let other = Flaky::new("other", 0, false);
+        let (p, set) = Pipeline::start(
+            vec![up.clone(), other.clone()],
+            &routes(&[(ActionName::AutoRollback, &["up", "other"])]),
+            &PipelineConfig::default(),
+            audit(),
+            CancellationToken::new(),
+        );
+        let origin = Origin::new("events", 0);
+        let a = action("k", ActionName::AutoRollback, "m");
+        // The outbox held it for "up" only: "other" had finished.
+        let pending = Pending {
+            receiver: "up".into(),
+            action: a.clone(),
+        };
+        p.resubmit(pending.clone(), &origin).await.unwrap();
+        // The partition came back to this replica and was restored again.
+        p.resubmit(pending, &origin).await.unwrap();
+        p.resubmit(
+            Pending {
+                receiver: "gone".into(),
+                action: a.clone(),
+            },
+            &origin,
+        )
+        .await
+        .unwrap();
+        let outbox = p.outbox().clone();
+        let stats = p.stats.clone();
+        drain(p, set).await;
+        assert_eq!(up.calls().len(), 1);
+        assert_eq!(other.calls().len(), 0, "finished before the restart");
+        assert_eq!(count(&stats, "gone", OutcomeKind::Failed), 1);
+        assert_eq!(outbox.unfinished(), 0);
     }
 
     #[test]

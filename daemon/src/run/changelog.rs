@@ -9,10 +9,11 @@
 //! | key | value (CBOR) |
 //! |---|---|
 //! | `s` 0 `t` 0 `p` 0 subject | a [`SubjectState`] and the checkpoint generation that wrote it |
-//! | `m` 0 `t` 0 `p` | the marker: generation, next input offset, the engine's clocks |
+//! | `m` 0 `t` 0 `p` | the marker: generation, next input offset, the engine's clocks, the outbox |
 //!
 //! A checkpoint writes the subjects changed since the last one, then its
-//! marker. Once the broker has acknowledged all of them, the input offset
+//! marker, which carries the partition's outbox: the actions decided
+//! before the offset that a receiver has not finished. Once the broker has acknowledged all of them, the input offset
 //! in the marker may be committed. A restore reads the changelog partition
 //! to its end, takes the latest marker and, for each subject, the latest
 //! record of that generation or older (records of an unfinished
@@ -26,6 +27,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use canaryd_rules::{EngineCheckpoint, SubjectState};
+
+use crate::act::outbox::Pending;
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -50,12 +53,14 @@ enum Value {
         state: SubjectState,
     },
     /// Checkpoint `generation` is complete: input before `next_offset` is
-    /// in the state.
+    /// in the state, and its actions are done or in `outbox`.
     Marker {
         format: u32,
         generation: u64,
         next_offset: i64,
         engine: EngineCheckpoint,
+        #[serde(default)]
+        outbox: Vec<Pending>,
     },
 }
 
@@ -80,6 +85,17 @@ fn encode(value: &Value) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     ciborium::into_writer(value, &mut bytes).map_err(|e| e.to_string())?;
     Ok(bytes)
+}
+
+/// One checkpoint of a partition.
+pub(super) struct Checkpoint {
+    pub(super) generation: u64,
+    /// The first input offset the state does not reflect.
+    pub(super) next_offset: i64,
+    pub(super) engine: EngineCheckpoint,
+    /// The subjects changed since the last checkpoint (or all of them).
+    pub(super) subjects: Vec<SubjectState>,
+    pub(super) outbox: Vec<Pending>,
 }
 
 /// A checkpoint on its way to the broker.
@@ -122,6 +138,8 @@ pub(super) struct Restored {
     pub(super) next_offset: i64,
     pub(super) engine: EngineCheckpoint,
     pub(super) subjects: Vec<SubjectState>,
+    /// Actions decided before `next_offset` that were not finished.
+    pub(super) outbox: Vec<Pending>,
 }
 
 impl Changelog {
@@ -138,18 +156,22 @@ impl Changelog {
         &self.topic
     }
 
-    /// Starts writing checkpoint `generation` of `topic`/`partition`: the
-    /// `subjects` that changed, then the marker. Never waits for the
-    /// broker; [`Changelog::acknowledged`] says when it is done.
+    /// Starts writing `checkpoint` of `topic`/`partition`: the subjects
+    /// that changed, then the marker. Never waits for the broker;
+    /// [`Changelog::acknowledged`] says when it is done.
     pub(super) fn write(
         &mut self,
         topic: &str,
         partition: i32,
-        generation: u64,
-        next_offset: i64,
-        engine: EngineCheckpoint,
-        subjects: Vec<SubjectState>,
+        checkpoint: Checkpoint,
     ) -> Result<(), String> {
+        let Checkpoint {
+            generation,
+            next_offset,
+            engine,
+            subjects,
+            outbox,
+        } = checkpoint;
         let mut deliveries = Vec::with_capacity(subjects.len() + 1);
         for state in subjects {
             let key = subject_key(topic, partition, &state);
@@ -165,6 +187,7 @@ impl Changelog {
             generation,
             next_offset,
             engine,
+            outbox,
         })?;
         deliveries.push(self.send(partition, &marker_key(topic, partition), &value)?);
         self.in_flight.push(InFlight {
@@ -269,7 +292,7 @@ pub(super) fn restore(
     reader.assign(&assignment).map_err(|e| e.to_string())?;
     let marker = marker_key(topic, partition);
     let prefix = format!("s\0{topic}\0{partition}\0");
-    let mut latest: Option<(u64, i64, EngineCheckpoint)> = None;
+    let mut latest: Option<(u64, i64, EngineCheckpoint, Vec<Pending>)> = None;
     // Every generation of each subject seen, oldest first (compaction
     // leaves few).
     let mut subjects: HashMap<Vec<u8>, Vec<(u64, SubjectState)>> = HashMap::new();
@@ -298,9 +321,10 @@ pub(super) fn restore(
                 generation,
                 next_offset,
                 engine,
+                outbox,
             }) => {
-                if latest.as_ref().is_none_or(|(g, _, _)| generation >= *g) {
-                    latest = Some((generation, next_offset, engine));
+                if latest.as_ref().is_none_or(|(g, ..)| generation >= *g) {
+                    latest = Some((generation, next_offset, engine, outbox));
                 }
             }
             Ok(Value::Subject {
@@ -319,7 +343,7 @@ pub(super) fn restore(
             "changelog {changelog} partition {partition}: {undecodable} records could not be read"
         ));
     }
-    let Some((generation, next_offset, engine)) = latest else {
+    let Some((generation, next_offset, engine, outbox)) = latest else {
         return Ok(None);
     };
     let subjects = subjects
@@ -337,5 +361,6 @@ pub(super) fn restore(
         next_offset,
         engine,
         subjects,
+        outbox,
     }))
 }

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::changelog::{self, Acked, Changelog};
+use super::changelog::{self, Acked, Changelog, Checkpoint};
 use super::dead_letter::DeadLetters;
 use super::dispatch::Dispatcher;
 use super::kafka::{Assignment, GroupContext};
@@ -28,6 +28,7 @@ use super::offsets::Offsets;
 use super::partitions::{PartitionState, Partitions};
 use super::stats::LiveStats;
 use super::{reload, snapshot};
+use crate::act::outbox::Origin;
 use crate::act::pipeline::Closed;
 use crate::clock::wall_clock;
 use crate::config::Loaded;
@@ -106,8 +107,8 @@ pub(super) struct ConsumeLoop<'c> {
 
 impl<'c> ConsumeLoop<'c> {
     /// Consumes until shutdown, the pipeline closing or the server
-    /// stopping; stores the offsets of everything processed on the way out.
-    /// Gives back the server's task if it still runs.
+    /// stopping. Gives back the server's task if it still runs; once the
+    /// pipeline is drained, [`ConsumeLoop::finish`] records where it stood.
     pub(super) async fn run(
         &mut self,
         inputs: Inputs,
@@ -215,9 +216,22 @@ impl<'c> ConsumeLoop<'c> {
                 Err(Closed) => break Ended::PipelineClosed,
             }
         };
-        self.flush_changelog().await;
-        self.offsets.store(consumer);
         (ended, server)
+    }
+
+    /// After the pipeline is drained: a last checkpoint (with what the
+    /// receivers left unfinished in the outbox) and the offsets it allows.
+    pub(super) async fn finish(&mut self) {
+        self.flush_changelog().await;
+        self.offsets.store(self.consumer);
+    }
+
+    /// The outbox that tracks actions decided by `topic`/`partition`: only
+    /// with a changelog, where it is checkpointed.
+    fn origin(&self, topic: &str, partition: i32) -> Option<Origin> {
+        self.changelog
+            .is_some()
+            .then(|| Origin::new(topic, partition))
     }
 
     /// One message through the stages up to the commit: counted, decoded
@@ -261,8 +275,14 @@ impl<'c> ConsumeLoop<'c> {
         };
         self.evaluate(message, &event, now);
         if !self.outputs.is_empty() {
+            let origin = self.origin(message.topic(), message.partition());
             self.dispatcher
-                .dispatch(&self.loaded, &mut self.outputs, message.partition())
+                .dispatch(
+                    &self.loaded,
+                    &mut self.outputs,
+                    message.partition(),
+                    origin.as_ref(),
+                )
                 .await?;
         }
         Ok(true)
@@ -304,11 +324,13 @@ impl<'c> ConsumeLoop<'c> {
     /// Once a tick: rebalances, idle partitions' event time, the snapshot.
     async fn on_tick(&mut self) -> Result<(), Ended> {
         self.rebalanced().await;
-        for (partition, state) in self.partitions.iter_mut() {
+        let tracked = self.changelog.is_some();
+        for (topic, partition, state) in self.partitions.iter_all_mut() {
             state.advance_idle(&mut self.outputs);
             if !self.outputs.is_empty() {
+                let origin = tracked.then(|| Origin::new(topic, partition));
                 self.dispatcher
-                    .dispatch(&self.loaded, &mut self.outputs, partition)
+                    .dispatch(&self.loaded, &mut self.outputs, partition, origin.as_ref())
                     .await
                     .map_err(|Closed| Ended::PipelineClosed)?;
             }
@@ -331,12 +353,17 @@ impl<'c> ConsumeLoop<'c> {
     }
 
     /// The checkpoint stage: each partition's changed subjects, and a
-    /// marker with the offset they reflect, to the changelog. Never waits
-    /// for the broker.
+    /// marker with the offset they reflect and the outbox of actions not
+    /// finished, to the changelog. Never waits for the broker.
     fn checkpoint(&mut self) {
         let Some(changelog) = self.changelog.as_mut() else {
             return;
         };
+        let outbox = self
+            .dispatcher
+            .pipeline
+            .as_ref()
+            .map(|p| p.outbox().clone());
         for (topic, partition, state) in self.partitions.iter_all_mut() {
             let Some(next_offset) = state.next_offset else {
                 continue;
@@ -348,14 +375,25 @@ impl<'c> ConsumeLoop<'c> {
             } else {
                 state.engine.take_changed()
             };
+            let (pending, outbox_changed) = outbox
+                .as_ref()
+                .map(|o| o.checkpoint(&Origin::new(topic, partition)))
+                .unwrap_or_default();
             // Idle time firing a timer changes state without input: that is
-            // written too, so a restart does not decide it again.
-            if subjects.is_empty() && state.checkpointed == Some(next_offset) {
+            // written too, so a restart does not decide it again; so is an
+            // action finished, so that it is not done again.
+            if subjects.is_empty() && !outbox_changed && state.checkpointed == Some(next_offset) {
                 continue;
             }
             let generation = state.generation + 1;
-            let engine = state.engine.checkpoint();
-            match changelog.write(topic, partition, generation, next_offset, engine, subjects) {
+            let checkpoint = Checkpoint {
+                generation,
+                next_offset,
+                engine: state.engine.checkpoint(),
+                subjects,
+                outbox: pending,
+            };
+            match changelog.write(topic, partition, checkpoint) {
                 Ok(()) => {
                     state.generation = generation;
                     state.checkpointed = Some(next_offset);
@@ -415,6 +453,13 @@ impl<'c> ConsumeLoop<'c> {
     async fn rebalanced(&mut self) {
         let mut changed = false;
         while let Ok(change) = self.assignments.try_recv() {
+            if let (Assignment::Revoked(list), Some(pipeline)) =
+                (&change, &self.dispatcher.pipeline)
+            {
+                for (topic, partition) in list {
+                    pipeline.outbox().forget(&Origin::new(topic, *partition));
+                }
+            }
             let assigned = self.partitions.apply(change, &self.loaded, &self.instance);
             for (topic, partition) in assigned {
                 self.restore(&topic, partition).await;
@@ -448,13 +493,23 @@ impl<'c> ConsumeLoop<'c> {
         })
         .await;
         match read {
-            Ok(Ok(Some(restored))) => {
+            Ok(Ok(Some(mut restored))) => {
                 let subjects = restored.subjects.len();
                 let next_offset = restored.next_offset;
                 let generation = restored.generation;
+                let pending = std::mem::take(&mut restored.outbox);
+                let unfinished = pending.len();
                 let state = PartitionState::restored(&self.loaded, restored);
                 self.partitions.insert(topic, partition, state);
-                tracing::info!(topic, partition, subjects, next_offset, generation, took = ?started.elapsed(), "partition state restored from the changelog");
+                tracing::info!(topic, partition, subjects, next_offset, generation, unfinished, took = ?started.elapsed(), "partition state restored from the changelog");
+                let origin = Origin::new(topic, partition);
+                if self.dispatcher.resubmit(pending, &origin).await.is_err() {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        "the pipeline is closed: restored actions are left for the next owner"
+                    );
+                }
             }
             Ok(Ok(None)) => {
                 tracing::info!(
@@ -507,7 +562,7 @@ impl<'c> ConsumeLoop<'c> {
             return Ok(());
         }
         self.dispatcher
-            .dispatch(&self.loaded, &mut self.outputs, -1)
+            .dispatch(&self.loaded, &mut self.outputs, -1, None)
             .await
     }
 

@@ -14,6 +14,7 @@ use serde_json::json;
 use super::stats::LiveStats;
 use crate::act::audit::Audit;
 use crate::act::decide::{actions_for, resolutions_for};
+use crate::act::outbox::{Origin, Pending};
 use crate::act::pipeline::{Closed, Pipeline};
 use crate::clock::wall_clock;
 use crate::config::Loaded;
@@ -22,22 +23,34 @@ use crate::shared::Shared;
 
 /// Where decisions go: the audit trail and the action pipeline.
 pub(super) struct Dispatcher {
-    pub(super) pipeline: Pipeline,
+    /// `None` once closed at shutdown.
+    pub(super) pipeline: Option<Pipeline>,
     pub(super) audit: Audit,
     pub(super) shared: Arc<Shared>,
     pub(super) stats: Arc<LiveStats>,
 }
 
 impl Dispatcher {
+    fn pipeline(&self) -> Result<&Pipeline, Closed> {
+        self.pipeline.as_ref().ok_or(Closed)
+    }
+
+    /// Closes the pipeline: its receivers finish what they hold and stop.
+    pub(super) fn close(&mut self) {
+        self.pipeline = None;
+    }
+
     /// Publishes `outputs` (draining them) and submits their actions;
     /// `partition` is the input partition they came from (-1 for
-    /// Alertmanager's alerts). Returns once the pipeline has taken every
-    /// action; `Err` once it has closed.
+    /// Alertmanager's alerts), and `origin` the outbox that tracks their
+    /// actions, if any. Returns once the pipeline has taken every action;
+    /// `Err` once it has closed.
     pub(super) async fn dispatch(
         &self,
         loaded: &Loaded,
         outputs: &mut Vec<Output>,
         partition: i32,
+        origin: Option<&Origin>,
     ) -> Result<(), Closed> {
         for output in outputs.drain(..) {
             match output {
@@ -60,10 +73,10 @@ impl Dispatcher {
                         }))
                         .await;
                     for action in actions_for(&t, &loaded.rules, loaded.config.dry_run) {
-                        self.submit(action).await?;
+                        self.submit(action, origin).await?;
                     }
                     for action in resolutions_for(&t, &loaded.rules, loaded.config.dry_run) {
-                        self.pipeline.resolve(action).await?;
+                        self.pipeline()?.resolve(action).await?;
                     }
                 }
             }
@@ -80,16 +93,29 @@ impl Dispatcher {
         for request in requests {
             let action = direct_action(loaded, &request);
             match request.status {
-                AlertStatus::Resolved => self.pipeline.resolve(action).await?,
-                AlertStatus::Firing => self.submit(action).await?,
+                AlertStatus::Resolved => self.pipeline()?.resolve(action).await?,
+                AlertStatus::Firing => self.submit(action, None).await?,
             }
+        }
+        Ok(())
+    }
+
+    /// Hands what a partition's restored outbox held back to its receivers.
+    pub(super) async fn resubmit(
+        &self,
+        pending: Vec<Pending>,
+        origin: &Origin,
+    ) -> Result<(), Closed> {
+        for p in pending {
+            tracing::info!(rule = %p.action.rule, subject = %Subject(&p.action.subject), action = %p.action.action, receiver = %p.receiver, key = %p.action.key, "unfinished action restored from the outbox: carrying it out");
+            self.pipeline()?.resubmit(p, origin).await?;
         }
         Ok(())
     }
 
     /// Hands `action` to the pipeline, unless a silence covers it: then it
     /// is only recorded.
-    async fn submit(&self, action: Action) -> Result<(), Closed> {
+    async fn submit(&self, action: Action, origin: Option<&Origin>) -> Result<(), Closed> {
         if self
             .shared
             .is_silenced(&action.rule, &action.subject, wall_clock())
@@ -99,7 +125,7 @@ impl Dispatcher {
             self.audit.publish(&action.key, record).await;
             return Ok(());
         }
-        self.pipeline.submit(action).await?;
+        self.pipeline()?.submit_from(action, origin).await?;
         self.stats.actions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

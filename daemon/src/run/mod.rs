@@ -237,7 +237,7 @@ impl Live {
             config_path,
             instance,
             dispatcher: Dispatcher {
-                pipeline,
+                pipeline: Some(pipeline),
                 audit,
                 shared: shared.clone(),
                 stats: stats.clone(),
@@ -283,8 +283,12 @@ impl Live {
         let grace = Duration::from_millis(
             u64::try_from(consume.loaded.config.pipeline.shutdown_grace.millis()).unwrap_or(0),
         );
-        drop(consume);
+        // Receivers finish what they hold before the last checkpoint, so
+        // that it carries only what they left unfinished.
+        consume.dispatcher.close();
         let drained = drain(workers, hurry, grace).await;
+        consume.finish().await;
+        drop(consume);
         // Every publisher is gone now: the writer delivers what is queued.
         if let Some(writer) = audit_writer {
             writer.finish(AUDIT_FLUSH).await;

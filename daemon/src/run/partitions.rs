@@ -176,12 +176,4 @@ impl Partitions {
             .flat_map(|p| p.values_mut())
             .map(|s| &mut s.engine)
     }
-
-    /// Every partition with its state.
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (i32, &mut PartitionState)> {
-        self.by_topic
-            .values_mut()
-            .flat_map(|p| p.iter_mut())
-            .map(|(partition, state)| (*partition, state))
-    }
 }
