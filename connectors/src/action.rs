@@ -43,6 +43,16 @@ impl Action {
     ) -> String {
         format!("{rule}|{}|{}", Subject(subject), active_since.millis())
     }
+
+    /// A short digest of the key (16 hex digits), stable across builds and
+    /// processes, for receivers that limit how long a key may be.
+    pub fn key_digest(&self) -> String {
+        // FNV-1a, 64 bits: stable across builds, unlike std's hasher.
+        let hash = self.key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
 }
 
 /// The facts behind an action.

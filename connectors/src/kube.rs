@@ -8,10 +8,15 @@
 //!
 //! 1. GET the target and compute the new weights. If they are already what
 //!    the action asks for, succeed without writing (idempotent).
+//!    If the object records the action's key as applied, succeed without
+//!    writing: a retried `reduce_traffic` (after a crash, or a lost answer)
+//!    must not cut twice.
 //! 2. PATCH with a JSON merge patch (field manager `canaryd`) that carries
 //!    the `metadata.resourceVersion` that was read, so that a concurrent
-//!    change is answered with 409 Conflict. On a conflict, read again and
-//!    recompute, up to [`MAX_ATTEMPTS`] times ("retried with a fresh read").
+//!    change is answered with 409 Conflict, and records the action's key in
+//!    the annotations [`APPLIED_ANNOTATION`] and [`LAST_ACTION_ANNOTATION`]
+//!    in the same write. On a conflict, read again and recompute, up to
+//!    [`MAX_ATTEMPTS`] times ("retried with a fresh read").
 //! 3. GET again and verify the weights; a mismatch is a retriable error
 //!    (something else changed the object again right after the write).
 //! 4. Record a core/v1 `Event` on the target (reason `CanaryRollback` or
@@ -68,6 +73,16 @@ const CONFLICT_RETRY: RetryPolicy = RetryPolicy {
 
 /// The field manager canaryd's writes are recorded under.
 pub const FIELD_MANAGER: &str = "canaryd";
+
+/// The digests ([`Action::key_digest`]) of the last [`APPLIED_MEMORY`]
+/// traffic actions applied to the object, oldest first, comma-separated.
+pub const APPLIED_ANNOTATION: &str = "canaryd.io/applied-actions";
+
+/// The key of the last traffic action applied, for people.
+pub const LAST_ACTION_ANNOTATION: &str = "canaryd.io/last-action";
+
+/// How many applied actions an object remembers.
+pub const APPLIED_MEMORY: usize = 20;
 
 /// Event reason for a rollback (canary weight 0, or an aborted Rollout).
 pub const REASON_ROLLBACK: &str = "CanaryRollback";
@@ -461,6 +476,21 @@ impl KubeConnector {
                 .timed(api.get(&target.name))
                 .await
                 .map_err(|e| self.fail("get", target.kind.plural(), &target, e))?;
+            let applied = applied_actions(&current);
+            let digest = action.key_digest();
+            if applied.contains(&digest.as_str()) {
+                let detail = format!(
+                    "{target}: action {} already applied (recorded in {APPLIED_ANNOTATION}); nothing to do",
+                    action.key
+                );
+                tracing::info!(%detail, "already applied");
+                return Ok(Outcome::succeeded(
+                    self.name(),
+                    action,
+                    action.dry_run,
+                    detail,
+                ));
+            }
             let plan = self.plan(&target, op, &current)?;
             if plan.is_noop() {
                 let detail = format!("{target}: {}; nothing to do", plan.already());
@@ -477,7 +507,16 @@ impl KubeConnector {
                 return Ok(Outcome::succeeded(self.name(), action, true, detail));
             }
             let resource_version = current.metadata.resource_version.clone();
-            let written = self.write(&api, &target, &plan, resource_version).await;
+            let mut remembered: Vec<&str> = applied;
+            remembered.push(&digest);
+            let skip = remembered.len().saturating_sub(APPLIED_MEMORY);
+            let annotations = json!({
+                APPLIED_ANNOTATION: remembered[skip..].join(","),
+                LAST_ACTION_ANNOTATION: truncate(&action.key, 253),
+            });
+            let written = self
+                .write(&api, &target, &plan, resource_version, annotations)
+                .await;
             match written {
                 Ok(()) => {}
                 Err(CallFailure::Kube(kube::Error::Api(status))) if status.code == 409 => {
@@ -538,6 +577,7 @@ impl KubeConnector {
         target: &Target,
         plan: &Plan,
         resource_version: Option<String>,
+        annotations: Value,
     ) -> Result<(), CallFailure> {
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
@@ -554,7 +594,11 @@ impl KubeConnector {
         // The resourceVersion makes the write conditional on nothing having
         // changed since the read: otherwise the server answers 409.
         if let Some(rv) = resource_version {
-            body["metadata"] = json!({ "resourceVersion": rv });
+            body["metadata"]["resourceVersion"] = json!(rv);
+        }
+        // The status subresource ignores metadata; an abort is idempotent.
+        if matches!(plan, Plan::Weights { .. }) {
+            body["metadata"]["annotations"] = annotations;
         }
         let patch = Patch::Merge(&body);
         match plan {
@@ -758,6 +802,17 @@ struct RouteChange {
     index: usize,
     canary: (i64, i64),
     stable: (i64, i64),
+}
+
+/// The digests of the actions `object` records as applied.
+fn applied_actions(object: &DynamicObject) -> Vec<&str> {
+    object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLIED_ANNOTATION))
+        .map(|list| list.split(',').filter(|d| !d.is_empty()).collect())
+        .unwrap_or_default()
 }
 
 /// The write an action needs.

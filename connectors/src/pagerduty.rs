@@ -108,12 +108,8 @@ pub fn dedup_key(action: &Action) -> String {
     if key.chars().count() <= MAX_DEDUP_KEY {
         return key.to_string();
     }
-    // FNV-1a, 64 bits: stable across builds, unlike std's hasher.
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
     let head: String = key.chars().take(MAX_DEDUP_KEY - 17).collect();
-    format!("{head}#{hash:016x}")
+    format!("{head}#{}", action.key_digest())
 }
 
 /// Sends actions to PagerDuty as Events API v2 events.

@@ -21,6 +21,11 @@
 //! The body is `{"status", "title", "body", "key", "ts", "rule", "subject",
 //! "action", "severity", "deadline", "dry_run", "evidence", "labels",
 //! "annotations"}`. Any 2xx answer is success.
+//!
+//! Every request carries `Idempotency-Key: canaryd-<digest>-<status>`, the
+//! same for every retry or re-delivery of one action's firing (or
+//! resolution), so a receiver that honours it opens one ticket per
+//! incident however often canaryd had to try.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -258,6 +263,10 @@ impl WebhookConnector {
             .client
             .post(self.url.clone())
             .headers(self.headers.clone())
+            .header(
+                "idempotency-key",
+                format!("canaryd-{}-{status}", action.key_digest()),
+            )
             .json(&payload);
         let answer = http::send(&what, request, self.timeout).await?;
         tracing::info!(receiver = %self.name, %status, code = answer.status.as_u16(), "webhook delivered");

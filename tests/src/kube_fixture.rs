@@ -110,6 +110,9 @@ pub enum Fault {
     Status(u16),
     /// Wait this long, then answer normally.
     Delay(Duration),
+    /// Carry the request out at once, then wait this long before answering:
+    /// a write that landed while its answer was lost.
+    ThenDelay(Duration),
     /// Answer normally, then store this object as [`KubeFixture::put`]
     /// does: a concurrent writer that changes the object right after a
     /// client has read it.
@@ -485,6 +488,11 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Reply, Infallib
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(d).await;
             answer()
+        }
+        Some(Fault::ThenDelay(d)) => {
+            let response = answer();
+            tokio::time::sleep(d).await;
+            response
         }
         Some(Fault::ThenPut(object)) => {
             let response = answer();

@@ -215,11 +215,11 @@ async fn reduce_traffic_halves_the_canary_weight_on_an_http_route() {
     assert_eq!(events[0]["reason"], "CanaryTrafficReduced");
     assert_eq!(events[0]["involvedObject"]["kind"], "HTTPRoute");
 
-    // Again: 25 -> 12 (rounded down), stable takes the rest.
-    let outcome = kube
-        .execute(&action(ActionName::ReduceTraffic, false))
-        .await
-        .unwrap();
+    // A later episode (another key): 25 -> 12 (rounded down), stable
+    // takes the rest.
+    let mut later = action(ActionName::ReduceTraffic, false);
+    later.key.push_str("|later");
+    let outcome = kube.execute(&later).await.unwrap();
     assert!(
         outcome.detail.contains("canary 25 -> 12, stable 75 -> 88"),
         "{}",
@@ -490,6 +490,67 @@ async fn a_refused_connection_is_retriable() {
 }
 
 #[tokio::test]
+async fn a_retried_reduce_traffic_cuts_once_because_its_key_is_on_the_object() {
+    use canaryd_connectors::kube::{APPLIED_ANNOTATION, APPLIED_MEMORY, LAST_ACTION_ANNOTATION};
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 80, 20));
+    let kube = connector(&fixture, "VirtualService").await;
+    let reduce = action(ActionName::ReduceTraffic, false);
+
+    let first = kube.execute(&reduce).await.unwrap();
+    assert!(first.detail.contains("canary 20 -> 10"), "{}", first.detail);
+    // The key went in the same PATCH as the weights.
+    let patch = fixture.requests_matching("PATCH", VS_PATH);
+    assert_eq!(patch.len(), 1);
+    let body = patch[0].json();
+    assert_eq!(
+        body["metadata"]["annotations"][APPLIED_ANNOTATION],
+        reduce.key_digest()
+    );
+    assert_eq!(
+        body["metadata"]["annotations"][LAST_ACTION_ANNOTATION],
+        reduce.key
+    );
+    assert!(body["spec"]["http"].is_array());
+
+    // The same action again (a retry after a lost answer, or a new owner
+    // after a crash): nothing is written.
+    let again = kube.execute(&reduce).await.unwrap();
+    assert_eq!(again.kind, OutcomeKind::Succeeded);
+    assert!(again.detail.contains("already applied"), "{}", again.detail);
+    assert_eq!(patches(&fixture), 1);
+    assert_eq!(vs_weights(&fixture), (90, 10));
+
+    // Other actions are remembered too, the oldest forgotten past the limit.
+    for i in 0..APPLIED_MEMORY {
+        let mut other = action(ActionName::ReduceTraffic, false);
+        other.key = format!("{}|{i}", reduce.key);
+        // Someone raised the canary again; the annotations stay.
+        let mut vs = fixture.object("VirtualService", NS, VS).unwrap();
+        for entry in vs["spec"]["http"][0]["route"].as_array_mut().unwrap() {
+            let canary = entry["destination"]["subset"] == "canary";
+            entry["weight"] = if canary { 20 } else { 80 }.into();
+        }
+        fixture.put(vs);
+        let outcome = kube.execute(&other).await.unwrap();
+        assert!(
+            outcome.detail.contains("canary 20 -> 10"),
+            "{}",
+            outcome.detail
+        );
+    }
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    let applied = vs["metadata"]["annotations"][APPLIED_ANNOTATION]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    assert_eq!(applied.len(), APPLIED_MEMORY);
+    assert!(!applied.contains(&reduce.key_digest()));
+}
+
+#[tokio::test]
 async fn rollback_twice_writes_once() {
     let fixture = KubeFixture::start();
     fixture.put(KubeFixture::virtual_service(NS, VS, 90, 10));
@@ -499,10 +560,10 @@ async fn rollback_twice_writes_once() {
         .execute(&action(ActionName::AutoRollback, false))
         .await
         .unwrap();
-    let second = kube
-        .execute(&action(ActionName::AutoRollback, false))
-        .await
-        .unwrap();
+    // Another episode's rollback finds the weights already there.
+    let mut another = action(ActionName::AutoRollback, false);
+    another.key.push_str("|another");
+    let second = kube.execute(&another).await.unwrap();
 
     assert!(first.detail.ends_with("(verified)"));
     assert_eq!(second.kind, OutcomeKind::Succeeded);

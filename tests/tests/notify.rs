@@ -322,6 +322,20 @@ async fn a_webhook_with_a_bearer_token_sends_it_with_the_whole_action() {
     assert_eq!(body["evidence"]["values"]["canary_error_rate"], 0.105313);
     assert_eq!(body["annotations"]["runbook"], RUNBOOK);
     assert_eq!(got[1].json()["status"], "resolved");
+    // One key per action and status, the same on every retry.
+    let firing_key = format!("canaryd-{}-firing", a.key_digest());
+    assert_eq!(got[0].header("idempotency-key"), Some(firing_key.as_str()));
+    let resolved_key = format!("canaryd-{}-resolved", a.key_digest());
+    assert_eq!(
+        got[1].header("idempotency-key"),
+        Some(resolved_key.as_str())
+    );
+    hook.execute(&a).await.unwrap();
+    let again = receivers.accepted(&path);
+    assert_eq!(
+        again[2].header("idempotency-key"),
+        got[0].header("idempotency-key")
+    );
 }
 
 #[tokio::test]
