@@ -35,7 +35,9 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(group: &str) -> Rig {
+    /// A broker, the API fixture and a pager; the drill rule asks for
+    /// `actions` (a YAML list).
+    async fn start(group: &str, actions: &str) -> Rig {
         let broker = Tansu::start();
         broker
             .create_topics(&[
@@ -63,7 +65,7 @@ impl Rig {
     condition: canary_error_rate > 0.05
     duration: {HOLD_S}s
     severity: critical
-    action: [auto_rollback, notify_on_call]
+    action: {actions}
 "
             ),
         )
@@ -83,6 +85,7 @@ receivers:
   pager: {{type: pagerduty, routing_key: {{file: {routing_key}}}, url: '{pd}'}}
 routes:
   auto_rollback: {{receivers: [kube]}}
+  reduce_traffic: {{receivers: [kube]}}
   notify_on_call: {{receivers: [pager]}}
 kafka:
   brokers: {bootstrap}
@@ -129,6 +132,15 @@ kafka:
         self.kube
             .requests_matching("PATCH", "/virtualservices/model-summarizer")
             .len()
+    }
+
+    /// The distinct `dedup_key`s of the pages: PagerDuty opens one
+    /// incident per key.
+    fn incidents(&self) -> std::collections::BTreeSet<String> {
+        self.pages()
+            .iter()
+            .map(|p| p["dedup_key"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// PagerDuty trigger events accepted.
@@ -256,7 +268,7 @@ fn check(what: &str, ok: bool, detail: impl std::fmt::Display, context: &str) {
 /// after the restart, and acts once.
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_in_the_pending_window_fires_at_the_original_deadline_once() {
-    let rig = Rig::start("drill-kill-pending").await;
+    let rig = Rig::start("drill-kill-pending", "[auto_rollback, notify_on_call]").await;
     let first = rig.spawn("first");
     wait_for_assignment(&first);
     let feed = Feed::start(&rig.broker.bootstrap());
@@ -319,4 +331,82 @@ async fn kill_9_in_the_pending_window_fires_at_the_original_deadline_once() {
     );
     let pages = rig.pages();
     check("one page", pages.len() == 1, pages.len(), &logs);
+}
+
+/// `kill -9` after the rule fired, while the traffic change is in flight:
+/// the PATCH has landed but its answer never came. The restarted daemon
+/// carries the action out again, finds its key on the object and does not
+/// cut a second time; the page keeps its incident.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_while_the_action_is_in_flight_does_it_exactly_once() {
+    use canaryd_tests::kube_fixture::Fault;
+    let rig = Rig::start("drill-kill-firing", "[reduce_traffic, notify_on_call]").await;
+    let vs_path = "/virtualservices/model-summarizer";
+    // The first write lands, and its answer is held past the kill.
+    rig.kube.inject(
+        "PATCH",
+        vs_path,
+        1,
+        Fault::ThenDelay(Duration::from_secs(120)),
+    );
+    let first = rig.spawn("first");
+    wait_for_assignment(&first);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    feed.go_bad().await;
+    let mut landed = false;
+    for _ in 0..900 {
+        if rig.patches() > 0 {
+            landed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(landed, "the rule never acted: {}", first.log_text());
+    first.signal("KILL");
+    let first_log = first.log_text();
+    drop(first);
+    let second = rig.spawn("second");
+    wait_for_assignment(&second);
+    let audit = rig.audit_until(rolled_back);
+    feed.stop().await;
+    let logs = format!("first:\n{first_log}\nsecond:\n{}", second.log_text());
+
+    check(
+        "the canary's weight was cut once (10 -> 5, not 2)",
+        rig.canary_weight() == 5,
+        rig.canary_weight(),
+        &logs,
+    );
+    check(
+        "one PATCH of the VirtualService",
+        rig.patches() == 1,
+        rig.patches(),
+        &logs,
+    );
+    let done: Vec<&Value> = audit
+        .iter()
+        .filter(|r| {
+            r["kind"] == "outcome" && r["connector"] == "kube" && r["outcome"] == "succeeded"
+        })
+        .collect();
+    check(
+        "the restarted daemon found the action applied",
+        done.len() == 1
+            && done[0]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("already applied")),
+        format!("{done:?}"),
+        &logs,
+    );
+    let incidents = rig.incidents();
+    check(
+        "one PagerDuty incident",
+        incidents.len() == 1,
+        format!(
+            "{} trigger events, dedup keys {incidents:?}",
+            rig.pages().len()
+        ),
+        &logs,
+    );
 }
