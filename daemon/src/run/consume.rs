@@ -24,6 +24,7 @@ use super::changelog::{self, Acked, Changelog, Checkpoint};
 use super::dead_letter::DeadLetters;
 use super::dispatch::Dispatcher;
 use super::kafka::{Assignment, GroupContext};
+use super::membership::Membership;
 use super::offsets::Offsets;
 use super::partitions::{PartitionState, Partitions};
 use super::stats::LiveStats;
@@ -89,6 +90,8 @@ pub(super) struct ConsumeLoop<'c> {
     /// Whether the HTTP server runs: only then is a snapshot built.
     pub(super) serving: bool,
     pub(super) partitions: Partitions,
+    /// Watches that this replica owns something, or rejoins.
+    pub(super) membership: Membership,
     /// Alerts from Alertmanager have no partition: they get their own engine.
     pub(super) alertmanager: Engine,
     pub(super) outputs: Vec<Output>,
@@ -349,6 +352,7 @@ impl<'c> ConsumeLoop<'c> {
             self.checkpoint();
         }
         self.checkpoints_acknowledged();
+        self.membership.check(self.consumer);
         Ok(())
     }
 
@@ -468,6 +472,7 @@ impl<'c> ConsumeLoop<'c> {
         }
         if changed {
             let owned = self.partitions.len();
+            self.membership.owned(owned);
             if owned == 0 {
                 tracing::warn!(instance = %self.instance, "no partition assigned: not ready");
             }

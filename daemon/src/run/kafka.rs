@@ -63,6 +63,26 @@ pub struct KafkaConfig {
     /// How long the group waits for a silent replica before moving its partitions.
     #[serde(default = "default_session_timeout")]
     pub session_timeout: Span,
+    /// Static group membership: the replica joins with its `--instance`
+    /// name as `group.instance.id`, so a replica restarted under the same
+    /// name (a crashed container in its pod, a StatefulSet) takes its
+    /// partitions back at once instead of waiting out the old session.
+    /// Names must be unique per replica. A static member that stops does
+    /// not leave the group: its partitions wait for `session_timeout`.
+    #[serde(default)]
+    pub static_membership: bool,
+    /// `partition.assignment.strategy`. `cooperative-sticky` moves only
+    /// the partitions that must move in a rebalance, so the others keep
+    /// their state and are not restored; use it on Apache Kafka. The
+    /// default, eager `range,roundrobin`, works on every broker (Tansu
+    /// 0.6.0 mishandles cooperative rebalances); with a changelog, every
+    /// partition of a rebalance restores its state from it.
+    #[serde(default = "default_assignment_strategy")]
+    pub assignment_strategy: String,
+    /// A replica that owns no partition for this long, while the group may
+    /// have fewer members than partitions, rejoins the group.
+    #[serde(default = "default_rejoin_after")]
+    pub rejoin_after: Span,
 }
 
 fn default_group() -> String {
@@ -83,9 +103,18 @@ fn default_commit_interval() -> Span {
 fn default_session_timeout() -> Span {
     Span::seconds(10)
 }
+fn default_rejoin_after() -> Span {
+    Span::seconds(30)
+}
+fn default_assignment_strategy() -> String {
+    "range,roundrobin".into()
+}
+
+/// The assignors librdkafka offers.
+const ASSIGNORS: [&str; 3] = ["range", "roundrobin", "cooperative-sticky"];
 
 /// Properties canaryd sets itself, and the setting that controls each.
-const MANAGED: [(&str, &str); 9] = [
+const MANAGED: [(&str, &str); 11] = [
     ("bootstrap.servers", "kafka.brokers"),
     ("group.id", "kafka.group_id"),
     (
@@ -100,6 +129,11 @@ const MANAGED: [(&str, &str); 9] = [
     ("fetch.wait.max.ms", "kafka.fetch_wait_max"),
     ("fetch.queue.backoff.ms", "kafka.fetch_queue_backoff"),
     ("session.timeout.ms", "kafka.session_timeout"),
+    (
+        "group.instance.id",
+        "kafka.static_membership and --instance",
+    ),
+    ("partition.assignment.strategy", "kafka.assignment_strategy"),
     ("enable.partition.eof", "nothing"),
 ];
 
@@ -135,6 +169,24 @@ impl KafkaConfig {
                 out.push("kafka.checkpoint_interval must be longer than 0s".to_string());
             }
         }
+        let assignors: Vec<&str> = self.assignment_strategy.split(',').map(str::trim).collect();
+        if let Some(bad) = assignors.iter().find(|a| !ASSIGNORS.contains(a)) {
+            out.push(format!(
+                "kafka.assignment_strategy: unknown assignor {bad:?}; use {}",
+                ASSIGNORS.join(", ")
+            ));
+        } else if assignors.len() > 1 && assignors.contains(&"cooperative-sticky") {
+            out.push(
+                "kafka.assignment_strategy: cooperative-sticky cannot be combined with eager assignors"
+                    .to_string(),
+            );
+        }
+        if self.rejoin_after < self.session_timeout {
+            out.push(format!(
+                "kafka.rejoin_after ({}) must be at least kafka.session_timeout ({}): a rebalance takes that long",
+                self.rejoin_after, self.session_timeout
+            ));
+        }
         for (key, value) in &self.properties {
             if let Some((_, instead)) = MANAGED.iter().find(|(k, _)| k == key) {
                 out.push(format!(
@@ -164,8 +216,13 @@ impl KafkaConfig {
 
     /// The consumer's configuration: offsets are stored by canaryd after an
     /// event is processed, then committed in the background and on shutdown.
-    pub fn consumer_config(&self) -> Result<ClientConfig, String> {
+    /// `instance` is the replica's name, for static membership.
+    pub fn consumer_config(&self, instance: &str) -> Result<ClientConfig, String> {
         let mut config = self.common()?;
+        config.set("partition.assignment.strategy", &self.assignment_strategy);
+        if self.static_membership {
+            config.set("group.instance.id", instance);
+        }
         config
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "true")
@@ -287,6 +344,46 @@ impl ConsumerContext for GroupContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kafka(extra: &str) -> KafkaConfig {
+        serde_yaml_ng::from_str(&format!(
+            "brokers: k:9092\ntopics: [events]\ndead_letter_topic: dlq\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn membership_settings_are_checked_and_set() {
+        let eager = kafka("");
+        assert!(eager.problems().is_empty(), "{:?}", eager.problems());
+        let config = eager.consumer_config("pod-0").unwrap();
+        assert_eq!(
+            config.get("partition.assignment.strategy"),
+            Some("range,roundrobin")
+        );
+        assert_eq!(config.get("group.instance.id"), None);
+
+        let sticky = kafka("assignment_strategy: cooperative-sticky\nstatic_membership: true");
+        assert!(sticky.problems().is_empty(), "{:?}", sticky.problems());
+        let config = sticky.consumer_config("pod-0").unwrap();
+        assert_eq!(
+            config.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(config.get("group.instance.id"), Some("pod-0"));
+
+        let problems = |extra: &str| kafka(extra).problems().join("\n");
+        assert!(problems("assignment_strategy: sticky").contains("unknown assignor \"sticky\""));
+        assert!(
+            problems("assignment_strategy: range,cooperative-sticky")
+                .contains("cannot be combined")
+        );
+        assert!(problems("rejoin_after: 5s").contains("at least kafka.session_timeout"));
+        assert!(
+            problems("properties: {partition.assignment.strategy: range}")
+                .contains("use kafka.assignment_strategy")
+        );
+    }
 
     #[test]
     fn secret_keys_are_recognised() {

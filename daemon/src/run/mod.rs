@@ -10,6 +10,7 @@
 //! - [`consume`]: the consume loop and its stages, in the order an event
 //!   meets them: consume, decode, evaluate, record and act, commit.
 //! - [`partitions`]: one engine per assigned partition, and idle time.
+//! - [`membership`]: a replica that owns nothing says so, and rejoins.
 //! - [`dispatch`]: the record and act stages: audit trail, silences, pipeline.
 //! - [`dead_letter`]: malformed messages to the dead-letter topic.
 //! - [`offsets`]: the commit stage: processed offsets, stored in batches.
@@ -25,6 +26,7 @@ mod consume;
 mod dead_letter;
 mod dispatch;
 pub mod kafka;
+mod membership;
 mod offsets;
 mod partitions;
 mod reload;
@@ -48,6 +50,7 @@ use self::consume::{ConsumeLoop, Ended, Inputs};
 use self::dead_letter::DeadLetters;
 use self::dispatch::Dispatcher;
 use self::kafka::{GroupContext, KafkaConfig};
+use self::membership::Membership;
 use self::reload::Watched;
 pub use self::stats::LiveStats;
 use crate::act::audit::{self, Audit};
@@ -158,7 +161,7 @@ impl Live {
 
         // Everything that can fail on the config is built before anything runs.
         let (assign_tx, assignments) = mpsc::channel();
-        let mut consumer_config = kafka.consumer_config().map_err(RunError::Config)?;
+        let mut consumer_config = kafka.consumer_config(&instance).map_err(RunError::Config)?;
         // Statistics feed the consumer-lag metric, which only the HTTP server
         // shows; parsing them runs on the consume loop, so only then.
         let serving = config.http.is_some();
@@ -253,6 +256,11 @@ impl Live {
             tick,
             serving,
             partitions: Default::default(),
+            membership: Membership::new(
+                kafka.topics.clone(),
+                kafka.group_id.clone(),
+                Duration::from_millis(u64::try_from(kafka.rejoin_after.millis()).unwrap_or(30_000)),
+            ),
             outputs: Vec::new(),
             offsets: Default::default(),
             changelog,
