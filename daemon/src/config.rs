@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use canaryd_rules::{
-    DecisionMatrix, EngineConfig, LoadOptions, RuleError, RuleSet, Vocabulary, load_rules,
+    DecisionMatrix, EngineConfig, LoadOptions, RuleError, RuleSet, Span, Vocabulary, load_rules,
 };
 use serde::Deserialize;
 
@@ -104,6 +104,29 @@ impl Loaded {
             out.extend(http.problems().into_iter().map(|p| format!("http: {p}")));
         }
         out
+    }
+
+    /// How much input rebuilds the evaluation state when the changelog is
+    /// lost: the longest rule hold (with its keep-firing time) plus the
+    /// analytics window and the staleness horizon.
+    pub fn rebuild_lookback(&self) -> Span {
+        let hold = self
+            .rules
+            .rules()
+            .iter()
+            .map(|r| {
+                r.timing
+                    .hold
+                    .millis()
+                    .saturating_add(r.timing.keep_firing_for.millis())
+            })
+            .max()
+            .unwrap_or(0);
+        let engine = self.engine_config();
+        Span(
+            hold.saturating_add(engine.analytics.window.millis())
+                .saturating_add(engine.stale_after.millis()),
+        )
     }
 
     /// The engine's settings: `engine:` plus `analytics:`.

@@ -410,3 +410,110 @@ async fn kill_9_while_the_action_is_in_flight_does_it_exactly_once() {
         &logs,
     );
 }
+
+/// The changelog is lost while an alert is pending: its records corrupt,
+/// or the topic deleted and made again empty. The restarted daemon says it
+/// rebuilds from the input, re-evaluates the input before the committed
+/// offset without acting, and so still fires at the original deadline,
+/// once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_or_deleted_changelog_is_rebuilt_from_the_input() {
+    for lost in ["corrupt", "deleted"] {
+        let rig = Rig::start(
+            &format!("drill-lost-{lost}"),
+            "[auto_rollback, notify_on_call]",
+        )
+        .await;
+        let first = rig.spawn("first");
+        wait_for_assignment(&first);
+        let feed = Feed::start(&rig.broker.bootstrap());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let breach = feed.go_bad().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        first.signal("KILL");
+        drop(first);
+        let config = match lost {
+            "corrupt" => {
+                // A record of this partition's state that no version reads.
+                let p = producer(&rig.broker.bootstrap());
+                send(
+                    &p,
+                    "canaryd-changelog",
+                    0,
+                    "s\0events\00\0model=summarizer",
+                    b"\xff\xfe not CBOR",
+                )
+                .await;
+                rig.config.clone()
+            }
+            _ => {
+                // The same as a topic deleted and created again: empty.
+                rig.broker
+                    .create_topics(&[("canaryd-changelog-new", 1)])
+                    .await;
+                let text = std::fs::read_to_string(&rig.config).unwrap().replace(
+                    "changelog_topic: canaryd-changelog",
+                    "changelog_topic: canaryd-changelog-new",
+                );
+                let path = rig.dir.path().join("canaryd-new.yaml");
+                std::fs::write(&path, text).unwrap();
+                path
+            }
+        };
+        let second = Daemon::spawn(
+            &["run", "--config", config.to_str().unwrap()],
+            rig.dir.path().join("second.log"),
+        );
+        wait_for_assignment(&second);
+        let audit = rig.audit_until(|r| firing(r) && rolled_back(r));
+        feed.stop().await;
+        let logs = second.log_text();
+
+        check(
+            &format!("{lost}: says it rebuilds from the input"),
+            logs.contains("rebuilding this partition's state from the input"),
+            "log of the second process",
+            &logs,
+        );
+        let fired: Vec<&Value> = audit
+            .iter()
+            .filter(|r| r["kind"] == "transition" && r["to"] == "firing")
+            .collect();
+        check(
+            &format!("{lost}: one firing transition"),
+            fired.len() == 1,
+            fired.len(),
+            &logs,
+        );
+        let deadline = breach + chrono::Duration::seconds(HOLD_S);
+        let off = (ts(&fired[0]["ts"]) - deadline).num_milliseconds();
+        check(
+            &format!("{lost}: fired at the original deadline ±1 s (event time)"),
+            off.abs() <= 1_000,
+            format!("{off} ms from {deadline}"),
+            &logs,
+        );
+        let pending: Vec<&Value> = audit
+            .iter()
+            .filter(|r| r["kind"] == "transition" && r["to"] == "pending")
+            .collect();
+        check(
+            &format!("{lost}: the rebuild did not announce the pending alert again"),
+            pending.len() == 1,
+            pending.len(),
+            &logs,
+        );
+        check(
+            &format!("{lost}: one PATCH"),
+            rig.patches() == 1,
+            rig.patches(),
+            &logs,
+        );
+        check(
+            &format!("{lost}: one page"),
+            rig.pages().len() == 1,
+            rig.pages().len(),
+            &logs,
+        );
+    }
+}

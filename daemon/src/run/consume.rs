@@ -14,7 +14,7 @@ use canaryd_rules::{Engine, Event, Ingested, Output, decode};
 use futures::FutureExt;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::Message;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -251,10 +251,19 @@ impl<'c> ConsumeLoop<'c> {
             && let Some(state) = self
                 .partitions
                 .get_mut(message.topic(), message.partition())
-            && message.offset() < state.resume_from
         {
-            // Already in the state restored from the changelog.
-            return Ok(true);
+            if message.offset() < state.resume_from {
+                // Already in the state restored from the changelog.
+                return Ok(true);
+            }
+            if state.rewinding {
+                if message.offset() >= state.act_from {
+                    // Fetched before the rebuild sent the consumer back: it
+                    // comes again, in order.
+                    return Ok(true);
+                }
+                state.rewinding = false;
+            }
         }
         let event = match message.payload().map(decode) {
             Some(Ok(event)) => event,
@@ -277,6 +286,18 @@ impl<'c> ConsumeLoop<'c> {
             }
         };
         self.evaluate(message, &event, now);
+        if !self.outputs.is_empty()
+            && self
+                .partitions
+                .get_mut(message.topic(), message.partition())
+                .is_some_and(|s| message.offset() < s.act_from)
+        {
+            // Rebuilding: an earlier owner decided and acted on these.
+            self.stats
+                .rebuilt
+                .fetch_add(self.outputs.len() as u64, Ordering::Relaxed);
+            self.outputs.clear();
+        }
         if !self.outputs.is_empty() {
             let origin = self.origin(message.topic(), message.partition());
             self.dispatcher
@@ -516,20 +537,66 @@ impl<'c> ConsumeLoop<'c> {
                     );
                 }
             }
-            Ok(Ok(None)) => {
+            Ok(Ok(None)) => self.rebuild(topic, partition, "the changelog has no checkpoint of it"),
+            Ok(Err(e)) => self.rebuild(
+                topic,
+                partition,
+                &format!("the changelog is unreadable: {e}"),
+            ),
+            Err(e) => self.rebuild(
+                topic,
+                partition,
+                &format!("the changelog restore failed: {e}"),
+            ),
+        }
+    }
+
+    /// A partition whose changelog state is lost: when the group had
+    /// committed an offset (so there was state), the consumer goes back by
+    /// the rebuild lookback and re-evaluates that input without acting on
+    /// it, so pending timers and firing alerts are as they were; actions
+    /// start again at the committed offset. A partition never committed
+    /// simply starts.
+    fn rebuild(&mut self, topic: &str, partition: i32, why: &str) {
+        let consumer = self.consumer;
+        let lookback = self.loaded.rebuild_lookback();
+        // The consumer's own calls block for a broker round trip; this
+        // happens only on assignment.
+        let found =
+            tokio::task::block_in_place(|| rebuild_range(consumer, topic, partition, lookback));
+        let (from, committed) = match found {
+            Ok(Some((from, committed))) if from >= committed => {
+                tracing::warn!(topic, partition, why, committed, %lookback, "no input in the rebuild lookback: starting from an empty state at the committed offset");
+                return;
+            }
+            Ok(Some(range)) => range,
+            Ok(None) => {
                 tracing::info!(
                     topic,
                     partition,
-                    "no checkpoint in the changelog: starting from an empty state"
+                    why,
+                    "no offset committed for this partition either: starting from an empty state"
                 );
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, topic, partition, "changelog unreadable: rebuilding this partition's state from the input");
+                return;
             }
             Err(e) => {
-                tracing::error!(error = %e, topic, partition, "changelog restore failed: rebuilding this partition's state from the input");
+                tracing::error!(topic, partition, why, error = %e, "cannot find where to rebuild from: starting from an empty state at the committed offset");
+                return;
             }
+        };
+        if let Err(e) = consumer.seek(
+            topic,
+            partition,
+            rdkafka::Offset::Offset(from),
+            Duration::from_secs(5),
+        ) {
+            tracing::error!(topic, partition, why, error = %e, "cannot go back to rebuild: starting from an empty state at the committed offset");
+            return;
         }
+        let state = self.partitions.state(topic, partition, &self.loaded);
+        state.act_from = committed;
+        state.rewinding = true;
+        tracing::error!(topic, partition, why, from, committed, %lookback, "rebuilding this partition's state from the input: re-evaluating the last {lookback} without acting, then acting from the committed offset");
     }
 
     /// Carries out a command from the HTTP server.
@@ -593,6 +660,37 @@ impl<'c> ConsumeLoop<'c> {
     pub(super) fn fresh_engine(loaded: &Loaded) -> Engine {
         PartitionState::new(loaded).engine
     }
+}
+
+/// Where a rebuild starts (the first offset of the lookback) and where
+/// acting resumes (the committed offset); `None` when nothing was committed.
+fn rebuild_range(
+    consumer: &StreamConsumer<GroupContext>,
+    topic: &str,
+    partition: i32,
+    lookback: canaryd_rules::Span,
+) -> Result<Option<(i64, i64)>, rdkafka::error::KafkaError> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let ask = Duration::from_secs(5);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, ask)?;
+    let Some(Offset::Offset(committed)) = committed
+        .find_partition(topic, partition)
+        .map(|e| e.offset())
+    else {
+        return Ok(None);
+    };
+    let since = wall_clock().millis().saturating_sub(lookback.millis());
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(since))?;
+    let found = consumer.offsets_for_times(tpl, ask)?;
+    let from = match found.find_partition(topic, partition).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => o.min(committed),
+        // Nothing that recent: the lookback holds no input to re-evaluate.
+        _ => committed,
+    };
+    Ok(Some((from, committed)))
 }
 
 /// Answers the HTTP side: accepted, or refused because the daemon stops.

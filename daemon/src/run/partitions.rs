@@ -29,6 +29,14 @@ pub(super) struct PartitionState {
     pub(super) resume_from: i64,
     /// A checkpoint failed: the next one writes every subject.
     pub(super) rewrite_all: bool,
+    /// Rebuilding a lost state: input before this offset was acted on by
+    /// an earlier owner, so it is evaluated but its decisions are not
+    /// acted on again.
+    pub(super) act_from: i64,
+    /// Rebuilding: the consumer was sent back before `act_from`; messages
+    /// fetched before the seek took effect are ignored until the first
+    /// one from before `act_from` arrives.
+    pub(super) rewinding: bool,
 }
 
 impl PartitionState {
@@ -47,6 +55,8 @@ impl PartitionState {
             generation: 0,
             resume_from: 0,
             rewrite_all: false,
+            act_from: 0,
+            rewinding: false,
         }
     }
 
@@ -69,6 +79,8 @@ impl PartitionState {
             generation: restored.generation,
             resume_from: restored.next_offset,
             rewrite_all: false,
+            act_from: 0,
+            rewinding: false,
         }
     }
 

@@ -16,4 +16,7 @@ pub struct LiveStats {
     pub transitions: AtomicU64,
     /// Actions accepted by the pipeline.
     pub actions: AtomicU64,
+    /// Decisions made again while rebuilding a lost state, not acted on
+    /// again (an earlier owner did).
+    pub rebuilt: AtomicU64,
 }
