@@ -517,3 +517,134 @@ async fn a_corrupt_or_deleted_changelog_is_rebuilt_from_the_input() {
         );
     }
 }
+
+/// Checks every drill of an incident ends with: one firing, at the
+/// deadline the breach set (event time), one PATCH, one page.
+fn fired_once_on_time(rig: &Rig, audit: &[Value], breach: DateTime<Utc>, logs: &str) {
+    let fired: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["kind"] == "transition" && r["to"] == "firing")
+        .collect();
+    check("one firing transition", fired.len() == 1, fired.len(), logs);
+    let deadline = breach + chrono::Duration::seconds(HOLD_S);
+    let off = (ts(&fired[0]["ts"]) - deadline).num_milliseconds();
+    check(
+        "fired at the original deadline ±1 s (event time)",
+        off.abs() <= 1_000,
+        format!("{off} ms from {deadline}, by {}", fired[0]["instance"]),
+        logs,
+    );
+    check(
+        "one PATCH of the VirtualService",
+        rig.patches() == 1,
+        rig.patches(),
+        logs,
+    );
+    check(
+        "the canary's weight is 0",
+        rig.canary_weight() == 0,
+        rig.canary_weight(),
+        logs,
+    );
+    let incidents = rig.incidents();
+    check(
+        "one PagerDuty incident",
+        incidents.len() == 1,
+        format!("{} trigger events", rig.pages().len()),
+        logs,
+    );
+}
+
+fn all_logs(daemons: &[&Daemon]) -> String {
+    daemons
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("--- daemon {i}\n{}", d.log_text()))
+        .collect()
+}
+
+/// A second replica joins in the pending window and leaves again: the
+/// partition moves there and back, its state with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_mid_window_fires_once_on_time_from_the_owner() {
+    let rig = Rig::start("drill-rebalance", "[auto_rollback, notify_on_call]").await;
+    let a = rig.spawn("a");
+    wait_for_assignment(&a);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let breach = feed.go_bad().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut b = rig.spawn("b");
+    wait_for_assignment(&b);
+    check(
+        "a gave up the partition for the rebalance",
+        a.wait_for_log("partitions revoked", WAIT),
+        "log of a",
+        &a.log_text(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.signal("TERM");
+    check(
+        "b stopped cleanly",
+        b.wait_exit(WAIT) == Some(0),
+        "exit code",
+        &b.log_text(),
+    );
+    let audit = rig.audit_until(|r| firing(r) && rolled_back(r));
+    feed.stop().await;
+    let logs = all_logs(&[&a, &b]);
+    let moved = logs
+        .matches("partition state restored from the changelog")
+        .count();
+    println!("drill: the partition's state was restored {moved} times");
+    check(
+        "state moved through the changelog",
+        moved >= 1,
+        moved,
+        &logs,
+    );
+    fired_once_on_time(&rig, &audit, breach, &logs);
+}
+
+/// A rolling update of three replicas during an incident: each old one is
+/// replaced by a new one, one at a time, while the alert is pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_update_of_three_replicas_pages_once_and_rolls_back() {
+    let rig = Rig::start("drill-rolling", "[auto_rollback, notify_on_call]").await;
+    let mut old: Vec<Daemon> = ["r1", "r2", "r3"].iter().map(|n| rig.spawn(n)).collect();
+    for d in &old {
+        wait_for_assignment(d);
+    }
+    let feed = Feed::start(&rig.broker.bootstrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let breach = feed.go_bad().await;
+    let mut new = Vec::new();
+    for (i, mut replaced) in old.drain(..).enumerate() {
+        let fresh = rig.spawn(&format!("n{i}"));
+        wait_for_assignment(&fresh);
+        replaced.signal("TERM");
+        let code = replaced.wait_exit(WAIT);
+        check(
+            &format!("old replica {i} stopped cleanly"),
+            code == Some(0),
+            format!("{code:?}"),
+            &replaced.log_text(),
+        );
+        new.push(replaced);
+        new.push(fresh);
+    }
+    let audit = rig.audit_until(|r| firing(r) && rolled_back(r));
+    feed.stop().await;
+    let refs: Vec<&Daemon> = new.iter().collect();
+    let logs = all_logs(&refs);
+    let moved = logs
+        .matches("partition state restored from the changelog")
+        .count();
+    check(
+        "the partition moved with its state",
+        moved >= 1,
+        moved,
+        &logs,
+    );
+    fired_once_on_time(&rig, &audit, breach, &logs);
+}
