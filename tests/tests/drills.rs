@@ -440,7 +440,7 @@ async fn a_corrupt_or_deleted_changelog_is_rebuilt_from_the_input() {
                     &p,
                     "canaryd-changelog",
                     0,
-                    "s\0events\00\0model=summarizer",
+                    "s\0events\0\x30\0model=summarizer",
                     b"\xff\xfe not CBOR",
                 )
                 .await;
