@@ -34,54 +34,66 @@ pub fn free_port() -> u16 {
 pub struct Tansu {
     child: Child,
     port: u16,
-    /// Holds the broker log.
-    _dir: tempfile::TempDir,
+    storage: String,
+    /// Holds the broker log (and the sqlite database, if any).
+    dir: tempfile::TempDir,
     log: PathBuf,
 }
 
 impl Tansu {
     /// Starts a broker with in-memory storage.
     pub fn start() -> Tansu {
-        let storage = "memory://tansu/";
-        let bin = tansu_bin();
-        assert!(
-            bin.exists(),
-            "{} is missing: tests/run installs it",
-            bin.display()
-        );
+        Tansu::start_with(|_| "memory://tansu/".to_string())
+    }
+
+    /// Starts a broker with sqlite storage, which a restart keeps.
+    pub fn start_sqlite() -> Tansu {
+        Tansu::start_with(|dir| format!("sqlite:///{}", dir.join("tansu.db").display()))
+    }
+
+    fn start_with(storage: impl FnOnce(&std::path::Path) -> String) -> Tansu {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let storage = storage(dir.path());
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
         let log = dir.path().join("tansu.log");
-        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("tansu log: {e}"));
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                storage,
-            ])
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = spawn(port, &storage, &log);
         let broker = Tansu {
             child,
             port,
-            _dir: dir,
+            storage,
+            dir,
             log,
         };
+        broker.wait_listening();
+        broker
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and
+    /// storage.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.dir.path().join("tansu-restarted.log");
+        self.child = spawn(self.port, &self.storage, &log);
+        self.log = log;
+        self.wait_listening();
+    }
+
+    /// Kills the broker; [`Tansu::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_listening(&self) {
         // Bounded wait for the listener.
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return broker;
+        for _ in 0..400 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("tansu did not listen on {port}: {}", broker.log_text());
+        panic!("tansu did not listen on {}: {}", self.port, self.log_text());
     }
 
     /// `host:port` for `bootstrap.servers`.
@@ -117,6 +129,31 @@ impl Tansu {
             }
         }
     }
+}
+
+fn spawn(port: u16, storage: &str, log: &std::path::Path) -> Child {
+    let bin = tansu_bin();
+    assert!(
+        bin.exists(),
+        "{} is missing: tests/run installs it",
+        bin.display()
+    );
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log_file = std::fs::File::create(log).unwrap_or_else(|e| panic!("tansu log: {e}"));
+    Command::new(&bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            storage,
+        ])
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 impl Drop for Tansu {
