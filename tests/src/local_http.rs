@@ -29,8 +29,18 @@ impl LocalHttp {
         H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
         F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("{name}: cannot bind 127.0.0.1: {e}"));
+        LocalHttp::start_on(name, 0, handle)
+    }
+
+    /// [`LocalHttp::start`] on `port` (0: a free one), e.g. to come back on
+    /// the port of a server that was stopped.
+    pub fn start_on<H, F>(name: &str, port: u16, handle: H) -> LocalHttp
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+        F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("{name}: cannot bind 127.0.0.1:{port}: {e}"));
         listener
             .set_nonblocking(true)
             .unwrap_or_else(|e| panic!("{name}: set_nonblocking: {e}"));

@@ -24,7 +24,9 @@
 //!
 //! Faults: [`Receivers::fail_next`] answers the next requests with 429
 //! (with `Retry-After`), 500, 503 or any status, or delays them;
-//! [`Receivers::set_down`] answers 503 to everything until switched back.
+//! [`Receivers::set_down`] answers 503 to everything until switched back;
+//! [`Receivers::close`] stops listening, [`Receivers::reopen`] comes back
+//! on the same port.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -105,6 +107,8 @@ struct State {
     log: Vec<Received>,
     faults: Vec<(usize, Fault)>,
     down: bool,
+    /// The `Retry-After` (seconds) of the 503s while down.
+    down_retry_after: Option<u64>,
     auth: BTreeMap<String, String>,
     generated_keys: u64,
 }
@@ -133,8 +137,8 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 pub struct Receivers {
     port: u16,
     state: Shared,
-    /// Stops the server when dropped.
-    _server: crate::local_http::LocalHttp,
+    /// Stops the server when dropped; `None` while closed.
+    server: Option<crate::local_http::LocalHttp>,
 }
 
 impl Receivers {
@@ -142,15 +146,23 @@ impl Receivers {
     /// runtime (so it works from any test, async or not).
     pub fn start() -> Receivers {
         let state: Shared = Arc::default();
-        let served = state.clone();
-        let server = crate::local_http::LocalHttp::start("receivers", move |req| {
-            handle(served.clone(), req)
-        });
-        let port = server.port();
+        let server = serve(&state, 0);
         Receivers {
-            port,
+            port: server.port(),
             state,
-            _server: server,
+            server: Some(server),
+        }
+    }
+
+    /// Stops listening: connections are refused until [`Receivers::reopen`].
+    pub fn close(&mut self) {
+        self.server = None;
+    }
+
+    /// Listens again on the same port, with the same log and settings.
+    pub fn reopen(&mut self) {
+        if self.server.is_none() {
+            self.server = Some(serve(&self.state, self.port));
         }
     }
 
@@ -208,7 +220,16 @@ impl Receivers {
 
     /// Down: answer 503 to every request until switched back.
     pub fn set_down(&self, down: bool) {
-        lock(&self.state).down = down;
+        let mut s = lock(&self.state);
+        s.down = down;
+        s.down_retry_after = None;
+    }
+
+    /// Down, asking clients to come back after `retry_after` seconds.
+    pub fn set_down_for(&self, retry_after: u64) {
+        let mut s = lock(&self.state);
+        s.down = true;
+        s.down_retry_after = Some(retry_after);
     }
 
     /// Requires `Authorization: value` on `path` (401 otherwise).
@@ -233,6 +254,13 @@ impl Receivers {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn serve(state: &Shared, port: u16) -> crate::local_http::LocalHttp {
+    let served = state.clone();
+    crate::local_http::LocalHttp::start_on("receivers", port, move |req| {
+        handle(served.clone(), req)
+    })
 }
 
 /// `/hooks/NAME`.
@@ -323,12 +351,14 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Reply, Infallib
             errors: Vec::new(),
         });
         let index = s.log.len() - 1;
-        let down = s.down;
-        let fault = if down { None } else { s.take_fault() };
+        let down = s.down.then_some(s.down_retry_after);
+        let fault = if down.is_some() { None } else { s.take_fault() };
         (index, fault, down, s.auth.get(&path).cloned())
     };
-    let answer = if down {
-        Answer::json(503, &json!({"error": "the receiver is down"}))
+    let answer = if let Some(retry_after) = down {
+        let mut answer = Answer::json(503, &json!({"error": "the receiver is down"}));
+        answer.retry_after = retry_after;
+        answer
     } else {
         match fault {
             Some(Fault::Status(code)) => Answer::json(

@@ -36,8 +36,12 @@ struct Rig {
 
 impl Rig {
     /// A broker, the API fixture and a pager; the drill rule asks for
-    /// `actions` (a YAML list).
+    /// `actions` (a YAML list), at severity critical.
     async fn start(group: &str, actions: &str) -> Rig {
+        Rig::start_with(group, actions, "critical").await
+    }
+
+    async fn start_with(group: &str, actions: &str, severity: &str) -> Rig {
         let broker = Tansu::start();
         broker
             .create_topics(&[
@@ -64,7 +68,7 @@ impl Rig {
   - name: Drill Canary Errors
     condition: canary_error_rate > 0.05
     duration: {HOLD_S}s
-    severity: critical
+    severity: {severity}
     action: {actions}
 "
             ),
@@ -95,6 +99,8 @@ kafka:
   audit_topic: canaryd-audit
   changelog_topic: canaryd-changelog
   session_timeout: 6s
+pipeline:
+  retry_max: 2s
 ",
                 rules = rules.display(),
                 routing_key = routing_key.display(),
@@ -793,4 +799,78 @@ kafka:
         format!("live {got:#?}\nreplay {expected:#?}"),
         &daemon.log_text(),
     );
+}
+
+/// The pager is down during an incident: first answering 503 with
+/// `Retry-After: 4`, then not listening at all, then back. The page is
+/// delivered once when it returns, and no retry came sooner than asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_down_then_unreachable_gets_every_notification_once_when_back() {
+    let mut rig = Rig::start_with("drill-receiver-down", "[notify_on_call]", "high").await;
+    rig.pager.set_down_for(4);
+    let daemon = rig.spawn("daemon");
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    feed.go_bad().await;
+    rig.audit_until(firing);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    rig.pager.close();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    rig.pager.set_down(false);
+    rig.pager.reopen();
+    let audit = rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|o| {
+            o["kind"] == "outcome" && o["connector"] == "pager" && o["outcome"] == "succeeded"
+        })
+    });
+    feed.stop().await;
+    let logs = daemon.log_text();
+
+    let refused: Vec<_> = rig
+        .pager
+        .requests_to(PAGERDUTY_PATH)
+        .into_iter()
+        .filter(|r| r.status == 503)
+        .collect();
+    let gaps: Vec<u128> = refused
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at).as_millis())
+        .collect();
+    check(
+        "retried while down, never sooner than Retry-After (4 s)",
+        refused.len() >= 2 && gaps.iter().all(|g| *g >= 4_000),
+        format!("{} refusals, gaps {gaps:?} ms", refused.len()),
+        &logs,
+    );
+    let retried = audit
+        .iter()
+        .filter(|o| {
+            o["kind"] == "outcome" && o["connector"] == "pager" && o["outcome"] == "retried"
+        })
+        .count();
+    let refused_connections = audit
+        .iter()
+        .filter(|o| {
+            o["outcome"] == "retried" && o["detail"].as_str().is_some_and(|d| !d.contains("503"))
+        })
+        .count();
+    check(
+        "retried through the closed port too",
+        refused_connections >= 1,
+        format!("{retried} retries recorded, {refused_connections} without an answer"),
+        &logs,
+    );
+    let pages = rig.pages();
+    check(
+        "the page delivered once",
+        pages.len() == 1,
+        pages.len(),
+        &logs,
+    );
+    let lost = audit
+        .iter()
+        .filter(|o| o["outcome"] == "dead_lettered" || o["outcome"] == "escalated")
+        .count();
+    check("nothing dead-lettered or escalated", lost == 0, lost, &logs);
 }
