@@ -99,6 +99,12 @@ impl Loaded {
             crate::act::routes::problems(&self.config.receivers, &self.config.routes, &self.rules);
         if let Some(kafka) = &self.config.kafka {
             out.extend(kafka.problems());
+            if kafka.silences_topic.is_some() && self.config.http.is_none() {
+                out.push(
+                    "kafka.silences_topic needs http: silences are made through the HTTP API and kept by its server"
+                        .to_string(),
+                );
+            }
         }
         if let Some(http) = &self.config.http {
             out.extend(http.problems().into_iter().map(|p| format!("http: {p}")));

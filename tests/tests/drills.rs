@@ -49,6 +49,7 @@ impl Rig {
                 ("events-dlq", 1),
                 ("canaryd-audit", 1),
                 ("canaryd-changelog", 1),
+                ("canaryd-silences", 1),
             ])
             .await;
         let kube = KubeFixture::start();
@@ -122,6 +123,30 @@ pipeline:
     fn spawn(&self, name: &str) -> Daemon {
         Daemon::spawn(
             &["run", "--config", self.config.to_str().unwrap()],
+            self.dir.path().join(format!("{name}.log")),
+        )
+    }
+
+    /// A replica with the HTTP API on `port`, sharing silences.
+    fn spawn_serving(&self, name: &str, port: u16) -> Daemon {
+        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+            "  changelog_topic: canaryd-changelog\n",
+            "  changelog_topic: canaryd-changelog\n  silences_topic: canaryd-silences\n",
+        );
+        let config = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!("{text}http:\n  listen: 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        Daemon::spawn(
+            &[
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--instance",
+                name,
+            ],
             self.dir.path().join(format!("{name}.log")),
         )
     }
@@ -873,4 +898,132 @@ async fn a_receiver_down_then_unreachable_gets_every_notification_once_when_back
         .filter(|o| o["outcome"] == "dead_lettered" || o["outcome"] == "escalated")
         .count();
     check("nothing dead-lettered or escalated", lost == 0, lost, &logs);
+}
+
+/// (status, body) of an HTTP request, made with curl.
+fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A silence made through replica A's API holds on replica B, which owns
+/// the partition of the incident: B does not act.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silence_created_on_one_replica_is_honoured_on_another() {
+    use canaryd_tests::tansu::free_port;
+    let rig = Rig::start("drill-silence", "[auto_rollback, notify_on_call]").await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let b = rig.spawn_serving("b", port_b);
+    wait_for_assignment(&b);
+    let a = rig.spawn_serving("a", port_a);
+    wait_for_assignment(&a);
+    assert!(a.wait_for_log("sharing silences", WAIT), "{}", a.log_text());
+    assert!(b.wait_for_log("sharing silences", WAIT), "{}", b.log_text());
+    let listening = |port: u16| {
+        (0..200).any(|_| {
+            let up = http("GET", &format!("http://127.0.0.1:{port}/-/healthy"), None).0 == 200;
+            if !up {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            up
+        })
+    };
+    assert!(listening(port_a) && listening(port_b), "{}", a.log_text());
+    // The silence is made on the replica that does not own the partition.
+    let owns = |d: &Daemon| {
+        d.log_text()
+            .lines()
+            .rfind(|l| l.contains("partitions assigned"))
+            .is_some_and(|l| l.contains("\"events\""))
+    };
+    let (owner, owner_port, maker_port) = if owns(&a) {
+        ("a", port_a, port_b)
+    } else {
+        ("b", port_b, port_a)
+    };
+    println!("drill: replica {owner} owns the partition; the silence is made on the other");
+
+    let (code, body) = http(
+        "POST",
+        &format!("http://127.0.0.1:{maker_port}/api/v1/silences"),
+        Some(
+            r#"{"rule":"Drill Canary Errors","until":"1h","created_by":"drill","comment":"maintenance"}"#,
+        ),
+    );
+    let made = std::time::Instant::now();
+    assert_eq!(code, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut seen_after = None;
+    for _ in 0..1_000 {
+        let (_, list) = http(
+            "GET",
+            &format!("http://127.0.0.1:{owner_port}/api/v1/silences"),
+            None,
+        );
+        if list.contains(&id) {
+            seen_after = Some(made.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let logs = all_logs(&[&a, &b]);
+    check(
+        "the owner lists the silence made on the other replica",
+        seen_after.is_some(),
+        format!("after {seen_after:?}"),
+        &logs,
+    );
+
+    let feed = Feed::start(&rig.broker.bootstrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    feed.go_bad().await;
+    let audit = rig.audit_until(|r| r.iter().map(Record::json).any(|v| v["kind"] == "silenced"));
+    feed.stop().await;
+    let logs = all_logs(&[&a, &b]);
+    let silenced: Vec<&Value> = audit.iter().filter(|v| v["kind"] == "silenced").collect();
+    check(
+        "the owner fired and recorded its actions as silenced",
+        !silenced.is_empty() && silenced.iter().all(|v| v["instance"] == owner),
+        format!("{} silenced records", silenced.len()),
+        &logs,
+    );
+    check("no PATCH", rig.patches() == 0, rig.patches(), &logs);
+    check("no page", rig.pages().is_empty(), rig.pages().len(), &logs);
+
+    // Deleted on the owner, gone from the other.
+    let (code, _) = http(
+        "DELETE",
+        &format!("http://127.0.0.1:{owner_port}/api/v1/silences/{id}"),
+        None,
+    );
+    assert_eq!(code, 204);
+    let mut gone = false;
+    for _ in 0..1_000 {
+        let (_, list) = http(
+            "GET",
+            &format!("http://127.0.0.1:{maker_port}/api/v1/silences"),
+            None,
+        );
+        if !list.contains(&id) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check(
+        "deleted on one, gone from the other",
+        gone,
+        "",
+        &all_logs(&[&a, &b]),
+    );
 }

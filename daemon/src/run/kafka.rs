@@ -37,6 +37,11 @@ pub struct KafkaConfig {
     /// Without it, a new owner starts from an empty state.
     #[serde(default)]
     pub changelog_topic: Option<String>,
+    /// Where silences are shared between replicas (compacted, one
+    /// partition): a silence made through one replica's API holds on all.
+    /// Needs `http:`.
+    #[serde(default)]
+    pub silences_topic: Option<String>,
     /// How often changed state is written to the changelog. Offsets are
     /// committed only once the state they reflect is in the changelog, so
     /// this is also how much input a new owner replays at most.
@@ -169,6 +174,16 @@ impl KafkaConfig {
                 out.push("kafka.checkpoint_interval must be longer than 0s".to_string());
             }
         }
+        if let Some(silences) = &self.silences_topic
+            && (self.topics.contains(silences)
+                || *silences == self.dead_letter_topic
+                || self.changelog_topic.as_ref() == Some(silences))
+        {
+            out.push(
+                "kafka.silences_topic must be a topic of its own, not an input, the dead-letter or the changelog topic"
+                    .to_string(),
+            );
+        }
         let assignors: Vec<&str> = self.assignment_strategy.split(',').map(str::trim).collect();
         if let Some(bad) = assignors.iter().find(|a| !ASSIGNORS.contains(a)) {
             out.push(format!(
@@ -248,12 +263,12 @@ impl KafkaConfig {
         Ok(config)
     }
 
-    /// A consumer outside the group, for reading a changelog partition
-    /// from its beginning.
+    /// A consumer outside the group, for reading a partition of the
+    /// changelog or the silences topic from its beginning.
     pub fn reader_config(&self) -> Result<ClientConfig, String> {
         let mut config = self.common()?;
         config
-            .set("group.id", format!("{}-changelog-reader", self.group_id))
+            .set("group.id", format!("{}-reader", self.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

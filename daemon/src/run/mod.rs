@@ -16,6 +16,7 @@
 //! - [`offsets`]: the commit stage: processed offsets, stored in batches.
 //! - [`changelog`]: each partition's state, checkpointed to a compacted
 //!   topic and restored by the partition's next owner.
+//! - [`silences`]: silences shared by every replica through a compacted topic.
 //! - [`reload`]: reloading the config, and the file watcher that asks for it.
 //! - [`snapshot`]: what the HTTP side shows of the engines.
 //! - [`kafka`]: Kafka settings and the consumer group context.
@@ -30,6 +31,7 @@ mod membership;
 mod offsets;
 mod partitions;
 mod reload;
+mod silences;
 mod snapshot;
 pub mod stats;
 
@@ -62,6 +64,9 @@ use crate::shared::{Command, Shared};
 
 /// How long the audit writer may take, at shutdown, to deliver what is queued.
 const AUDIT_FLUSH: Duration = Duration::from_secs(15);
+
+/// Silence changes made through the API waiting to be shared.
+const SILENCE_QUEUE: usize = 1_024;
 
 /// Why live mode stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -190,13 +195,24 @@ impl Live {
         let http = match &config.http {
             Some(http) => {
                 let backend: Arc<dyn Backend> = Arc::new(shared.clone());
-                let server = Server::new(http, backend)
-                    .map_err(|e| RunError::Config(format!("http: {e}")))?;
+                let (server, sharing) = match &kafka.silences_topic {
+                    Some(topic) => {
+                        let (tx, rx) = tokio::sync::mpsc::channel(SILENCE_QUEUE);
+                        let (server, remote) = Server::sharing_silences(http, backend, tx)
+                            .map_err(|e| RunError::Config(format!("http: {e}")))?;
+                        (server, Some((topic.clone(), rx, remote)))
+                    }
+                    None => (
+                        Server::new(http, backend)
+                            .map_err(|e| RunError::Config(format!("http: {e}")))?,
+                        None,
+                    ),
+                };
                 let listener = tokio::net::TcpListener::bind(http.listen)
                     .await
                     .map_err(|e| RunError::Config(format!("http.listen {}: {e}", http.listen)))?;
                 tracing::info!(address = ?listener.local_addr().ok(), "serving HTTP");
-                Some((server, listener))
+                Some((server, listener, sharing))
             }
             None => None,
         };
@@ -220,8 +236,35 @@ impl Live {
         );
         pipeline.stats.attach(shared.clone());
         let server_stop = CancellationToken::new();
-        let server = http
-            .map(|(server, listener)| tokio::spawn(server.serve(listener, server_stop.clone())));
+        let (server, sharing) = match http {
+            Some((server, listener, sharing)) => (
+                Some(tokio::spawn(server.serve(listener, server_stop.clone()))),
+                sharing,
+            ),
+            None => (None, None),
+        };
+        let silences_stop = CancellationToken::new();
+        let silences = match sharing {
+            Some((topic, changes, remote)) => {
+                let reader = kafka.reader_config().map_err(RunError::Config)?;
+                let sync = silences::sync(
+                    reader,
+                    producer.clone(),
+                    topic,
+                    changes,
+                    remote,
+                    silences_stop.clone(),
+                );
+                Some(tokio::spawn(async move {
+                    let synced = sync.await;
+                    if let Err(e) = &synced {
+                        tracing::error!(error = %e, "silences are not shared: each replica keeps its own");
+                    }
+                    synced
+                }))
+            }
+            None => None,
+        };
         let (file_tx, file_changes) = tokio::sync::mpsc::channel::<()>(1);
         let _watcher = config_path
             .as_deref()
@@ -318,6 +361,14 @@ impl Live {
             actions = stats.actions.load(Ordering::Relaxed),
             "stopped"
         );
+        silences_stop.cancel();
+        if let Some(silences) = silences {
+            match silences.await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {} // said when it failed
+                Err(e) => tracing::error!(error = %e, "silence sharing task panicked"),
+            }
+        }
         server_stop.cancel();
         if let Some(server) = server {
             match server.await {

@@ -50,11 +50,12 @@ use canaryd_rules::event::AlertEvent;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use alertmanager::{AlertmanagerMapping, DirectAction};
 pub use auth::AuthConfig;
-pub use silences::Silence;
+pub use silences::{Silence, SilenceChange};
 
 pub use crate::metrics::PayloadResult;
 
@@ -191,13 +192,66 @@ pub struct Server {
     app: Arc<App>,
 }
 
+/// Applies silences created or deleted on other replicas to this one.
+#[derive(Clone)]
+pub struct RemoteSilences {
+    app: Arc<App>,
+}
+
+impl RemoteSilences {
+    /// Applies `change`; the backend is told when it changes anything.
+    pub fn apply(&self, change: SilenceChange) {
+        let now = (self.app.now)();
+        let mut silences = self.app.silences();
+        let changed = match change {
+            SilenceChange::Created(silence) => {
+                let id = silence.id.clone();
+                match silences.insert(silence, now) {
+                    Ok(added) => {
+                        if added {
+                            tracing::info!(%id, "silence created on another replica");
+                        }
+                        added
+                    }
+                    Err(e) => {
+                        tracing::warn!(%id, error = %e, "silence from another replica not kept");
+                        false
+                    }
+                }
+            }
+            SilenceChange::Deleted(id) => {
+                let removed = silences.remove(&id);
+                if removed {
+                    tracing::info!(%id, "silence deleted on another replica");
+                }
+                removed
+            }
+        };
+        if changed {
+            self.app.backend.silenced(&silences.list());
+        }
+    }
+}
+
 impl Server {
     /// Checks `config` and reads the secrets in `config.auth`, once: a
     /// missing, unreadable or inline one is an error here, at start-up,
     /// never a server that quietly does not run.
     pub fn new(config: &HttpConfig, backend: Arc<dyn Backend>) -> Result<Server, String> {
-        let app = App::new(config, backend, Arc::new(wall_clock))?;
+        let app = App::new(config, backend, Arc::new(wall_clock), None)?;
         Ok(Server { app })
+    }
+
+    /// [`Server::new`], telling `share` of every silence created or
+    /// deleted here, and with the handle that applies other replicas'.
+    pub fn sharing_silences(
+        config: &HttpConfig,
+        backend: Arc<dyn Backend>,
+        share: mpsc::Sender<SilenceChange>,
+    ) -> Result<(Server, RemoteSilences), String> {
+        let app = App::new(config, backend, Arc::new(wall_clock), Some(share))?;
+        let remote = RemoteSilences { app: app.clone() };
+        Ok((Server { app }, remote))
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then stops
@@ -263,12 +317,19 @@ struct App {
     mapping: AlertmanagerMapping,
     dedup: Arc<Mutex<Dedup>>,
     silences: Mutex<Silences>,
+    /// Where silences made here go, to be shared with other replicas.
+    share: Option<mpsc::Sender<SilenceChange>>,
     now: Clock,
 }
 
 impl App {
     /// Reads the secrets and checks the settings.
-    fn new(config: &HttpConfig, backend: Arc<dyn Backend>, now: Clock) -> Result<Arc<App>, String> {
+    fn new(
+        config: &HttpConfig,
+        backend: Arc<dyn Backend>,
+        now: Clock,
+        share: Option<mpsc::Sender<SilenceChange>>,
+    ) -> Result<Arc<App>, String> {
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(problems.join("; "));
@@ -281,6 +342,7 @@ impl App {
             mapping: config.alertmanager.clone(),
             dedup: Arc::new(Mutex::new(Dedup::new(DEDUP_MEMORY))),
             silences: Mutex::new(Silences::default()),
+            share,
             now,
         }))
     }
@@ -320,6 +382,15 @@ impl App {
 
     fn silences(&self) -> std::sync::MutexGuard<'_, Silences> {
         self.silences.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a change made here to the replicas' shared topic. The queue
+    /// is bounded; a change that does not fit is said in the log.
+    fn share(&self, change: SilenceChange) {
+        let Some(share) = &self.share else { return };
+        if let Err(e) = share.try_send(change) {
+            tracing::error!(error = %e, "silence change not shared with the other replicas: the queue is full or closed");
+        }
     }
 
     /// Drops expired silences, telling the backend if any went.
@@ -612,6 +683,7 @@ async fn create_silence(State(app): State<Arc<App>>, headers: HeaderMap, body: B
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     app.backend.silenced(&silences.list());
+    app.share(SilenceChange::Created(silence.clone()));
     drop(silences);
     tracing::info!(id = %silence.id, rule = ?silence.rule, subject = ?silence.subject, until = %silence.until, created_by = %silence.created_by, "silence created");
     let location = HeaderValue::from_str(&format!("/api/v1/silences/{}", silence.id)).ok();
@@ -637,6 +709,9 @@ async fn delete_silence(
     let removed = silences.remove(&id);
     if removed || expired {
         app.backend.silenced(&silences.list());
+    }
+    if removed {
+        app.share(SilenceChange::Deleted(id.clone()));
     }
     drop(silences);
     if removed {

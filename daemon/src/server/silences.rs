@@ -1,4 +1,5 @@
-//! Silences: a rule, a subject, or both, muted until a time. Kept in memory.
+//! Silences: a rule, a subject, or both, muted until a time. Kept in
+//! memory; with `kafka.silences_topic`, shared with the other replicas.
 
 use std::collections::BTreeMap;
 
@@ -43,6 +44,15 @@ impl Silence {
     pub fn is_active(&self, now: Timestamp) -> bool {
         now < self.until
     }
+}
+
+/// A silence created or deleted on one replica, for the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SilenceChange {
+    /// A new silence.
+    Created(Silence),
+    /// The silence with this id was deleted.
+    Deleted(String),
 }
 
 /// `POST /api/v1/silences` body.
@@ -107,6 +117,19 @@ impl Silences {
         };
         self.active.push(silence.clone());
         Ok(silence)
+    }
+
+    /// Adds a silence another replica created, unless it is known,
+    /// already over at `now` or there is no room; whether it was added.
+    pub(super) fn insert(&mut self, silence: Silence, now: Timestamp) -> Result<bool, String> {
+        if self.active.iter().any(|s| s.id == silence.id) || !silence.is_active(now) {
+            return Ok(false);
+        }
+        if self.active.len() >= MAX_SILENCES {
+            return Err(format!("too many silences ({MAX_SILENCES})"));
+        }
+        self.active.push(silence);
+        Ok(true)
     }
 
     /// Removes a silence; whether it was there.

@@ -198,7 +198,7 @@ fn harness(config: HttpConfig) -> Harness {
         let clock = clock.clone();
         Arc::new(move || Timestamp(clock.load(Ordering::SeqCst))) as Clock
     };
-    let app = App::new(&config, fake.clone(), now).unwrap();
+    let app = App::new(&config, fake.clone(), now, None).unwrap();
     Harness {
         router: app.clone().router(),
         app,
