@@ -5,8 +5,13 @@
 //! 2. A bare rdkafka consumer reading N inference events: the broker's rate.
 //! 3. `canaryd run` (in-process, one consumer) reading the same N events into
 //!    decisions: at least 400,000 events/s and 40 % of the bare rate.
+//!    Then again with durability on, as the shipped production config
+//!    runs it: changelog, audit topic and HTTP server (goal: at least 80 %
+//!    of the run without them).
 //! 4. Latency from producing the event that completes a rule's duration to
 //!    its action reaching the pipeline's connector: p50 and p99.
+//! 5. Restoring a partition of 100,000 subjects from the changelog (goal:
+//!    under 5 s).
 //!
 //! Run: `cargo bench -p canaryd-tests --bench kafka` (needs Tansu: tests/run installs it).
 
@@ -56,8 +61,32 @@ fn inference(i: usize) -> (String, Vec<u8>) {
 }
 
 fn config(bootstrap: &str, topic: &str, group: &str, rules: &Path) -> canaryd::config::Loaded {
+    config_with(bootstrap, topic, group, rules, "", "")
+}
+
+/// Durability on: the changelog, the audit topic and the HTTP server.
+fn durable(bootstrap: &str, topic: &str, group: &str, rules: &Path) -> canaryd::config::Loaded {
+    let port = canaryd_tests::tansu::free_port();
+    config_with(
+        bootstrap,
+        topic,
+        group,
+        rules,
+        "  audit_topic: bench-audit\n  changelog_topic: bench-changelog\n",
+        &format!("http:\n  listen: 127.0.0.1:{port}\n"),
+    )
+}
+
+fn config_with(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    rules: &Path,
+    kafka_extra: &str,
+    extra: &str,
+) -> canaryd::config::Loaded {
     let text = format!(
-        "rules: [{}]\ndry_run: true\nkafka:\n  brokers: {bootstrap}\n  group_id: {group}\n  topics: [{topic}]\n  dead_letter_topic: bench-dlq\n",
+        "rules: [{}]\ndry_run: true\nkafka:\n  brokers: {bootstrap}\n  group_id: {group}\n  topics: [{topic}]\n  dead_letter_topic: bench-dlq\n{kafka_extra}{extra}",
         rules.display()
     );
     Config::parse(Path::new("bench.yaml"), &text)
@@ -145,7 +174,15 @@ async fn bench() {
     // 2. The broker, through a bare consumer.
     let broker = Tansu::start();
     broker
-        .create_topics(&[("bench-events", 1), ("bench-dlq", 1), ("bench-latency", 1)])
+        .create_topics(&[
+            ("bench-events", 1),
+            ("bench-dlq", 1),
+            ("bench-latency", 1),
+            ("bench-audit", 1),
+            ("bench-changelog", 1),
+            ("bench-restore", 1),
+            ("bench-restore-changelog", 1),
+        ])
         .await;
     let p = producer(&broker.bootstrap());
     send_all(&p, "bench-events", 0, &messages).await;
@@ -170,33 +207,28 @@ async fn bench() {
     let bare_rate = rate(EVENTS - 1, bare_time);
     println!("bare rdkafka consumer: {bare_rate:.0} events/s");
 
-    // 3. canaryd, one consumer, into decisions.
-    let live = Live::new(
-        config(&broker.bootstrap(), "bench-events", "canaryd-bench", &rules),
-        "bench".into(),
-    )
-    .unwrap();
-    let stats = live.stats.clone();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(live.run(shutdown.clone()));
-    let mut first = None;
-    loop {
-        let n = stats.consumed.load(Ordering::Relaxed) as usize;
-        if n >= 1 && first.is_none() {
-            first = Some((Instant::now(), n));
-        }
-        if n >= EVENTS {
-            break;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let (t0, n0) = first.unwrap();
-    let canaryd_rate = rate(EVENTS - n0, t0.elapsed());
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    // 3. canaryd, one consumer, into decisions; bare, then durable.
+    let canaryd_rate = consume_all(config(
+        &broker.bootstrap(),
+        "bench-events",
+        "canaryd-bench",
+        &rules,
+    ))
+    .await;
     println!(
         "canaryd run, one consumer: {canaryd_rate:.0} events/s = {:.0}% of the bare consumer",
         100.0 * canaryd_rate / bare_rate
+    );
+    let durable_rate = consume_all(durable(
+        &broker.bootstrap(),
+        "bench-events",
+        "canaryd-durable",
+        &rules,
+    ))
+    .await;
+    println!(
+        "canaryd run with changelog, audit and HTTP: {durable_rate:.0} events/s = {:.0}% of the run without them",
+        100.0 * durable_rate / canaryd_rate
     );
 
     // 4. Latency: each subject's second error-rate sample completes the
@@ -248,14 +280,15 @@ async fn bench() {
     }
     shutdown.cancel();
     task.await.unwrap().unwrap();
-    let seen = stopwatch.seen.lock().unwrap();
-    let mut latencies: Vec<f64> = sent
-        .iter()
-        .filter_map(|(m, t)| {
-            seen.get(m)
-                .map(|s| s.duration_since(*t).as_secs_f64() * 1000.0)
-        })
-        .collect();
+    let mut latencies: Vec<f64> = {
+        let seen = stopwatch.seen.lock().unwrap();
+        sent.iter()
+            .filter_map(|(m, t)| {
+                seen.get(m)
+                    .map(|s| s.duration_since(*t).as_secs_f64() * 1000.0)
+            })
+            .collect()
+    };
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(
@@ -264,4 +297,75 @@ async fn bench() {
         pct(0.50),
         pct(0.99)
     );
+
+    // 5. Restore: one partition of RESTORE_SUBJECTS subjects, checkpointed
+    //    by one run at its shutdown, restored by the next.
+    let subjects: Vec<(String, Vec<u8>)> = (0..RESTORE_SUBJECTS)
+        .map(|i| {
+            let model = format!("r{i:06}");
+            let line = format!(
+                r#"{{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"{model}","version":"v2","track":"canary","latency_ms":120.5,"error":false,"cost_usd":0.0021}}"#
+            );
+            (model, line.into_bytes())
+        })
+        .collect();
+    send_all(&p, "bench-restore", 0, &subjects).await;
+    let restore_config = || {
+        config_with(
+            &broker.bootstrap(),
+            "bench-restore",
+            "canaryd-restore",
+            &rules,
+            "  changelog_topic: bench-restore-changelog\n",
+            "",
+        )
+    };
+    consume_all_of(restore_config(), RESTORE_SUBJECTS).await;
+    let live = Live::new(restore_config(), "bench".into()).unwrap();
+    let stats = live.stats.clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(live.run(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.restores.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    println!(
+        "restore from the changelog: {} subjects in {} ms",
+        stats.restored_subjects.load(Ordering::Relaxed),
+        stats.restore_millis.load(Ordering::Relaxed)
+    );
+}
+
+const RESTORE_SUBJECTS: usize = 100_000;
+
+/// Runs `canaryd run` over the whole event topic; events per second.
+async fn consume_all(loaded: canaryd::config::Loaded) -> f64 {
+    consume_all_of(loaded, EVENTS).await
+}
+
+/// Runs `canaryd run` until it consumed `events`, then shuts it down
+/// (a last checkpoint included); events per second.
+async fn consume_all_of(loaded: canaryd::config::Loaded, events: usize) -> f64 {
+    let live = Live::new(loaded, "bench".into()).unwrap();
+    let stats = live.stats.clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(live.run(shutdown.clone()));
+    let mut first = None;
+    loop {
+        let n = stats.consumed.load(Ordering::Relaxed) as usize;
+        if n >= 1 && first.is_none() {
+            first = Some((Instant::now(), n));
+        }
+        if n >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let (t0, n0) = first.unwrap();
+    let events_per_second = rate(events - n0, t0.elapsed());
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    events_per_second
 }

@@ -527,6 +527,12 @@ impl<'c> ConsumeLoop<'c> {
                 let unfinished = pending.len();
                 let state = PartitionState::restored(&self.loaded, restored);
                 self.partitions.insert(topic, partition, state);
+                let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.stats.restores.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .restored_subjects
+                    .store(subjects as u64, Ordering::Relaxed);
+                self.stats.restore_millis.store(took, Ordering::Relaxed);
                 tracing::info!(topic, partition, subjects, next_offset, generation, unfinished, took = ?started.elapsed(), "partition state restored from the changelog");
                 let origin = Origin::new(topic, partition);
                 if self.dispatcher.resubmit(pending, &origin).await.is_err() {

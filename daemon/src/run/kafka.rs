@@ -286,6 +286,9 @@ impl KafkaConfig {
         config
             .set("acks", "all")
             .set("linger.ms", "1")
+            // A checkpoint of every subject (after a failed one, or at a
+            // first start) is one record each: 100k subjects must fit.
+            .set("queue.buffering.max.messages", "1000000")
             .set("message.timeout.ms", "30000");
         Ok(config)
     }

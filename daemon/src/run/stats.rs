@@ -19,4 +19,10 @@ pub struct LiveStats {
     /// Decisions made again while rebuilding a lost state, not acted on
     /// again (an earlier owner did).
     pub rebuilt: AtomicU64,
+    /// Partition states restored from the changelog.
+    pub restores: AtomicU64,
+    /// Subjects in the last state restored.
+    pub restored_subjects: AtomicU64,
+    /// How long the last restore took, in milliseconds.
+    pub restore_millis: AtomicU64,
 }
