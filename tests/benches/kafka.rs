@@ -14,6 +14,8 @@
 //!    under 5 s).
 //!
 //! Run: `cargo bench -p canaryd-tests --bench kafka` (needs Tansu: tests/run installs it).
+//! `BENCH_ONLY=restore` runs step 5 alone; `RUST_LOG=canaryd=info` shows
+//! the daemon's log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a broken benchmark should stop loudly
 
@@ -132,6 +134,12 @@ fn rate(n: usize, d: Duration) -> f64 {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,9 +147,26 @@ fn main() {
     runtime.block_on(bench());
 }
 
+/// The topics every step uses.
+const TOPICS: [(&str, i32); 7] = [
+    ("bench-events", 1),
+    ("bench-dlq", 1),
+    ("bench-latency", 1),
+    ("bench-audit", 1),
+    ("bench-changelog", 1),
+    ("bench-restore", 1),
+    ("bench-restore-changelog", 1),
+];
+
 async fn bench() {
-    let messages: Vec<(String, Vec<u8>)> = (0..EVENTS).map(inference).collect();
     let rules = repo("deploy/examples/canary-alerts.yaml");
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "restore") {
+        let broker = Tansu::start();
+        broker.create_topics(&TOPICS).await;
+        restore(&broker, &rules).await;
+        return;
+    }
+    let messages: Vec<(String, Vec<u8>)> = (0..EVENTS).map(inference).collect();
 
     // 1. In-process ceilings, one core.
     let start = Instant::now();
@@ -173,17 +198,7 @@ async fn bench() {
 
     // 2. The broker, through a bare consumer.
     let broker = Tansu::start();
-    broker
-        .create_topics(&[
-            ("bench-events", 1),
-            ("bench-dlq", 1),
-            ("bench-latency", 1),
-            ("bench-audit", 1),
-            ("bench-changelog", 1),
-            ("bench-restore", 1),
-            ("bench-restore-changelog", 1),
-        ])
-        .await;
+    broker.create_topics(&TOPICS).await;
     let p = producer(&broker.bootstrap());
     send_all(&p, "bench-events", 0, &messages).await;
 
@@ -298,8 +313,13 @@ async fn bench() {
         pct(0.99)
     );
 
-    // 5. Restore: one partition of RESTORE_SUBJECTS subjects, checkpointed
-    //    by one run at its shutdown, restored by the next.
+    restore(&broker, &rules).await;
+}
+
+/// 5. Restore: one partition of RESTORE_SUBJECTS subjects, checkpointed by
+///    one run at its shutdown, restored by the next.
+async fn restore(broker: &Tansu, rules: &Path) {
+    let p = producer(&broker.bootstrap());
     let subjects: Vec<(String, Vec<u8>)> = (0..RESTORE_SUBJECTS)
         .map(|i| {
             let model = format!("r{i:06}");
@@ -315,7 +335,7 @@ async fn bench() {
             &broker.bootstrap(),
             "bench-restore",
             "canaryd-restore",
-            &rules,
+            rules,
             "  changelog_topic: bench-restore-changelog\n",
             "",
         )
@@ -326,16 +346,26 @@ async fn bench() {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(live.run(shutdown.clone()));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while stats.restores.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+    let settled =
+        || stats.restores.load(Ordering::Relaxed) + stats.rebuilds.load(Ordering::Relaxed) > 0;
+    while !settled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     shutdown.cancel();
     task.await.unwrap().unwrap();
-    println!(
-        "restore from the changelog: {} subjects in {} ms",
-        stats.restored_subjects.load(Ordering::Relaxed),
-        stats.restore_millis.load(Ordering::Relaxed)
-    );
+    if stats.restores.load(Ordering::Relaxed) > 0 {
+        println!(
+            "restore from the changelog: {} subjects in {} ms",
+            stats.restored_subjects.load(Ordering::Relaxed),
+            stats.restore_millis.load(Ordering::Relaxed)
+        );
+    } else {
+        // Seen with Tansu's memory storage: records it acknowledged at the
+        // end of a large burst were missing when read back.
+        println!(
+            "restore from the changelog: the broker did not have the last checkpoint; the partition was rebuilt from the input instead (run again)"
+        );
+    }
 }
 
 const RESTORE_SUBJECTS: usize = 100_000;

@@ -268,6 +268,43 @@ impl Changelog {
     }
 }
 
+/// Changelog records by key, decoded (`None`: unreadable).
+type Decoded = Vec<(Vec<u8>, Option<Value>)>;
+
+/// Decodes `records` on every core, in their order.
+fn decode_all(records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Decoded, String> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = records.len().div_ceil(threads).max(1);
+    let decode = |part: &mut [(Vec<u8>, Vec<u8>)]| -> Decoded {
+        part.iter_mut()
+            .map(|(key, payload)| {
+                let value = ciborium::from_reader::<Value, _>(payload.as_slice()).ok();
+                (std::mem::take(key), value)
+            })
+            .collect()
+    };
+    let mut records = records;
+    if threads == 1 || records.len() < 1_000 {
+        return Ok(decode(&mut records));
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = records
+            .chunks_mut(chunk)
+            .map(|part| scope.spawn(move || decode(part)))
+            .collect();
+        let mut all = Vec::new();
+        for handle in handles {
+            // A panicking decoder is a bug: the restore fails, and says so.
+            all.extend(
+                handle
+                    .join()
+                    .map_err(|_| "a changelog decoder panicked".to_string())?,
+            );
+        }
+        Ok(all)
+    })
+}
+
 /// Reads changelog partition `partition` of `changelog` to its end and
 /// returns the latest complete checkpoint of input `topic`/`partition`;
 /// `Ok(None)` when it has none. Blocking: run it off the async threads.
@@ -283,6 +320,7 @@ pub(super) fn restore(
         .fetch_watermarks(changelog, partition, Duration::from_secs(10))
         .map_err(|e| format!("changelog {changelog} partition {partition}: {e}"))?;
     if high <= low {
+        tracing::debug!(changelog, partition, low, high, "changelog partition empty");
         return Ok(None);
     }
     let mut assignment = TopicPartitionList::new();
@@ -292,31 +330,53 @@ pub(super) fn restore(
     reader.assign(&assignment).map_err(|e| e.to_string())?;
     let marker = marker_key(topic, partition);
     let prefix = format!("s\0{topic}\0{partition}\0");
+    // Read first, decode after, in parallel: decoding is most of the cost.
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut bytes = 0usize;
+    let mut position = low;
+    let mut end = high;
+    loop {
+        while position < end {
+            if started.elapsed() > RESTORE_LIMIT {
+                return Err(format!(
+                    "changelog {changelog} partition {partition}: not read to its end within {RESTORE_LIMIT:?}"
+                ));
+            }
+            let Some(message) = reader.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.map_err(|e| e.to_string())?;
+            position = message.offset() + 1;
+            let (Some(key), Some(payload)) = (message.key(), message.payload()) else {
+                continue;
+            };
+            if key != marker.as_bytes() && !key.starts_with(prefix.as_bytes()) {
+                continue; // another input topic's state
+            }
+            bytes += payload.len();
+            records.push((key.to_vec(), payload.to_vec()));
+        }
+        // The end read at the start can lag what the broker acknowledged
+        // (seen on Tansu): read on while it moves.
+        let (_, now_high) = reader
+            .fetch_watermarks(changelog, partition, Duration::from_secs(10))
+            .map_err(|e| format!("changelog {changelog} partition {partition}: {e}"))?;
+        if now_high <= end {
+            break;
+        }
+        end = now_high;
+    }
+    let read = started.elapsed();
+    let decoded = decode_all(records)
+        .map_err(|e| format!("changelog {changelog} partition {partition}: {e}"))?;
     let mut latest: Option<(u64, i64, EngineCheckpoint, Vec<Pending>)> = None;
     // Every generation of each subject seen, oldest first (compaction
     // leaves few).
     let mut subjects: HashMap<Vec<u8>, Vec<(u64, SubjectState)>> = HashMap::new();
     let mut undecodable = 0u64;
-    let mut position = low;
-    while position < high {
-        if started.elapsed() > RESTORE_LIMIT {
-            return Err(format!(
-                "changelog {changelog} partition {partition}: not read to its end within {RESTORE_LIMIT:?}"
-            ));
-        }
-        let Some(message) = reader.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.map_err(|e| e.to_string())?;
-        position = message.offset() + 1;
-        let (Some(key), Some(payload)) = (message.key(), message.payload()) else {
-            continue;
-        };
-        if key != marker.as_bytes() && !key.starts_with(prefix.as_bytes()) {
-            continue; // another input topic's state
-        }
-        match ciborium::from_reader::<Value, _>(payload) {
-            Ok(Value::Marker {
+    for (key, value) in decoded {
+        match value {
+            Some(Value::Marker {
                 format: FORMAT,
                 generation,
                 next_offset,
@@ -327,15 +387,12 @@ pub(super) fn restore(
                     latest = Some((generation, next_offset, engine, outbox));
                 }
             }
-            Ok(Value::Subject {
+            Some(Value::Subject {
                 format: FORMAT,
                 generation,
                 state,
-            }) => subjects
-                .entry(key.to_vec())
-                .or_default()
-                .push((generation, state)),
-            Ok(_) | Err(_) => undecodable += 1,
+            }) => subjects.entry(key).or_default().push((generation, state)),
+            Some(_) | None => undecodable += 1,
         }
     }
     if undecodable > 0 {
@@ -343,6 +400,7 @@ pub(super) fn restore(
             "changelog {changelog} partition {partition}: {undecodable} records could not be read"
         ));
     }
+    tracing::debug!(changelog, partition, low, end, subjects = subjects.len(), bytes, ?read, marker = latest.is_some(), took = ?started.elapsed(), "changelog read");
     let Some((generation, next_offset, engine, outbox)) = latest else {
         return Ok(None);
     };

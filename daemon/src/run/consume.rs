@@ -599,6 +599,7 @@ impl<'c> ConsumeLoop<'c> {
             tracing::error!(topic, partition, why, error = %e, "cannot go back to rebuild: starting from an empty state at the committed offset");
             return;
         }
+        self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
         let state = self.partitions.state(topic, partition, &self.loaded);
         state.act_from = committed;
         state.rewinding = true;

@@ -19,6 +19,8 @@ pub struct LiveStats {
     /// Decisions made again while rebuilding a lost state, not acted on
     /// again (an earlier owner did).
     pub rebuilt: AtomicU64,
+    /// Partition states rebuilt from the input, the changelog having none.
+    pub rebuilds: AtomicU64,
     /// Partition states restored from the changelog.
     pub restores: AtomicU64,
     /// Subjects in the last state restored.
