@@ -1028,6 +1028,17 @@ fn dev_is_the_base_config_in_dry_run_and_prod_acts() {
         dev["kafka"]["group_id"], base["kafka"]["group_id"],
         "dev must not join the base's consumer group and take its partitions"
     );
+    for topic in ["changelog_topic", "silences_topic"] {
+        assert!(
+            base["kafka"][topic].is_string(),
+            "the base keeps durable state: {topic}"
+        );
+        assert_ne!(
+            dev["kafka"][topic], base["kafka"][topic],
+            "dev must not read or write the base's {topic}"
+        );
+        dev["kafka"][topic] = base["kafka"][topic].clone();
+    }
     // Nothing else differs.
     dev.as_object_mut().unwrap().remove("dry_run");
     dev["kafka"]["group_id"] = base["kafka"]["group_id"].clone();
