@@ -393,6 +393,11 @@ impl<'c> ConsumeLoop<'c> {
             let Some(next_offset) = state.next_offset else {
                 continue;
             };
+            if next_offset < state.act_from {
+                // Still rebuilding: a checkpoint now would let the next
+                // owner act again on what an earlier owner acted on.
+                continue;
+            }
             let subjects = if state.rewrite_all {
                 // Drain the changed set too, so it does not grow.
                 let _ = state.engine.take_changed();
