@@ -106,6 +106,8 @@ pub struct Metrics {
     alertmanager_payloads: Family<ResultLabels, Counter>,
     audit_records: Family<ResultLabels, Counter>,
     audit_backpressure: Counter,
+    state_loads: Family<ResultLabels, Counter>,
+    outbox_actions: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -216,6 +218,23 @@ impl Metrics {
             "Times a full audit queue made evaluation wait for the writer",
             audit_backpressure.clone(),
         );
+        let state_loads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "partition_state_loads",
+            "Assigned partitions by how their state was loaded: restored from the changelog, rebuilt from the input (changelog lost), or fresh",
+            state_loads.clone(),
+        );
+        for result in STATE_LOADS {
+            state_loads.get_or_create_owned(&ResultLabels {
+                result: result.to_string(),
+            });
+        }
+        let outbox_actions = Gauge::default();
+        registry.register(
+            "outbox_actions",
+            "Actions decided and not yet finished by their receiver, kept in the changelog's outbox",
+            outbox_actions.clone(),
+        );
         for result in PayloadResult::ALL {
             alertmanager_payloads.get_or_create_owned(&ResultLabels {
                 result: result.as_str().to_string(),
@@ -248,6 +267,8 @@ impl Metrics {
             alertmanager_payloads,
             audit_records,
             audit_backpressure,
+            state_loads,
+            outbox_actions,
         }
     }
 
@@ -366,6 +387,18 @@ impl Metrics {
         }
     }
 
+    /// The configuration the daemon started with loaded at `at`: it counts
+    /// as a successful load, as in Prometheus, so a fresh daemon does not
+    /// look like one whose reload failed.
+    pub fn record_initial_load(&self, at: SystemTime) {
+        self.reload_successful.set(1);
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.reload_success_timestamp.set(secs);
+    }
+
     /// One Alertmanager webhook payload ended with `result`.
     pub fn inc_alertmanager_payload(&self, result: PayloadResult) {
         self.alertmanager_payloads
@@ -393,7 +426,27 @@ impl Metrics {
     pub fn inc_audit_backpressure(&self) {
         self.audit_backpressure.inc();
     }
+
+    /// Counts an assigned partition's state loaded as `how`: one of
+    /// `restored`, `rebuilt` or `fresh`.
+    pub fn inc_state_load(&self, how: &'static str) {
+        debug_assert!(STATE_LOADS.contains(&how));
+        self.state_loads
+            .get_or_create(&ResultLabels {
+                result: how.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets how many actions the outbox holds unfinished.
+    pub fn set_outbox_actions(&self, n: usize) {
+        self.outbox_actions
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
+
+/// The `result` label values of `canaryd_partition_state_loads_total`.
+const STATE_LOADS: [&str; 3] = ["restored", "rebuilt", "fresh"];
 
 /// How one Alertmanager webhook payload ended: the `result` label of
 /// `canaryd_alertmanager_payloads_total`.
@@ -554,6 +607,49 @@ mod tests {
             sample(&text, "canaryd_config_reload_duration_seconds_count"),
             Some(2.0)
         );
+    }
+
+    #[test]
+    fn the_initial_load_counts_as_successful_and_durability_families_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "canaryd_config_last_reload_successful"),
+            Some(0.0)
+        );
+        for how in STATE_LOADS {
+            let series = format!(r#"canaryd_partition_state_loads_total{{result="{how}"}}"#);
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+        assert_eq!(sample(&text, "canaryd_outbox_actions"), Some(0.0));
+        m.record_initial_load(UNIX_EPOCH + Duration::from_secs(7));
+        m.inc_state_load("rebuilt");
+        m.set_outbox_actions(3);
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "canaryd_config_last_reload_successful"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "canaryd_config_last_reload_success_timestamp_seconds"
+            ),
+            Some(7.0)
+        );
+        assert_eq!(
+            sample(&text, "canaryd_config_reload_duration_seconds_count"),
+            Some(0.0),
+            "the initial load is not a reload's duration"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"canaryd_partition_state_loads_total{result="rebuilt"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "canaryd_outbox_actions"), Some(3.0));
     }
 
     #[test]

@@ -240,6 +240,11 @@ async fn alertmanager_alerts_act_once_and_the_api_health_and_metrics_tell_the_tr
         "canaryd_events_consumed_total{topic=\"events\"} 714",
         "canaryd_alerts{rule=\"Canary Error Rate High\",state=\"firing\"} 1",
         "canaryd_build_info",
+        // The configuration it started with counts as loaded.
+        "canaryd_config_last_reload_successful 1",
+        // Durable-state families exist from the start (no changelog here).
+        "canaryd_partition_state_loads_total{result=\"restored\"} 0",
+        "canaryd_outbox_actions 0",
     ] {
         assert!(
             metrics.contains(needle),

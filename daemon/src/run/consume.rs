@@ -373,6 +373,11 @@ impl<'c> ConsumeLoop<'c> {
             self.checkpoint();
         }
         self.checkpoints_acknowledged();
+        if let Some(pipeline) = &self.dispatcher.pipeline {
+            self.shared
+                .metrics
+                .set_outbox_actions(pipeline.outbox().unfinished());
+        }
         self.membership.check(self.consumer);
         Ok(())
     }
@@ -534,6 +539,7 @@ impl<'c> ConsumeLoop<'c> {
                 self.partitions.insert(topic, partition, state);
                 let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 self.stats.restores.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.inc_state_load("restored");
                 self.stats
                     .restored_subjects
                     .store(subjects as u64, Ordering::Relaxed);
@@ -548,17 +554,30 @@ impl<'c> ConsumeLoop<'c> {
                     );
                 }
             }
-            Ok(Ok(None)) => self.rebuild(topic, partition, "the changelog has no checkpoint of it"),
-            Ok(Err(e)) => self.rebuild(
+            Ok(Ok(None)) => {
+                self.rebuild_or_start(topic, partition, "the changelog has no checkpoint of it")
+            }
+            Ok(Err(e)) => self.rebuild_or_start(
                 topic,
                 partition,
                 &format!("the changelog is unreadable: {e}"),
             ),
-            Err(e) => self.rebuild(
+            Err(e) => self.rebuild_or_start(
                 topic,
                 partition,
                 &format!("the changelog restore failed: {e}"),
             ),
+        }
+    }
+
+    /// A partition without a checkpoint: rebuilt from the input, or
+    /// started fresh; counted either way.
+    fn rebuild_or_start(&mut self, topic: &str, partition: i32, why: &str) {
+        if self.rebuild(topic, partition, why) {
+            self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.inc_state_load("rebuilt");
+        } else {
+            self.shared.metrics.inc_state_load("fresh");
         }
     }
 
@@ -567,8 +586,8 @@ impl<'c> ConsumeLoop<'c> {
     /// the rebuild lookback and re-evaluates that input without acting on
     /// it, so pending timers and firing alerts are as they were; actions
     /// start again at the committed offset. A partition never committed
-    /// simply starts.
-    fn rebuild(&mut self, topic: &str, partition: i32, why: &str) {
+    /// simply starts. Whether it rebuilds.
+    fn rebuild(&mut self, topic: &str, partition: i32, why: &str) -> bool {
         let consumer = self.consumer;
         let lookback = self.loaded.rebuild_lookback();
         // The consumer's own calls block for a broker round trip; this
@@ -578,7 +597,7 @@ impl<'c> ConsumeLoop<'c> {
         let (from, committed) = match found {
             Ok(Some((from, committed))) if from >= committed => {
                 tracing::warn!(topic, partition, why, committed, %lookback, "no input in the rebuild lookback: starting from an empty state at the committed offset");
-                return;
+                return false;
             }
             Ok(Some(range)) => range,
             Ok(None) => {
@@ -588,11 +607,11 @@ impl<'c> ConsumeLoop<'c> {
                     why,
                     "no offset committed for this partition either: starting from an empty state"
                 );
-                return;
+                return false;
             }
             Err(e) => {
                 tracing::error!(topic, partition, why, error = %e, "cannot find where to rebuild from: starting from an empty state at the committed offset");
-                return;
+                return false;
             }
         };
         if let Err(e) = consumer.seek(
@@ -602,13 +621,13 @@ impl<'c> ConsumeLoop<'c> {
             Duration::from_secs(5),
         ) {
             tracing::error!(topic, partition, why, error = %e, "cannot go back to rebuild: starting from an empty state at the committed offset");
-            return;
+            return false;
         }
-        self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
         let state = self.partitions.state(topic, partition, &self.loaded);
         state.act_from = committed;
         state.rewinding = true;
         tracing::error!(topic, partition, why, from, committed, %lookback, "rebuilding this partition's state from the input: re-evaluating the last {lookback} without acting, then acting from the committed offset");
+        true
     }
 
     /// Carries out a command from the HTTP server.

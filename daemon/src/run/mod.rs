@@ -119,6 +119,9 @@ impl Live {
         }
         let (command_tx, commands) = tokio::sync::mpsc::channel(64);
         let shared = Arc::new(Shared::new(&loaded.rules, command_tx));
+        shared
+            .metrics
+            .record_initial_load(std::time::SystemTime::now());
         Ok(Live {
             loaded: Arc::new(loaded),
             config_path: None,
