@@ -18,6 +18,8 @@
 //! - [`engine`]: events in, transitions out, driven by a watermark;
 //!   [`engine::checkpoint`] saves and restores its state by name.
 //! - [`analytics`]: per subject-track sliding windows over inference events.
+//! - [`rollout`]: the progressive rollout through a plan's stages, a pure
+//!   `step` function over event time and the gating rules.
 #![forbid(unsafe_code)]
 
 pub mod analytics;
@@ -26,6 +28,7 @@ pub mod engine;
 pub mod event;
 pub mod load;
 pub mod policy;
+pub mod rollout;
 pub mod rule;
 pub mod state;
 pub mod subject;
