@@ -388,6 +388,9 @@ mod tests {
             (br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","value":1}"#, DecodeErrorKind::MissingField),
             (br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","name":"x","value":"high"}"#, DecodeErrorKind::WrongType),
             (br#"{"type":"metric","ts":"yesterday","name":"x","value":1}"#, DecodeErrorKind::BadTime),
+            // An offset out of range is not quietly read as another time.
+            (br#"{"type":"metric","ts":"2026-03-01T12:00:00+00:99","name":"x","value":1}"#, DecodeErrorKind::BadTime),
+            (br#"{"type":"metric","ts":"2026-03-01T12:00:00+99:00","name":"x","value":1}"#, DecodeErrorKind::BadTime),
             (br#"{"type":"gauge","ts":"2026-03-01T12:00:00Z"}"#, DecodeErrorKind::WrongType),
             (br#"{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"m","version":"v","track":"canary","latency_ms":-1,"error":false}"#, DecodeErrorKind::BadValue),
             (br#"{"type":"inference","ts":"2026-03-01T12:00:00Z","model":"m","version":"v","track":"canary","latency_ms":1,"error":false,"prediction":7}"#, DecodeErrorKind::BadValue),

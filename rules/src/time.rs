@@ -240,7 +240,12 @@ fn fast_rfc3339(b: &[u8]) -> Option<i64> {
         [b'Z' | b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
             let d = |c: &u8| c.is_ascii_digit().then(|| i64::from(c - b'0'));
-            let minutes = (d(h1)? * 10 + d(h2)?) * 60 + d(m1)? * 10 + d(m2)?;
+            let (hours, mins) = (d(h1)? * 10 + d(h2)?, d(m1)? * 10 + d(m2)?);
+            // RFC 3339's time-numoffset: hours 00-23, minutes 00-59.
+            if hours > 23 || mins > 59 {
+                return None;
+            }
+            let minutes = hours * 60 + mins;
             if *sign == b'+' { minutes } else { -minutes }
         }
         _ => return None,
@@ -344,5 +349,24 @@ mod tests {
         assert_eq!(t.to_string(), "2026-03-01T11:00:00.250Z");
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
         assert!(Timestamp::parse_rfc3339("2026-13-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn offsets_out_of_range_are_rejected_not_read_as_something_else() {
+        for text in [
+            "2026-03-01T12:00:00+00:99",
+            "2026-03-01T12:00:00+99:00",
+            "2026-03-01T12:00:00-24:00",
+            "2026-03-01T12:00:00.5+00:60",
+        ] {
+            let parsed = Timestamp::parse_rfc3339(text);
+            assert!(parsed.is_err(), "{text} read as {parsed:?}");
+        }
+        // The edges of the range are fine, and mean what they say.
+        let utc = Timestamp::parse_rfc3339("2026-03-01T12:00:00Z").unwrap();
+        let east = Timestamp::parse_rfc3339("2026-03-01T12:00:00+23:59").unwrap();
+        assert_eq!(utc.millis() - east.millis(), (23 * 60 + 59) * 60_000);
+        let west = Timestamp::parse_rfc3339("2026-03-01T12:00:00-00:30").unwrap();
+        assert_eq!(west.millis() - utc.millis(), 30 * 60_000);
     }
 }
