@@ -382,7 +382,7 @@ mod tests {
 
     #[test]
     fn malformed_events_are_classified() {
-        let cases: [(&[u8], DecodeErrorKind); 9] = [
+        let cases: [(&[u8], DecodeErrorKind); 11] = [
             (b"not json", DecodeErrorKind::NotJson),
             (b"{\"type\":\"metric\"", DecodeErrorKind::NotJson),
             (br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","value":1}"#, DecodeErrorKind::MissingField),
