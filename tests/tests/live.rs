@@ -167,6 +167,56 @@ async fn malformed_messages_are_dead_lettered_with_their_reason() {
     }
 }
 
+/// One event stamped in 2099 (a producer with a wrong clock) ahead of a
+/// real incident: it is dead-lettered as `future_time`, and the incident
+/// behind it is still seen and rolled back. Were it taken, every later
+/// event would be "late" and dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_future_stamped_event_is_dead_lettered_and_does_not_blind_the_engine() {
+    let broker = start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &broker.bootstrap(), "canaryd-future");
+    let daemon = Daemon::spawn(
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path().join("canaryd.log"),
+    );
+    assert!(
+        daemon.wait_for_log("partitions assigned", WAIT),
+        "{}",
+        daemon.log_text()
+    );
+    let p = producer(&broker.bootstrap());
+    let future = br#"{"type":"metric","ts":"2099-01-01T00:00:00Z","name":"canary_error_rate","value":0.001,"labels":{"model":"summarizer"}}"#;
+    send(&p, "events", 0, "summarizer", future).await;
+    let lines: Vec<(String, Vec<u8>)> = incident_lines()
+        .into_iter()
+        .filter(|l| model_of(l) == "summarizer")
+        .map(|l| ("summarizer".to_string(), l.into_bytes()))
+        .collect();
+    send_all(&p, "events", 0, &lines).await;
+
+    let audit = read_until(&broker.bootstrap(), "canaryd-audit", WAIT, |r| {
+        has_outcome(r, "auto_rollback", "summarizer", "succeeded")
+    });
+    assert!(
+        has_outcome(&audit, "auto_rollback", "summarizer", "succeeded"),
+        "the incident was not seen: {}",
+        daemon.log_text()
+    );
+    let dlq = read_until(&broker.bootstrap(), "events-dlq", WAIT, |r| !r.is_empty());
+    assert_eq!(dlq.len(), 1, "{}", daemon.log_text());
+    assert_eq!(dlq[0].payload, future.to_vec());
+    assert_eq!(dlq[0].header("canaryd-reason"), Some("future_time"));
+    assert!(
+        dlq[0]
+            .header("canaryd-error")
+            .is_some_and(|e| e.contains("kafka.max_future_skew")),
+        "{:?}",
+        dlq[0].headers
+    );
+    assert!(!daemon.log_text().contains("late event dropped"));
+}
+
 /// A small deterministic generator, so failures reproduce.
 struct Lcg(u64);
 

@@ -102,6 +102,8 @@ pub(super) struct ConsumeLoop<'c> {
     pub(super) reader: Option<rdkafka::ClientConfig>,
     /// How often a checkpoint is taken.
     pub(super) checkpoint_every: Duration,
+    /// How far ahead of the wall clock an event may be stamped.
+    pub(super) max_future_skew: canaryd_rules::Span,
     pub(super) next_checkpoint: Instant,
     /// A consumed-messages counter per topic, taken once.
     pub(super) consumed: Vec<(String, Counter)>,
@@ -272,19 +274,22 @@ impl<'c> ConsumeLoop<'c> {
                     Some(Err(e)) => (e.kind.as_str(), e.message),
                     _ => ("missing_payload", "message has no payload".to_string()),
                 };
-                let sent = self
-                    .dead_letters
-                    .send(message, reason, &detail, shutdown)
-                    .await;
-                if sent && self.changelog.is_some() {
-                    let (topic, partition) = (message.topic(), message.partition());
-                    self.partitions
-                        .state(topic, partition, &self.loaded)
-                        .next_offset = Some(message.offset() + 1);
-                }
-                return Ok(sent);
+                return Ok(self.dead_letter(message, reason, &detail, shutdown).await);
             }
         };
+        // One wrong clock must not move event time ahead of everyone's:
+        // later, correctly stamped events would all be late.
+        let limit = wall_clock().plus(self.max_future_skew);
+        if event.ts() > limit {
+            let detail = format!(
+                "event time {} is more than kafka.max_future_skew ({}) ahead of this replica's clock",
+                event.ts(),
+                self.max_future_skew
+            );
+            return Ok(self
+                .dead_letter(message, "future_time", &detail, shutdown)
+                .await);
+        }
         self.evaluate(message, &event, now);
         if !self.outputs.is_empty()
             && self
@@ -310,6 +315,28 @@ impl<'c> ConsumeLoop<'c> {
                 .await?;
         }
         Ok(true)
+    }
+
+    /// Sends `message` to the dead-letter topic; whether it was sent (then
+    /// it counts as processed).
+    async fn dead_letter(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        detail: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let sent = self
+            .dead_letters
+            .send(message, reason, detail, shutdown)
+            .await;
+        if sent && self.changelog.is_some() {
+            let (topic, partition) = (message.topic(), message.partition());
+            self.partitions
+                .state(topic, partition, &self.loaded)
+                .next_offset = Some(message.offset() + 1);
+        }
+        sent
     }
 
     /// The consume stage's count, per topic.

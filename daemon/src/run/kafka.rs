@@ -65,6 +65,11 @@ pub struct KafkaConfig {
     /// How often stored offsets are committed (and always on shutdown).
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Span,
+    /// An event stamped more than this ahead of the replica's clock is
+    /// dead-lettered (`future_time`): one wrong clock must not move event
+    /// time past now, or every correctly stamped event after it is late.
+    #[serde(default = "default_max_future_skew")]
+    pub max_future_skew: Span,
     /// How long the group waits for a silent replica before moving its partitions.
     #[serde(default = "default_session_timeout")]
     pub session_timeout: Span,
@@ -107,6 +112,9 @@ fn default_commit_interval() -> Span {
 }
 fn default_session_timeout() -> Span {
     Span::seconds(10)
+}
+fn default_max_future_skew() -> Span {
+    Span::seconds(60)
 }
 fn default_rejoin_after() -> Span {
     Span::seconds(30)
@@ -195,6 +203,9 @@ impl KafkaConfig {
                 "kafka.assignment_strategy: cooperative-sticky cannot be combined with eager assignors"
                     .to_string(),
             );
+        }
+        if self.max_future_skew < Span::ZERO {
+            out.push("kafka.max_future_skew must not be negative".to_string());
         }
         if self.rejoin_after < self.session_timeout {
             out.push(format!(

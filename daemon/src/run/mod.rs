@@ -317,6 +317,7 @@ impl Live {
                     .max(1),
             ),
             next_checkpoint: std::time::Instant::now(),
+            max_future_skew: kafka.max_future_skew,
             consumed: Vec::new(),
             evaluations_seen: 0,
         };
