@@ -107,6 +107,9 @@ pub struct TrackWindow {
     min_group_samples: u64,
     /// Newest time seen (event or `now`), ms; `None` until the first.
     newest: Option<i64>,
+    /// Newest event time recorded, ms: how long the track has been silent.
+    #[serde(default)]
+    last_event: Option<i64>,
     /// Ring indexed by `sub-bucket number mod SUB_BUCKETS`.
     buckets: [Bucket; SUB_BUCKETS],
     /// The sum of the buckets' latency bins.
@@ -156,6 +159,7 @@ impl TrackWindow {
             width: (config.window.millis() / SUB_BUCKETS as i64).max(1),
             min_group_samples: config.min_group_samples,
             newest: None,
+            last_event: None,
             buckets: Default::default(),
             latency: Bins::default(),
             groups: Vec::new(),
@@ -179,6 +183,7 @@ impl TrackWindow {
             return false;
         }
         self.advance(t);
+        self.last_event = Some(self.last_event.map_or(t, |l| l.max(t)));
         let slot = ring_slot(number);
         let key = latency_key(e.latency_ms);
         self.latency.add(key);
@@ -252,6 +257,9 @@ impl TrackWindow {
             },
             window_seconds,
             overflow_groups: overflow,
+            last_seen_age: self
+                .last_event
+                .map(|t| now.millis().saturating_sub(t).max(0) as f64 / 1000.0),
             ..TrackStats::default()
         };
         let min = min_samples.max(1);
@@ -432,6 +440,9 @@ pub struct TrackStats {
     /// Requests in the window with a group and a prediction whose group was
     /// not tracked because [`MAX_GROUPS`] groups already held data.
     pub overflow_groups: u64,
+    /// Seconds of event time since the track's last event; `None` before
+    /// its first. Not guarded by `min_samples`: silence is the signal.
+    pub last_seen_age: Option<f64>,
 }
 
 impl TrackStats {
@@ -452,6 +463,7 @@ impl TrackStats {
             "demographic_parity" => self.demographic_parity,
             "equal_opportunity" => self.equal_opportunity,
             "disparate_impact" | "fairness_metric" => self.disparate_impact,
+            "last_seen_age" => self.last_seen_age,
             _ => None,
         }
     }

@@ -362,7 +362,7 @@ impl Engine {
                 if let Some(metric) = name.strip_prefix(prefix).and_then(|m| m.strip_prefix('_'))
                     && let Some(&metric) = TRACK_METRICS.iter().find(|&&m| m == metric)
                 {
-                    let guarded = !matches!(metric, "requests" | "request_rate");
+                    let guarded = !matches!(metric, "requests" | "request_rate" | "last_seen_age");
                     computed[slot] = Some(Computed {
                         track,
                         metric,

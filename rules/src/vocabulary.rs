@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 pub const TRACKS: [&str; 2] = ["canary", "stable"];
 
 /// Per-track metrics, exposed as `canary_<name>` and `stable_<name>`.
-pub const TRACK_METRICS: [&str; 12] = [
+pub const TRACK_METRICS: [&str; 13] = [
     "requests",
     "request_rate",
     "error_rate",
@@ -19,6 +19,7 @@ pub const TRACK_METRICS: [&str; 12] = [
     "equal_opportunity",
     "disparate_impact",
     "fairness_metric",
+    "last_seen_age",
 ];
 
 /// Variables derived from alert events. They describe state, not samples,

@@ -277,7 +277,7 @@ fn below_min_samples_ratios_and_quantiles_are_insufficient_data() {
         let present = below.get(name).is_some();
         assert_eq!(
             present,
-            name == "requests" || name == "request_rate",
+            matches!(name, "requests" | "request_rate" | "last_seen_age"),
             "{name}"
         );
     }

@@ -168,3 +168,94 @@ fn a_missing_events_file_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+/// Inference traffic for `model`: `per_second` events per track while the
+/// track is up, over `seconds`, stamped from 12:00:00.
+fn traffic(
+    model: &str,
+    seconds: i64,
+    per_second: i64,
+    canary_up: impl Fn(i64) -> bool,
+    stable_up: impl Fn(i64) -> bool,
+) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    for ms in (0..seconds * 1000).step_by((1000 / per_second) as usize) {
+        for (track, up) in [
+            ("canary", canary_up(ms / 1000)),
+            ("stable", stable_up(ms / 1000)),
+        ] {
+            if up {
+                out.push((
+                    ms,
+                    format!(
+                        r#"{{"type":"inference","ts":"2026-03-01T12:{:02}:{:02}.{:03}Z","model":"{model}","version":"v2","track":"{track}","latency_ms":120.5,"error":false}}"#,
+                        ms / 60_000,
+                        (ms / 1000) % 60,
+                        ms % 1000
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The firing transitions of "Canary Silent" when `events` are replayed
+/// through the shipped rules.
+fn silent_firings(events: Vec<(i64, String)>) -> Vec<Value> {
+    let mut events = events;
+    events.sort_by_key(|(ms, _)| *ms);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let text: Vec<String> = events.into_iter().map(|(_, l)| l).collect();
+    std::fs::write(&path, text.join("\n")).unwrap();
+    let out = canaryd(&[
+        "replay",
+        "--rules",
+        RULES,
+        "--rules",
+        "deploy/examples/playbook-triggers.yaml",
+        "--events",
+        path.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json_lines(&stdout(&out))
+        .into_iter()
+        .filter(|l| {
+            l["kind"] == "transition" && l["rule"] == "Canary Silent" && l["to"] == "firing"
+        })
+        .collect()
+}
+
+#[test]
+fn a_canary_that_stops_while_its_stable_serves_is_rolled_back_within_30_s() {
+    // Both tracks at 5 requests/s for 2 minutes; the canary stops at 60 s.
+    let firings = silent_firings(traffic("summarizer", 120, 5, |s| s < 60, |_| true));
+    assert_eq!(firings.len(), 1, "{firings:#?}");
+    // The last canary event is at 59.8 s; the rule fires 20 s after it.
+    let ts = firings[0]["ts"].as_str().unwrap();
+    assert!(
+        ("2026-03-01T12:01:19.800Z"..="2026-03-01T12:01:29.800Z").contains(&ts),
+        "fired at {ts}, not within 30 s of the last canary event"
+    );
+}
+
+#[test]
+fn a_silent_canary_is_not_fired_on_when_both_tracks_go_quiet_or_it_never_started() {
+    // Both tracks of `summarizer` stop at 60 s; `translator` keeps event
+    // time moving.
+    let mut events = traffic("summarizer", 120, 5, |s| s < 60, |s| s < 60);
+    events.extend(traffic("translator", 120, 5, |_| true, |_| true));
+    // A new canary that has not sent anything yet, beside a busy stable.
+    events.extend(traffic("ranker", 120, 5, |_| false, |_| true));
+    // A low-traffic canary: one request every 15 s is its normal pace.
+    events.extend(
+        traffic("tagger", 120, 5, |_| true, |_| true)
+            .into_iter()
+            .filter(|(ms, l)| !l.contains(r#""track":"canary""#) || ms % 15_000 == 0),
+    );
+    let firings = silent_firings(events);
+    assert!(firings.is_empty(), "{firings:#?}");
+}
