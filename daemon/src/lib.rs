@@ -11,9 +11,11 @@
 //! - [`config`]: the config file, and loading the rules it names.
 //! - [`offline`]: `check`, `test` and `replay`, which need no broker.
 //! - [`run`]: `canaryd run`: start-up and shutdown, the Kafka consume loop
-//!   and its stages, reloads.
+//!   and its stages, the changelog, group membership, shared silences,
+//!   reloads.
 //! - [`act`]: from transitions to actions, routes, the action pipeline
-//!   (queues, retries, escalation, rate limits) and the audit trail.
+//!   (queues, retries, escalation, rate limits), its outbox and the audit
+//!   trail.
 //! - [`server`]: the HTTP side: Alertmanager receiver, silences, API,
 //!   status page.
 //! - [`shared`]: what the consume loop, the pipeline and the HTTP server

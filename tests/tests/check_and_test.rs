@@ -23,7 +23,7 @@ fn the_examples_are_valid() {
     let text = stdout(&out);
     assert!(text.contains("canary-alerts.yaml: ok, 4 rules"), "{text}");
     assert!(
-        text.contains("canaryd.yaml: ok, config with 8 rules from 2 files"),
+        text.contains("canaryd.yaml: ok, config with 9 rules from 2 files"),
         "{text}"
     );
 }

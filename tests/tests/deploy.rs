@@ -981,7 +981,7 @@ fn the_configmaps_config_passes_canaryd_check() {
             stderr(&out)
         );
         assert!(
-            stdout(&out).contains("ok, config with 8 rules from 2 files"),
+            stdout(&out).contains("ok, config with 9 rules from 2 files"),
             "{dir}: {}",
             stdout(&out)
         );

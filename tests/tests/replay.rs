@@ -259,3 +259,55 @@ fn a_silent_canary_is_not_fired_on_when_both_tracks_go_quiet_or_it_never_started
     let firings = silent_firings(events);
     assert!(firings.is_empty(), "{firings:#?}");
 }
+
+#[test]
+fn a_lone_far_future_event_does_not_move_replay_time_but_a_confirmed_jump_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines: Vec<String> = std::fs::read_to_string(repo(EVENTS))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // A wrong clock, a third of the way in, before the spike.
+    let wrong = r#"{"type":"metric","ts":"2099-01-01T00:00:00Z","name":"canary_error_rate","value":0.001,"labels":{"model":"summarizer","namespace":"ml-serving"}}"#;
+    lines.insert(lines.len() / 3, wrong.to_string());
+    // A recording that resumes a day later: three events confirm the jump.
+    for minute in 0..3 {
+        lines.push(format!(
+            r#"{{"type":"metric","ts":"2026-03-02T12:0{minute}:00Z","name":"canary_p95_latency","value":9000,"labels":{{"model":"later","namespace":"ml-serving"}}}}"#
+        ));
+    }
+    let path = dir.path().join("events.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let out = canaryd(&[
+        "replay",
+        "--rules",
+        RULES,
+        "--events",
+        path.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    let rollback = lines
+        .iter()
+        .find(|l| l["kind"] == "action" && l["action"] == "auto_rollback")
+        .expect("the incident is still seen");
+    assert_eq!(rollback["ts"], "2026-03-01T12:11:00.000Z");
+    let summary = lines.iter().find(|l| l["kind"] == "summary").unwrap();
+    assert_eq!(summary["future"], 1, "{summary}");
+    assert_eq!(summary["late"], 0, "{summary}");
+    assert!(
+        stderr(&out).contains("2099-01-01T00:00:00.000Z is more than 1h ahead of event time"),
+        "{}",
+        stderr(&out)
+    );
+    // The day-later events were applied: their subject went pending.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "transition" && l["subject"]["model"] == "later"),
+        "{lines:#?}"
+    );
+}

@@ -1,6 +1,7 @@
-//! From a decision to its effect: which actions a transition asks for,
-//! where each goes, and carrying them out with retries, deadlines and an
-//! audit trail.
+//! From a decision to its effect: which actions a transition asks for
+//! ([`decide`]), where each goes ([`routes`]), carrying them out with
+//! retries and deadlines ([`pipeline`]), keeping the unfinished ones for a
+//! checkpoint ([`outbox`]), and the audit trail ([`audit`]).
 
 pub mod audit;
 pub mod decide;

@@ -4,7 +4,7 @@
 use std::io::{self, BufRead, Write};
 
 use canaryd_connectors::{Action, Connector, DryRun};
-use canaryd_rules::{Engine, Ingested, Output, Subject, Transition, decode};
+use canaryd_rules::{Engine, Ingested, Output, Span, Subject, Timestamp, Transition, decode};
 use serde_json::json;
 
 use crate::act::decide::actions_for;
@@ -31,6 +31,9 @@ pub struct Summary {
     pub malformed: u64,
     /// Events dropped as later than the allowed lateness.
     pub late: u64,
+    /// Events dropped as far ahead of event time with no later event to
+    /// confirm the jump (a wrong clock).
+    pub future: u64,
     /// Metric events for variables no rule reads.
     pub unused: u64,
     /// Inference events among them.
@@ -64,6 +67,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
     let mut outputs = Vec::new();
     let mut line = Vec::new();
     let mut number = 0u64;
+    let mut guard = JumpGuard::default();
     loop {
         line.clear();
         let n = input.read_until(b'\n', &mut line)?;
@@ -96,21 +100,34 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
         if matches!(event, canaryd_rules::Event::Inference(_)) {
             summary.inference += 1;
         }
-        match engine.ingest(&event, &mut outputs) {
-            Ingested::Late => {
-                summary.late += 1;
-                writeln!(
-                    diag,
-                    "line {number}: dropped: later than the allowed lateness"
-                )?;
+        let (ready, dropped) = guard.admit(number, event, engine.watermark());
+        for (line, ts) in dropped {
+            summary.future += 1;
+            writeln!(
+                diag,
+                "line {line}: dropped: {ts} is more than {MAX_JUMP} ahead of event time and no later event confirmed the jump"
+            )?;
+        }
+        for (number, event) in ready {
+            ingest(
+                &mut engine,
+                number,
+                &event,
+                &mut outputs,
+                &mut summary,
+                diag,
+            )?;
+            for output in outputs.drain(..) {
+                emit(loaded, &connector, output, out, format, &mut summary).await?;
             }
-            Ingested::Unused => summary.unused += 1,
-            Ingested::OutOfWindow => summary.late += 1,
-            Ingested::Applied | Ingested::Unmatched => {}
         }
-        for output in outputs.drain(..) {
-            emit(loaded, &connector, output, out, format, &mut summary).await?;
-        }
+    }
+    for (line, ts) in guard.finish() {
+        summary.future += 1;
+        writeln!(
+            diag,
+            "line {line}: dropped: {ts} is more than {MAX_JUMP} ahead of event time and no later event confirmed the jump"
+        )?;
     }
     match format {
         Format::Json => {
@@ -119,6 +136,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
                 "events": summary.events,
                 "malformed": summary.malformed,
                 "late": summary.late,
+                "future": summary.future,
                 "transitions": summary.transitions,
                 "actions": summary.actions.len(),
             });
@@ -127,6 +145,76 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
         Format::Text => write_text_summary(out, &summary, &engine)?,
     }
     Ok(summary)
+}
+
+/// One event into the engine, counted.
+fn ingest<D: Write>(
+    engine: &mut Engine,
+    number: u64,
+    event: &canaryd_rules::Event,
+    outputs: &mut Vec<Output>,
+    summary: &mut Summary,
+    diag: &mut D,
+) -> io::Result<()> {
+    match engine.ingest(event, outputs) {
+        Ingested::Late => {
+            summary.late += 1;
+            writeln!(
+                diag,
+                "line {number}: dropped: later than the allowed lateness"
+            )?;
+        }
+        Ingested::Unused => summary.unused += 1,
+        Ingested::OutOfWindow => summary.late += 1,
+        Ingested::Applied | Ingested::Unmatched => {}
+    }
+    Ok(())
+}
+
+/// How far ahead of event time an event may be before the replay asks
+/// for confirmation.
+const MAX_JUMP: Span = Span::seconds(3600);
+
+/// Events beyond [`MAX_JUMP`] that confirm a jump of event time.
+const CONFIRM: usize = 3;
+
+/// Replay has no wall clock to bound event time, so the stream bounds
+/// itself: an event more than [`MAX_JUMP`] ahead of the watermark is held.
+/// [`CONFIRM`] such events in a row confirm the jump (a gap in a recording)
+/// and are applied in order; an event within reach first means the held
+/// ones came from a wrong clock, and they are dropped.
+#[derive(Default)]
+struct JumpGuard {
+    held: Vec<Numbered>,
+}
+
+/// An event with its line number.
+type Numbered = (u64, canaryd_rules::Event);
+
+impl JumpGuard {
+    /// Takes event `number`; gives back what to apply now, in order, and
+    /// the (line, time) of what it drops.
+    fn admit(
+        &mut self,
+        number: u64,
+        event: canaryd_rules::Event,
+        watermark: Option<Timestamp>,
+    ) -> (Vec<Numbered>, Vec<(u64, Timestamp)>) {
+        let ahead = watermark.is_some_and(|w| event.ts() > w.plus(MAX_JUMP));
+        if ahead {
+            self.held.push((number, event));
+            if self.held.len() >= CONFIRM {
+                return (std::mem::take(&mut self.held), Vec::new());
+            }
+            return (Vec::new(), Vec::new());
+        }
+        (vec![(number, event)], self.finish())
+    }
+
+    /// Drops whatever is held; the (line, time) of each.
+    fn finish(&mut self) -> Vec<(u64, Timestamp)> {
+        self.held.drain(..).map(|(n, e)| (n, e.ts())).collect()
+    }
 }
 
 async fn emit<W: Write>(
@@ -244,8 +332,8 @@ fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io
     writeln!(out, "Summary")?;
     writeln!(
         out,
-        "  events: {} ({} malformed lines skipped, {} late, {} unused, {} inference)",
-        s.events, s.malformed, s.late, s.unused, s.inference
+        "  events: {} ({} malformed lines skipped, {} late, {} far ahead, {} unused, {} inference)",
+        s.events, s.malformed, s.late, s.future, s.unused, s.inference
     )?;
     writeln!(
         out,
