@@ -362,7 +362,14 @@ impl Engine {
                 if let Some(metric) = name.strip_prefix(prefix).and_then(|m| m.strip_prefix('_'))
                     && let Some(&metric) = TRACK_METRICS.iter().find(|&&m| m == metric)
                 {
-                    let guarded = !matches!(metric, "requests" | "request_rate" | "last_seen_age");
+                    let guarded = !matches!(
+                        metric,
+                        "requests"
+                            | "request_rate"
+                            | "last_seen_age"
+                            | "error_rate_lower"
+                            | "error_rate_upper"
+                    );
                     computed[slot] = Some(Computed {
                         track,
                         metric,

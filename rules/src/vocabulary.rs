@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 pub const TRACKS: [&str; 2] = ["canary", "stable"];
 
 /// Per-track metrics, exposed as `canary_<name>` and `stable_<name>`.
-pub const TRACK_METRICS: [&str; 13] = [
+pub const TRACK_METRICS: [&str; 15] = [
     "requests",
     "request_rate",
     "error_rate",
@@ -20,6 +20,8 @@ pub const TRACK_METRICS: [&str; 13] = [
     "disparate_impact",
     "fairness_metric",
     "last_seen_age",
+    "error_rate_lower",
+    "error_rate_upper",
 ];
 
 /// Variables derived from alert events. They describe state, not samples,

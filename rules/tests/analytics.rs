@@ -277,7 +277,14 @@ fn below_min_samples_ratios_and_quantiles_are_insufficient_data() {
         let present = below.get(name).is_some();
         assert_eq!(
             present,
-            matches!(name, "requests" | "request_rate" | "last_seen_age"),
+            matches!(
+                name,
+                "requests"
+                    | "request_rate"
+                    | "last_seen_age"
+                    | "error_rate_lower"
+                    | "error_rate_upper"
+            ),
             "{name}"
         );
     }
@@ -497,4 +504,45 @@ fn config_has_defaults_and_rejects_unknown_keys() {
     assert_eq!(custom.min_group_samples, 30);
     let err = serde_json::from_str::<AnalyticsConfig>(r#"{"windw":"1m"}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+#[test]
+fn wilson_bounds_decide_on_evidence_30_of_50_failing_is_bad_2_of_30_is_not_known() {
+    use canaryd_rules::analytics::wilson;
+    let (lower, upper) = wilson(30, 50).unwrap();
+    assert!(lower > 0.05, "30/50: lower {lower}");
+    assert!(
+        (0.45..0.48).contains(&lower) && (0.71..0.74).contains(&upper),
+        "{lower} {upper}"
+    );
+    let (lower, upper) = wilson(2, 30).unwrap();
+    assert!(
+        lower < 0.05 && upper > 0.05,
+        "2/30 is unknown: {lower}..{upper}"
+    );
+    assert_eq!(wilson(0, 0), None);
+    let (lower, upper) = wilson(0, 10).unwrap();
+    assert!(lower < 1e-12, "{lower}");
+    assert!(upper < 0.31 && upper > 0.25, "{upper}");
+    let (lower, upper) = wilson(10, 10).unwrap();
+    assert!(upper > 1.0 - 1e-12, "{upper}");
+    assert!(lower > 0.69 && lower < 0.75, "{lower}");
+}
+
+proptest::proptest! {
+    /// The interval holds the observed rate and narrows with more trials
+    /// at the same rate: never looser than its count allows.
+    #[test]
+    fn wilson_bounds_hold_the_rate_and_narrow_with_the_count(
+        errors in 0u64..500, extra in 0u64..500, factor in 2u64..20
+    ) {
+        use canaryd_rules::analytics::wilson;
+        let trials = errors + extra + 1;
+        let rate = errors as f64 / trials as f64;
+        let (lower, upper) = wilson(errors, trials).unwrap();
+        proptest::prop_assert!(lower <= rate + 1e-12 && rate <= upper + 1e-12);
+        proptest::prop_assert!((0.0..=1.0).contains(&lower) && (0.0..=1.0).contains(&upper));
+        let (l2, u2) = wilson(errors * factor, trials * factor).unwrap();
+        proptest::prop_assert!(u2 - l2 <= upper - lower + 1e-12);
+    }
 }

@@ -311,3 +311,63 @@ fn a_lone_far_future_event_does_not_move_replay_time_but_a_confirmed_jump_does()
         "{lines:#?}"
     );
 }
+
+#[test]
+fn at_low_traffic_the_error_rate_lower_bound_rolls_back_30_of_50_failing_and_not_2_of_30() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        r#"alerts:
+  - name: "Canary Errors On Evidence"
+    condition: "canary_requests >= 20 && canary_error_rate_lower > 0.05"
+    duration: "0s"
+    severity: "high"
+"#,
+    )
+    .unwrap();
+    // Over one minute: `failing` serves 50 canary requests, 30 failing;
+    // `noisy` serves 30, 2 failing; errors spread evenly. Both far below
+    // min_samples (100). The bound is checked at every refresh, so the
+    // rule asks for 20 requests first: one early error alone has a lower
+    // bound of 0.21.
+    let mut events = Vec::new();
+    for (model, requests, errors) in [("failing", 50u64, 30u64), ("noisy", 30, 2)] {
+        for i in 0..requests {
+            let ms = i * 60_000 / requests;
+            events.push((
+                ms,
+                format!(
+                    r#"{{"type":"inference","ts":"2026-03-01T12:00:{:02}.{:03}Z","model":"{model}","version":"v2","track":"canary","latency_ms":120.5,"error":{}}}"#,
+                    ms / 1000,
+                    ms % 1000,
+                    (i + 1) * errors / requests > i * errors / requests
+                ),
+            ));
+        }
+    }
+    events.sort_by_key(|(ms, _)| *ms);
+    let path = dir.path().join("events.jsonl");
+    let text: Vec<String> = events.into_iter().map(|(_, l)| l).collect();
+    std::fs::write(&path, text.join("\n")).unwrap();
+    let replay = |rules: &str| {
+        let out = canaryd(&[
+            "replay",
+            "--rules",
+            rules,
+            "--events",
+            path.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        json_lines(&stdout(&out))
+            .into_iter()
+            .filter(|l| l["kind"] == "transition" && l["to"] == "firing")
+            .map(|l| l["subject"]["model"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(replay(rules.to_str().unwrap()), ["failing"]);
+    // The playbook's own rule, guarded by min_samples, sees neither.
+    assert!(replay(RULES).is_empty());
+}
