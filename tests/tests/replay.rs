@@ -203,30 +203,30 @@ fn traffic(
 /// The firing transitions of "Canary Silent" when `events` are replayed
 /// through the shipped rules.
 fn silent_firings(events: Vec<(i64, String)>) -> Vec<Value> {
-    let mut events = events;
-    events.sort_by_key(|(ms, _)| *ms);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.jsonl");
-    let text: Vec<String> = events.into_iter().map(|(_, l)| l).collect();
-    std::fs::write(&path, text.join("\n")).unwrap();
-    let out = canaryd(&[
-        "replay",
-        "--rules",
-        RULES,
-        "--rules",
-        "deploy/examples/playbook-triggers.yaml",
-        "--events",
-        path.to_str().unwrap(),
-        "--output",
-        "json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    json_lines(&stdout(&out))
+    replay_events(&[RULES, "deploy/examples/playbook-triggers.yaml"], events)
         .into_iter()
         .filter(|l| {
             l["kind"] == "transition" && l["rule"] == "Canary Silent" && l["to"] == "firing"
         })
         .collect()
+}
+
+/// `canaryd replay --output json` of `events` (timed lines, put in time
+/// order here) through the rule files `rules`; its output lines.
+fn replay_events(rules: &[&str], mut events: Vec<(i64, String)>) -> Vec<Value> {
+    events.sort_by_key(|(ms, _)| *ms);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let text: Vec<String> = events.into_iter().map(|(_, l)| l).collect();
+    std::fs::write(&path, text.join("\n")).unwrap();
+    let mut args = vec!["replay"];
+    for file in rules {
+        args.extend(["--rules", file]);
+    }
+    args.extend(["--events", path.to_str().unwrap(), "--output", "json"]);
+    let out = canaryd(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json_lines(&stdout(&out))
 }
 
 #[test]
@@ -336,7 +336,7 @@ fn at_low_traffic_the_error_rate_lower_bound_rolls_back_30_of_50_failing_and_not
         for i in 0..requests {
             let ms = i * 60_000 / requests;
             events.push((
-                ms,
+                ms as i64,
                 format!(
                     r#"{{"type":"inference","ts":"2026-03-01T12:00:{:02}.{:03}Z","model":"{model}","version":"v2","track":"canary","latency_ms":120.5,"error":{}}}"#,
                     ms / 1000,
@@ -346,28 +346,14 @@ fn at_low_traffic_the_error_rate_lower_bound_rolls_back_30_of_50_failing_and_not
             ));
         }
     }
-    events.sort_by_key(|(ms, _)| *ms);
-    let path = dir.path().join("events.jsonl");
-    let text: Vec<String> = events.into_iter().map(|(_, l)| l).collect();
-    std::fs::write(&path, text.join("\n")).unwrap();
-    let replay = |rules: &str| {
-        let out = canaryd(&[
-            "replay",
-            "--rules",
-            rules,
-            "--events",
-            path.to_str().unwrap(),
-            "--output",
-            "json",
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        json_lines(&stdout(&out))
+    let firing = |rules: &str| {
+        replay_events(&[rules], events.clone())
             .into_iter()
             .filter(|l| l["kind"] == "transition" && l["to"] == "firing")
             .map(|l| l["subject"]["model"].as_str().unwrap().to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!(replay(rules.to_str().unwrap()), ["failing"]);
+    assert_eq!(firing(rules.to_str().unwrap()), ["failing"]);
     // The playbook's own rule, guarded by min_samples, sees neither.
-    assert!(replay(RULES).is_empty());
+    assert!(firing(RULES).is_empty());
 }
