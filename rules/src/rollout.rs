@@ -341,7 +341,11 @@ impl Rollout {
             }
             return out;
         }
-        let stage = &plan.stages[self.stage.min(plan.stages.len().saturating_sub(1))];
+        let Some(stage) = plan.stages.get(self.stage) else {
+            // Past the last stage without soaking (a plan with no stages):
+            // there is nothing left to pass.
+            return out;
+        };
         if self.held < stage.hold {
             return out;
         }

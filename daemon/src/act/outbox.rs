@@ -141,29 +141,10 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use canaryd_connectors::Evidence;
-    use canaryd_rules::{ActionName, Severity, Span, Timestamp};
+    use canaryd_rules::ActionName;
 
     fn action(key: &str) -> Action {
-        Action {
-            key: key.into(),
-            ts: Timestamp(0),
-            rule: "r".into(),
-            subject: BTreeMap::new(),
-            action: ActionName::AutoRollback,
-            severity: Severity::Critical,
-            deadline: Span::seconds(30),
-            dry_run: false,
-            evidence: Evidence {
-                condition: "x > 1".into(),
-                values: BTreeMap::new(),
-                thresholds: Vec::new(),
-                duration: Span::ZERO,
-                since: Timestamp(0),
-            },
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-        }
+        crate::act::pipeline::tests::action(key, ActionName::AutoRollback, "m")
     }
 
     #[test]

@@ -770,7 +770,7 @@ async fn record(audit: &Audit, action: &Action, outcome: &Outcome) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::act::routes::{Route, route_problems};
     use canaryd_connectors::Evidence;
@@ -854,7 +854,8 @@ mod tests {
         }
     }
 
-    fn action(key: &str, name: ActionName, model: &str) -> Action {
+    /// A test action: rule `r`, subject `model=<model>`, critical.
+    pub(crate) fn action(key: &str, name: ActionName, model: &str) -> Action {
         Action {
             key: key.into(),
             ts: Timestamp(0),

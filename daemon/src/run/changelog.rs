@@ -13,8 +13,9 @@
 //!
 //! A checkpoint writes the subjects changed since the last one, then its
 //! marker, which carries the partition's outbox: the actions decided
-//! before the offset that a receiver has not finished. Once the broker has acknowledged all of them, the input offset
-//! in the marker may be committed. A restore reads the changelog partition
+//! before the offset that a receiver has not finished. Once the broker has
+//! acknowledged all of them, the input offset in the marker may be
+//! committed. A restore reads the changelog partition
 //! to its end, takes the latest marker and, for each subject, the latest
 //! record of that generation or older (records of an unfinished
 //! checkpoint are newer and ignored), and skips input before the marker's

@@ -127,6 +127,8 @@ impl<'c> ConsumeLoop<'c> {
         } = inputs;
         let consumer = self.consumer;
         let mut now = Instant::now();
+        // The wall clock, read with `now`: bounds how far ahead events may be.
+        let mut wall = wall_clock();
         let mut next_tick = now + self.tick;
         let mut reload_at: Option<tokio::time::Instant> = None;
         let mut burst = 0u32;
@@ -148,6 +150,7 @@ impl<'c> ConsumeLoop<'c> {
                     // Store offsets before waiting.
                     self.offsets.store(consumer);
                     now = Instant::now();
+                    wall = wall_clock();
                     if shutdown.is_cancelled() {
                         break Ended::Shutdown;
                     }
@@ -199,6 +202,7 @@ impl<'c> ConsumeLoop<'c> {
                         }
                         m = consumer.recv() => {
                             now = Instant::now();
+                            wall = wall_clock();
                             m
                         }
                     }
@@ -212,7 +216,7 @@ impl<'c> ConsumeLoop<'c> {
                     continue;
                 }
             };
-            match self.process(&message, now, shutdown).await {
+            match self.process(&message, now, wall, shutdown).await {
                 // With a changelog, offsets move only with checkpoints.
                 Ok(true) if self.changelog.is_none() => self.offsets.note(&message),
                 Ok(true) => {}
@@ -246,6 +250,7 @@ impl<'c> ConsumeLoop<'c> {
         &mut self,
         message: &BorrowedMessage<'_>,
         now: Instant,
+        wall: canaryd_rules::Timestamp,
         shutdown: &CancellationToken,
     ) -> Result<bool, Closed> {
         self.count(message.topic());
@@ -279,7 +284,7 @@ impl<'c> ConsumeLoop<'c> {
         };
         // One wrong clock must not move event time ahead of everyone's:
         // later, correctly stamped events would all be late.
-        let limit = wall_clock().plus(self.max_future_skew);
+        let limit = wall.plus(self.max_future_skew);
         if event.ts() > limit {
             let detail = format!(
                 "event time {} is more than kafka.max_future_skew ({}) ahead of this replica's clock",
@@ -619,8 +624,13 @@ impl<'c> ConsumeLoop<'c> {
         let lookback = self.loaded.rebuild_lookback();
         // The consumer's own calls block for a broker round trip; this
         // happens only on assignment.
-        let found =
-            tokio::task::block_in_place(|| rebuild_range(consumer, topic, partition, lookback));
+        let ask = || rebuild_range(consumer, topic, partition, lookback);
+        // block_in_place needs the multi-threaded runtime `canaryd run` has;
+        // elsewhere (a library user's runtime) the call just blocks.
+        let found = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(ask),
+            _ => ask(),
+        };
         let (from, committed) = match found {
             Ok(Some((from, committed))) if from >= committed => {
                 tracing::warn!(topic, partition, why, committed, %lookback, "no input in the rebuild lookback: starting from an empty state at the committed offset");
