@@ -141,16 +141,23 @@ pipeline:
 
     /// A replica with the HTTP API on `port`, sharing silences.
     fn spawn_serving(&self, name: &str, port: u16) -> Daemon {
-        let text = std::fs::read_to_string(&self.config).unwrap().replace(
-            "  changelog_topic: canaryd-changelog\n",
-            "  changelog_topic: canaryd-changelog\n  silences_topic: canaryd-silences\n",
-        );
+        self.spawn_with(name, |text| {
+            format!(
+                "{}http:\n  listen: 127.0.0.1:{port}\n",
+                text.replace(
+                    "  changelog_topic: canaryd-changelog\n",
+                    "  changelog_topic: canaryd-changelog\n  silences_topic: canaryd-silences\n",
+                )
+            )
+        })
+    }
+
+    /// A replica called `name` (also its `--instance`) whose config is the
+    /// drill's as `edit` changes it.
+    fn spawn_with(&self, name: &str, edit: impl Fn(String) -> String) -> Daemon {
+        let text = edit(std::fs::read_to_string(&self.config).unwrap());
         let config = self.dir.path().join(format!("{name}.yaml"));
-        std::fs::write(
-            &config,
-            format!("{text}http:\n  listen: 127.0.0.1:{port}\n"),
-        )
-        .unwrap();
+        std::fs::write(&config, text).unwrap();
         Daemon::spawn(
             &[
                 "run",
@@ -760,6 +767,54 @@ kafka:
         format!("live {got:#?}\nreplay {expected:#?}"),
         &daemon.log_text(),
     );
+}
+
+/// The consumer stalls while the incident starts (the process is stopped,
+/// as a long GC pause, CPU starvation or a frozen VM would stop it), with an
+/// allowed lateness far shorter than the stall. When it resumes, the backlog
+/// is evaluated in order and none of it is late: idle time did not move
+/// event time on while nothing was consumed. The alert fires at the
+/// deadline the breach set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_consumer_evaluates_its_backlog_and_fires_on_time() {
+    let rig = Rig::start("drill-stall", "[auto_rollback, notify_on_call]").await;
+    let port = canaryd_tests::tansu::free_port();
+    let daemon = rig.spawn_with("stalled", |text| {
+        format!(
+            "{}engine:\n  allowed_lateness: 1s\nhttp:\n  listen: 127.0.0.1:{port}\n",
+            // The stall must not cost the partition: a session outlasts it.
+            text.replace(
+                "  session_timeout: 6s\n",
+                "  session_timeout: 20s\n  idle_after: 1s\n"
+            )
+        )
+    });
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    daemon.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let breach = feed.go_bad().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    daemon.signal("CONT");
+    let audit = rig.audit_until(rolled_back);
+    feed.stop().await;
+    let logs = daemon.log_text();
+    let late = metric(port, "canaryd_events_late_total");
+    check(
+        "no event of the backlog dropped as late",
+        late == Some(0.0),
+        format!("{late:?} late"),
+        &logs,
+    );
+    fired_once_on_time(&rig, &audit, breach, &logs);
+}
+
+/// The value of the unlabelled metric `name` on the replica serving `port`.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The pager is down during an incident: first answering 503 with

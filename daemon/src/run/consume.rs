@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::changelog::{self, Acked, Changelog, Checkpoint};
 use super::dead_letter::DeadLetters;
 use super::dispatch::Dispatcher;
+use super::idle::EndProbe;
 use super::kafka::{Assignment, GroupContext};
 use super::membership::Membership;
 use super::offsets::Offsets;
@@ -87,6 +88,11 @@ pub(super) struct ConsumeLoop<'c> {
     pub(super) stats: Arc<LiveStats>,
     /// How often idle partitions move on and the snapshot is refreshed.
     pub(super) tick: Duration,
+    /// A partition without messages this long is probed, to move its
+    /// event time on.
+    pub(super) idle_after: Duration,
+    /// Asks the broker whether idle partitions are caught up.
+    pub(super) end_probe: EndProbe,
     /// Whether the HTTP server runs: only then is a snapshot built.
     pub(super) serving: bool,
     pub(super) partitions: Partitions,
@@ -254,6 +260,9 @@ impl<'c> ConsumeLoop<'c> {
         shutdown: &CancellationToken,
     ) -> Result<bool, Closed> {
         self.count(message.topic());
+        self.partitions
+            .state(message.topic(), message.partition(), &self.loaded)
+            .seen(now);
         if self.changelog.is_some()
             && let Some(state) = self
                 .partitions
@@ -295,7 +304,7 @@ impl<'c> ConsumeLoop<'c> {
                 .dead_letter(message, "future_time", &detail, shutdown)
                 .await);
         }
-        self.evaluate(message, &event, now);
+        self.evaluate(message, &event);
         if !self.outputs.is_empty()
             && self
                 .partitions
@@ -360,7 +369,7 @@ impl<'c> ConsumeLoop<'c> {
     }
 
     /// The evaluate stage: the event into its partition's engine.
-    fn evaluate(&mut self, message: &BorrowedMessage<'_>, event: &Event, now: Instant) {
+    fn evaluate(&mut self, message: &BorrowedMessage<'_>, event: &Event) {
         let (topic, partition) = (message.topic(), message.partition());
         let state = self.partitions.state(topic, partition, &self.loaded);
         if state.engine.ingest(event, &mut self.outputs) == Ingested::Late {
@@ -373,15 +382,32 @@ impl<'c> ConsumeLoop<'c> {
                 "late event dropped"
             );
         }
-        state.evaluated(now);
+        state.evaluated();
         state.next_offset = Some(message.offset() + 1);
     }
 
     /// Once a tick: rebalances, idle partitions' event time, the snapshot.
     async fn on_tick(&mut self) -> Result<(), Ended> {
         self.rebalanced().await;
+        for probed in self.end_probe.finished() {
+            match (
+                probed.end,
+                self.partitions.get_mut(&probed.topic, probed.partition),
+            ) {
+                (Ok(end), Some(state)) => state.probed(probed.asked_at, end),
+                (Err(e), _) => {
+                    tracing::debug!(error = %e, topic = %probed.topic, partition = probed.partition, "idle partition not vouched for: its event time waits")
+                }
+                (Ok(_), None) => {}
+            }
+        }
         let tracked = self.changelog.is_some();
+        let now = Instant::now();
+        let mut idle = Vec::new();
         for (topic, partition, state) in self.partitions.iter_all_mut() {
+            if state.wants_probe(now, self.idle_after, self.tick) {
+                idle.push((topic.to_string(), partition));
+            }
             state.advance_idle(&mut self.outputs);
             if !self.outputs.is_empty() {
                 let origin = tracked.then(|| Origin::new(topic, partition));
@@ -391,6 +417,7 @@ impl<'c> ConsumeLoop<'c> {
                     .map_err(|Closed| Ended::PipelineClosed)?;
             }
         }
+        self.end_probe.start(idle);
         // Only the HTTP server reads the snapshot; without it, the consume
         // loop does not pay for building one.
         if self.serving {

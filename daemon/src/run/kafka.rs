@@ -70,6 +70,12 @@ pub struct KafkaConfig {
     /// time past now, or every correctly stamped event after it is late.
     #[serde(default = "default_max_future_skew")]
     pub max_future_skew: Span,
+    /// A partition without messages this long moves its event time on at
+    /// wall-clock speed, so holds complete when traffic stops; but only
+    /// once the broker confirms nothing is waiting, so a stalled consumer's
+    /// backlog is not made late.
+    #[serde(default = "default_idle_after")]
+    pub idle_after: Span,
     /// How long the group waits for a silent replica before moving its partitions.
     #[serde(default = "default_session_timeout")]
     pub session_timeout: Span,
@@ -115,6 +121,9 @@ fn default_session_timeout() -> Span {
 }
 fn default_max_future_skew() -> Span {
     Span::seconds(60)
+}
+fn default_idle_after() -> Span {
+    Span::seconds(5)
 }
 fn default_rejoin_after() -> Span {
     Span::seconds(30)
@@ -206,6 +215,9 @@ impl KafkaConfig {
         }
         if self.max_future_skew < Span::ZERO {
             out.push("kafka.max_future_skew must not be negative".to_string());
+        }
+        if self.idle_after <= Span::ZERO {
+            out.push("kafka.idle_after must be positive".to_string());
         }
         if self.rejoin_after < self.session_timeout {
             out.push(format!(

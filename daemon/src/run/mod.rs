@@ -9,7 +9,9 @@
 //!
 //! - [`consume`]: the consume loop and its stages, in the order an event
 //!   meets them: consume, decode, evaluate, record and act, commit.
-//! - [`partitions`]: one engine per assigned partition, and idle time.
+//! - [`partitions`]: one engine per assigned partition.
+//! - [`idle`]: event time for partitions without messages, as far as the
+//!   broker vouches that nothing is waiting.
 //! - [`membership`]: a replica that owns nothing says so, and rejoins.
 //! - [`dispatch`]: the record and act stages: audit trail, silences, pipeline.
 //! - [`dead_letter`]: malformed messages to the dead-letter topic.
@@ -26,6 +28,7 @@ mod changelog;
 mod consume;
 mod dead_letter;
 mod dispatch;
+mod idle;
 pub mod kafka;
 mod membership;
 mod offsets;
@@ -51,6 +54,7 @@ use self::changelog::Changelog;
 use self::consume::{ConsumeLoop, Ended, Inputs};
 use self::dead_letter::DeadLetters;
 use self::dispatch::Dispatcher;
+use self::idle::EndProbe;
 use self::kafka::{GroupContext, KafkaConfig};
 use self::membership::Membership;
 use self::reload::Watched;
@@ -225,6 +229,7 @@ impl Live {
             Some(_) => Some(kafka.reader_config().map_err(RunError::Config)?),
             None => None,
         };
+        let end_probe = EndProbe::new(&kafka.reader_config().map_err(RunError::Config)?)?;
         let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
 
@@ -300,6 +305,10 @@ impl Live {
             shared: shared.clone(),
             stats: stats.clone(),
             tick,
+            idle_after: Duration::from_millis(
+                u64::try_from(kafka.idle_after.millis()).unwrap_or(5_000),
+            ),
+            end_probe,
             serving,
             partitions: Default::default(),
             membership: Membership::new(

@@ -1,11 +1,12 @@
 //! The evaluation state of each assigned partition: one engine per
 //! partition, created on assignment and dropped on revocation, and the
-//! wall-clock bookkeeping that moves an idle partition's event time on.
+//! wall-clock bookkeeping that moves an idle partition's event time on
+//! (see [`super::idle`]).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use canaryd_rules::{Engine, Output, Timestamp};
+use canaryd_rules::{Engine, Output, Span, Timestamp};
 
 use super::changelog::Restored;
 use super::kafka::Assignment;
@@ -14,11 +15,15 @@ use crate::config::Loaded;
 /// One assigned partition's evaluation state.
 pub(super) struct PartitionState {
     pub(super) engine: Engine,
-    /// Wall-clock time of the last event, to move an idle partition's event
-    /// time forward at wall-clock speed.
-    last_event_at: Instant,
-    /// The watermark right after that event.
+    /// Wall-clock time of the last message (an event or not), to move an
+    /// idle partition's event time forward at wall-clock speed.
+    last_message_at: Instant,
+    /// The watermark right after the last event.
     watermark_then: Option<Timestamp>,
+    /// The latest moment since the last message at which the broker
+    /// vouched that this partition had nothing more: idle event time moves
+    /// on up to there and no further.
+    vouched_at: Option<Instant>,
     /// The offset after the last message processed.
     pub(super) next_offset: Option<i64>,
     /// With a changelog: the offset its last checkpoint reflects.
@@ -48,8 +53,9 @@ impl PartitionState {
                 &loaded.vocabulary,
                 loaded.engine_config(),
             ),
-            last_event_at: Instant::now(),
+            last_message_at: Instant::now(),
             watermark_then: None,
+            vouched_at: None,
             next_offset: None,
             checkpointed: None,
             generation: 0,
@@ -72,8 +78,9 @@ impl PartitionState {
         );
         PartitionState {
             engine,
-            last_event_at: Instant::now(),
+            last_message_at: Instant::now(),
             watermark_then: watermark,
+            vouched_at: None,
             next_offset: Some(restored.next_offset),
             checkpointed: Some(restored.next_offset),
             generation: restored.generation,
@@ -84,19 +91,52 @@ impl PartitionState {
         }
     }
 
-    /// Notes that an event was evaluated at wall-clock time `now`.
-    pub(super) fn evaluated(&mut self, now: Instant) {
-        self.last_event_at = now;
+    /// Notes that a message of this partition, an event or not, arrived
+    /// at wall-clock time `now`: the partition is not idle.
+    pub(super) fn seen(&mut self, now: Instant) {
+        self.last_message_at = now;
+        self.vouched_at = None;
+    }
+
+    /// Notes that an event was evaluated.
+    pub(super) fn evaluated(&mut self) {
         self.watermark_then = self.engine.watermark();
     }
 
-    /// Moves event time on by the wall-clock time since the last event.
-    pub(super) fn advance_idle(&mut self, outputs: &mut Vec<Output>) {
-        if let Some(wm) = self.watermark_then {
-            let idle = i64::try_from(self.last_event_at.elapsed().as_millis()).unwrap_or(i64::MAX);
-            self.engine
-                .advance(Timestamp(wm.0.saturating_add(idle)), outputs);
+    /// Whether no message arrived for `idle_after` before `now`, and the
+    /// broker has not vouched for this partition since `fresh` ago: then
+    /// it is worth asking where the partition ends.
+    pub(super) fn wants_probe(&self, now: Instant, idle_after: Duration, fresh: Duration) -> bool {
+        self.watermark_then.is_some()
+            && now.saturating_duration_since(self.last_message_at) >= idle_after
+            && self
+                .vouched_at
+                .is_none_or(|v| now.saturating_duration_since(v) >= fresh)
+    }
+
+    /// The broker's answer to a probe asked at `asked_at`: the partition's
+    /// next message will have offset `end`. It vouches for the time up to
+    /// `asked_at` only if nothing arrived since and nothing was waiting.
+    pub(super) fn probed(&mut self, asked_at: Instant, end: i64) {
+        let caught_up = self.next_offset.is_some_and(|next| end <= next);
+        if caught_up && asked_at >= self.last_message_at {
+            self.vouched_at = Some(self.vouched_at.map_or(asked_at, |v| v.max(asked_at)));
         }
+    }
+
+    /// Moves event time on to [`PartitionState::idle_event_time`].
+    pub(super) fn advance_idle(&mut self, outputs: &mut Vec<Output>) {
+        if let Some(to) = self.idle_event_time() {
+            self.engine.advance(to, outputs);
+        }
+    }
+
+    /// The watermark after the last event plus the wall-clock time from the
+    /// last message to the last moment the broker vouched for.
+    fn idle_event_time(&self) -> Option<Timestamp> {
+        let (wm, vouched) = (self.watermark_then?, self.vouched_at?);
+        let idle = vouched.saturating_duration_since(self.last_message_at);
+        Some(wm.plus(Span(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX))))
     }
 }
 
@@ -187,5 +227,106 @@ impl Partitions {
             .values_mut()
             .flat_map(|p| p.values_mut())
             .map(|s| &mut s.engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests panic on purpose
+
+    use std::path::Path;
+
+    use canaryd_rules::decode;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn loaded() -> Loaded {
+        let examples =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/canaryd.yaml");
+        Config::parse(&examples, "rules: [canary-alerts.yaml]")
+            .unwrap()
+            .load()
+            .unwrap()
+    }
+
+    /// A partition that evaluated one event and stands at offset 10.
+    fn state() -> PartitionState {
+        let mut state = PartitionState::new(&loaded());
+        let event = decode(
+            br#"{"type":"metric","ts":"2026-03-01T12:00:00Z","name":"canary_error_rate","value":0.2,"labels":{"model":"m"}}"#,
+        )
+        .unwrap();
+        state.engine.ingest(&event, &mut Vec::new());
+        state.evaluated();
+        state.next_offset = Some(10);
+        state
+    }
+
+    const IDLE: Duration = Duration::from_secs(5);
+    const FRESH: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_quiet_partition_is_probed_and_moves_on_only_as_far_as_the_broker_vouches() {
+        let mut state = state();
+        let t0 = Instant::now();
+        state.seen(t0);
+        let wm = state.engine.watermark().unwrap();
+        assert!(!state.wants_probe(t0 + Duration::from_secs(4), IDLE, FRESH));
+        assert!(state.wants_probe(t0 + IDLE, IDLE, FRESH));
+        assert_eq!(state.idle_event_time(), None, "nothing vouched yet");
+
+        // A backlog: the broker has offset 10 and more.
+        state.probed(t0 + IDLE, 11);
+        assert_eq!(
+            state.idle_event_time(),
+            None,
+            "a backlog vouches for nothing"
+        );
+        // Asked before the last message: stale.
+        state.probed(t0 - Duration::from_secs(1), 10);
+        assert_eq!(
+            state.idle_event_time(),
+            None,
+            "a probe from before the last message"
+        );
+
+        state.probed(t0 + IDLE, 10);
+        assert_eq!(state.idle_event_time(), Some(wm.plus(Span::seconds(5))));
+        assert!(
+            !state.wants_probe(t0 + IDLE, IDLE, FRESH),
+            "just vouched for"
+        );
+        assert!(
+            state.wants_probe(t0 + IDLE + FRESH, IDLE, FRESH),
+            "asked again each tick"
+        );
+        // An older answer arriving late takes nothing back.
+        state.probed(t0 + Duration::from_secs(3), 10);
+        assert_eq!(state.idle_event_time(), Some(wm.plus(Span::seconds(5))));
+        state.probed(t0 + Duration::from_secs(8), 10);
+        assert_eq!(state.idle_event_time(), Some(wm.plus(Span::seconds(8))));
+
+        // A message: not idle any more, and nothing vouched since it.
+        state.seen(t0 + Duration::from_secs(9));
+        assert_eq!(state.idle_event_time(), None);
+        assert!(!state.wants_probe(t0 + Duration::from_secs(10), IDLE, FRESH));
+    }
+
+    #[test]
+    fn a_partition_without_an_event_or_a_position_is_never_moved_on() {
+        let mut fresh = PartitionState::new(&loaded());
+        let t0 = Instant::now();
+        fresh.seen(t0);
+        assert!(
+            !fresh.wants_probe(t0 + IDLE, IDLE, FRESH),
+            "no event time to move"
+        );
+
+        let mut unplaced = state();
+        unplaced.next_offset = None;
+        unplaced.seen(t0);
+        unplaced.probed(t0 + IDLE, 0);
+        assert_eq!(unplaced.idle_event_time(), None, "no position to compare");
     }
 }
