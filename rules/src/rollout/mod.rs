@@ -22,6 +22,8 @@
 //!
 //! Unknown never promotes: only [`Gate::Clean`] moves the clock.
 
+pub mod controller;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -173,6 +175,8 @@ pub enum Decision {
     SetWeight {
         /// Percent.
         weight: u8,
+        /// What moved it.
+        cause: Cause,
         /// Why, for the audit trail and the object's annotations.
         reason: String,
     },
@@ -191,6 +195,21 @@ pub enum Decision {
     },
     /// The hold clock stopped, or started again (`None`).
     Held(Option<String>),
+}
+
+/// What moved a canary's weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// A new rollout's first stage.
+    Started,
+    /// A stage passed: the next one, or 100% after the last.
+    Passed,
+    /// `reduce_traffic`: back one stage.
+    SteppedBack,
+    /// A critical or high gating rule fired: 0%.
+    RolledBack,
+    /// Resumed after a rollback: the first stage again.
+    Resumed,
 }
 
 /// A person's command.
@@ -255,6 +274,7 @@ impl Rollout {
         let weight = plan.weight(0);
         let decision = Decision::SetWeight {
             weight,
+            cause: Cause::Started,
             reason: format!("new canary version {version}: stage 1 at {weight}%"),
         };
         (rollout, decision)
@@ -297,6 +317,7 @@ impl Rollout {
             let weight = plan.weight(self.stage);
             out.push(Decision::SetWeight {
                 weight,
+                cause: Cause::SteppedBack,
                 reason: format!(
                     "reduce_traffic: back to stage {} ({from}% -> {weight}%), its hold restarted",
                     self.stage + 1
@@ -360,6 +381,7 @@ impl Rollout {
         let weight = plan.weight(self.stage);
         out.push(Decision::SetWeight {
             weight,
+            cause: Cause::Passed,
             reason: format!(
                 "stage {} passed ({from}%, held {}, {} canary requests): now {weight}%",
                 self.stage,
@@ -400,6 +422,7 @@ impl Rollout {
                     let weight = plan.weight(0);
                     vec![Decision::SetWeight {
                         weight,
+                        cause: Cause::Resumed,
                         reason: format!("resumed by {by} after a rollback: stage 1 at {weight}%"),
                     }]
                 }
@@ -412,6 +435,7 @@ impl Rollout {
         let weight = plan.weight(self.stage);
         out.push(Decision::SetWeight {
             weight: 0,
+            cause: Cause::RolledBack,
             reason: format!("rollback: {reason}"),
         });
         out.push(Decision::RolledBack {

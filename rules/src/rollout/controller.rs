@@ -1,0 +1,473 @@
+//! The rollout controller: a [`Rollout`] per model that has a plan, fed by
+//! the events and the engine's outputs and stepped in event time. Pure, as
+//! the engine is: what it decides comes back as [`Change`]s, which the
+//! caller records and carries out (replay prints them, live mode sets the
+//! weights).
+//!
+//! - A model's rollout starts when its first canary event is seen; a new
+//!   canary version starts a new one from the first stage. A version that
+//!   was rolled back stays at 0% until a person resumes it.
+//! - The gate is the worst state of the model's gating rules: firing, then
+//!   pending, then unknown (its data went stale), else clean.
+//! - A gating rule firing with `reduce_traffic` among its actions steps
+//!   the rollout back one stage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{Cause, Decision, Gate, Phase, Plan, Rollout, Step};
+use crate::engine::{Labels, Output};
+use crate::event::{Event, Track};
+use crate::policy::{ActionName, Severity};
+use crate::rule::{Rule, RuleSet};
+use crate::state::Phase as AlertPhase;
+use crate::time::Timestamp;
+
+/// Which rules gate a plan's stages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gating {
+    /// Every rule for the model (every severity, `low` and above).
+    Every,
+    /// Only these, by name.
+    Named(Vec<String>),
+}
+
+impl Gating {
+    fn gates(&self, rule: &Rule) -> bool {
+        match self {
+            Gating::Every => true,
+            Gating::Named(names) => names.contains(&rule.name),
+        }
+    }
+}
+
+/// A plan with its name (for people) and its gating rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPlan {
+    /// `default`, or the model it was written for.
+    pub name: String,
+    /// The stages and the soak.
+    pub plan: Plan,
+    /// The rules that gate it.
+    pub gating: Gating,
+}
+
+/// Every plan: the default one and the per-model ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plans {
+    /// For every model without its own.
+    pub default: Option<NamedPlan>,
+    /// By model.
+    pub models: HashMap<String, NamedPlan>,
+}
+
+impl Plans {
+    /// The plan that carries `model`, if any.
+    pub fn plan_for(&self, model: &str) -> Option<&NamedPlan> {
+        self.models.get(model).or(self.default.as_ref())
+    }
+
+    /// Whether any model has a plan.
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.models.is_empty()
+    }
+}
+
+/// What a rollout change was, as the audit trail and replay name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// A stage entered: the first of a new rollout, or the next one.
+    Stage,
+    /// The hold clock stopped (a gating rule, no data) or a person paused it.
+    Paused,
+    /// The hold clock runs again, or a rolled-back version starts over.
+    Resumed,
+    /// `reduce_traffic`: back one stage, its hold restarted.
+    SteppedBack,
+    /// A critical or high gating rule fired: 0%.
+    RolledBack,
+    /// 100%: the soak begins.
+    Promoted,
+    /// The soak ended; no more traffic changes until a new version.
+    Complete,
+}
+
+impl ChangeKind {
+    /// The name used in JSON and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Stage => "stage",
+            ChangeKind::Paused => "paused",
+            ChangeKind::Resumed => "resumed",
+            ChangeKind::SteppedBack => "stepped_back",
+            ChangeKind::RolledBack => "rolled_back",
+            ChangeKind::Promoted => "promoted",
+            ChangeKind::Complete => "complete",
+        }
+    }
+}
+
+/// One change of one model's rollout.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Change {
+    /// Event time.
+    pub ts: Timestamp,
+    /// The model.
+    pub model: String,
+    /// The canary version.
+    pub version: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The canary's weight after it, in percent.
+    pub weight: u8,
+    /// The stage after it, from 1; one past the plan's last is 100%.
+    pub stage: usize,
+    /// Whether the canary's weight must be set to `weight` now.
+    pub traffic: bool,
+    /// Why, with the evidence: which rules, how much data.
+    pub reason: String,
+}
+
+/// The gating alerts of one model that are not inactive, by rule name and
+/// subject.
+type Active = BTreeMap<(String, Labels), (AlertPhase, Severity)>;
+
+/// One model's rollout and what was seen since its last step.
+#[derive(Clone, Debug)]
+struct Tracked {
+    rollout: Rollout,
+    /// Canary events since the last step.
+    requests: u64,
+    /// A `reduce_traffic` gating rule fired since the last step.
+    reduce: bool,
+    /// Its data went stale, and no event came since.
+    stale: bool,
+    active: Active,
+}
+
+/// Every model's rollout.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    plans: Arc<Plans>,
+    rules: Arc<RuleSet>,
+    models: HashMap<String, Tracked>,
+}
+
+/// The model and canary version an event is about, if it is a canary's.
+fn canary_of(event: &Event) -> Option<(&str, &str)> {
+    match event {
+        Event::Inference(e) if e.track == Track::Canary => {
+            Some((e.model.as_str(), e.version.as_str()))
+        }
+        Event::Metric(m) if m.name.starts_with("canary_") => {
+            let model = m.labels.get("model")?;
+            let version = m.labels.get("version").map_or("", String::as_str);
+            Some((model.as_str(), version))
+        }
+        _ => None,
+    }
+}
+
+/// The model an event is about.
+fn model_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::Inference(e) => Some(e.model.as_str()),
+        Event::Metric(m) => m.labels.get("model").map(String::as_str),
+        Event::Alert(a) => a.labels.get("model").map(String::as_str),
+    }
+}
+
+impl Controller {
+    /// A controller for `plans`, reading rule severities and actions from
+    /// `rules` (the engine's rule set).
+    pub fn new(plans: Arc<Plans>, rules: Arc<RuleSet>) -> Controller {
+        Controller {
+            plans,
+            rules,
+            models: HashMap::new(),
+        }
+    }
+
+    /// After a reload: new plans and rules. Rollouts carry on where they
+    /// stand; a model whose plan is gone keeps its weight and is dropped.
+    pub fn reload(&mut self, plans: Arc<Plans>, rules: Arc<RuleSet>) {
+        self.models
+            .retain(|model, _| plans.plan_for(model).is_some());
+        self.plans = plans;
+        self.rules = rules;
+    }
+
+    /// Models under rollout.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Whether no model is under rollout.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// The rollout of `model`, with its plan.
+    pub fn rollout(&self, model: &str) -> Option<(&Rollout, &NamedPlan)> {
+        let tracked = self.models.get(model)?;
+        Some((&tracked.rollout, self.plans.plan_for(model)?))
+    }
+
+    /// Takes an event the engine has just taken (`applied`: it updated the
+    /// model's data), at event time `now`: counts a canary's, and starts a
+    /// rollout for a model's first canary version, or a new one. Returns
+    /// the model it concerns, to step once the engine's outputs are in.
+    pub fn observe<'e>(
+        &mut self,
+        event: &'e Event,
+        applied: bool,
+        now: Timestamp,
+        out: &mut Vec<Change>,
+    ) -> Option<&'e str> {
+        let model = model_of(event)?;
+        if applied && let Some(tracked) = self.models.get_mut(model) {
+            tracked.stale = false;
+        }
+        let Some((model, version)) = canary_of(event) else {
+            return Some(model);
+        };
+        let plans = self.plans.clone();
+        let named = plans.plan_for(model)?;
+        match self.models.get_mut(model) {
+            Some(tracked) if tracked.rollout.version == version || version.is_empty() => {
+                tracked.requests += 1;
+            }
+            _ => {
+                let (rollout, decision) = Rollout::start(&named.plan, version, now);
+                let tracked = Tracked {
+                    rollout,
+                    requests: 1,
+                    reduce: false,
+                    stale: false,
+                    active: Active::new(),
+                };
+                changes(model, &tracked, &named.plan, vec![decision], now, out);
+                self.models.insert(model.to_string(), tracked);
+            }
+        }
+        Some(model)
+    }
+
+    /// Takes an engine output: gating alerts' phases and stale subjects.
+    /// Returns the model it concerns.
+    pub fn output<'o>(&mut self, output: &'o Output) -> Option<&'o str> {
+        match output {
+            Output::Transition(t) => {
+                let model = t.subject.get("model")?;
+                let tracked = self.models.get_mut(model.as_str())?;
+                let rule = self.rules.rules().get(t.rule)?;
+                let named = self.plans.plan_for(model)?;
+                if !named.gating.gates(rule) {
+                    return None;
+                }
+                let key = (rule.name.clone(), t.subject.clone());
+                match t.to {
+                    AlertPhase::Inactive => {
+                        tracked.active.remove(&key);
+                    }
+                    phase => {
+                        if phase == AlertPhase::Firing
+                            && rule.actions.contains(&ActionName::ReduceTraffic)
+                        {
+                            tracked.reduce = true;
+                        }
+                        tracked.active.insert(key, (phase, rule.severity));
+                    }
+                }
+                Some(model.as_str())
+            }
+            Output::Stale { subject, .. } => {
+                let model = subject.get("model")?;
+                self.models.get_mut(model.as_str())?.stale = true;
+                Some(model.as_str())
+            }
+        }
+    }
+
+    /// Steps `model`'s rollout to event time `now`.
+    pub fn step(&mut self, model: &str, now: Timestamp, out: &mut Vec<Change>) {
+        let Some(named) = self.plans.plan_for(model) else {
+            return;
+        };
+        let Some(tracked) = self.models.get_mut(model) else {
+            return;
+        };
+        let (gate, worst) = gate(tracked);
+        let seen = Step {
+            now,
+            canary_requests: std::mem::take(&mut tracked.requests),
+            gate,
+            reduce: std::mem::take(&mut tracked.reduce),
+        };
+        let waiting_before = tracked.rollout.phase == Phase::WaitingForData;
+        let decisions = tracked.rollout.step(&named.plan, seen);
+        let blame = |reason: String| match &worst {
+            Some(rules) => format!("{reason}: {rules}"),
+            None => reason,
+        };
+        let decisions = decisions
+            .into_iter()
+            .map(|d| match d {
+                Decision::SetWeight {
+                    weight,
+                    cause: cause @ Cause::RolledBack,
+                    reason,
+                } => Decision::SetWeight {
+                    weight,
+                    cause,
+                    reason: blame(reason),
+                },
+                Decision::RolledBack {
+                    reason,
+                    stage,
+                    weight,
+                } => Decision::RolledBack {
+                    reason: blame(reason),
+                    stage,
+                    weight,
+                },
+                Decision::Held(Some(reason)) => Decision::Held(Some(blame(reason))),
+                other => other,
+            })
+            .collect();
+        changes(model, tracked, &named.plan, decisions, now, out);
+        if !waiting_before && tracked.rollout.phase == Phase::WaitingForData {
+            let wanted = named
+                .plan
+                .stages
+                .get(tracked.rollout.stage)
+                .map_or(1, |s| s.min_requests.max(1));
+            out.push(change_of(
+                model,
+                tracked,
+                &named.plan,
+                ChangeKind::Paused,
+                false,
+                format!(
+                    "waiting for data: {} of {} canary events in the hold",
+                    tracked.rollout.requests, wanted
+                ),
+                now,
+            ));
+        }
+    }
+
+    /// Steps every rollout to event time `now`, in model order.
+    pub fn step_all(&mut self, now: Timestamp, out: &mut Vec<Change>) {
+        let mut models: Vec<String> = self.models.keys().cloned().collect();
+        models.sort();
+        for model in models {
+            self.step(&model, now, out);
+        }
+    }
+}
+
+/// The worst state of a model's gating alerts, and the rules behind it.
+fn gate(tracked: &Tracked) -> (Gate, Option<String>) {
+    let worst = |phase: AlertPhase| {
+        let severity = tracked
+            .active
+            .values()
+            .filter(|(p, _)| *p == phase)
+            .map(|(_, s)| *s)
+            .max()?;
+        let mut names: Vec<&str> = tracked
+            .active
+            .iter()
+            .filter(|(_, (p, s))| *p == phase && *s == severity)
+            .map(|((name, _), _)| name.as_str())
+            .collect();
+        names.dedup();
+        Some((severity, names.join(", ")))
+    };
+    if let Some((severity, names)) = worst(AlertPhase::Firing) {
+        return (Gate::Firing(severity), Some(names));
+    }
+    if let Some((severity, names)) = worst(AlertPhase::Pending) {
+        return (Gate::Pending(severity), Some(names));
+    }
+    if tracked.stale {
+        return (Gate::Unknown, None);
+    }
+    (Gate::Clean, None)
+}
+
+/// The changes `decisions` make to a model's rollout.
+fn changes(
+    model: &str,
+    tracked: &Tracked,
+    plan: &Plan,
+    decisions: Vec<Decision>,
+    now: Timestamp,
+    out: &mut Vec<Change>,
+) {
+    let promoted = decisions.contains(&Decision::Promoted);
+    for decision in decisions {
+        let (kind, traffic, reason) = match decision {
+            Decision::SetWeight { cause, reason, .. } => match cause {
+                Cause::Started => (ChangeKind::Stage, true, reason),
+                // Promotion says it instead, with the reason.
+                Cause::Passed if promoted => {
+                    out.push(change_of(
+                        model,
+                        tracked,
+                        plan,
+                        ChangeKind::Promoted,
+                        true,
+                        reason,
+                        now,
+                    ));
+                    continue;
+                }
+                Cause::Passed => (ChangeKind::Stage, true, reason),
+                Cause::SteppedBack => (ChangeKind::SteppedBack, true, reason),
+                Cause::Resumed => (ChangeKind::Resumed, true, reason),
+                // The rollback's own decision says it, with the evidence.
+                Cause::RolledBack => continue,
+            },
+            Decision::Promoted => continue,
+            Decision::Completed => (
+                ChangeKind::Complete,
+                false,
+                format!("soaked {} at 100%", plan.soak),
+            ),
+            Decision::RolledBack { reason, .. } => (ChangeKind::RolledBack, true, reason),
+            Decision::Held(Some(reason)) => (ChangeKind::Paused, false, reason),
+            Decision::Held(None) => (
+                ChangeKind::Resumed,
+                false,
+                "gating rules clear: the hold clock runs".to_string(),
+            ),
+        };
+        out.push(change_of(model, tracked, plan, kind, traffic, reason, now));
+    }
+}
+
+fn change_of(
+    model: &str,
+    tracked: &Tracked,
+    plan: &Plan,
+    kind: ChangeKind,
+    traffic: bool,
+    reason: String,
+    now: Timestamp,
+) -> Change {
+    Change {
+        ts: now,
+        model: model.to_string(),
+        version: tracked.rollout.version.clone(),
+        kind,
+        weight: tracked.rollout.weight(plan),
+        stage: tracked.rollout.stage + 1,
+        traffic,
+        reason,
+    }
+}

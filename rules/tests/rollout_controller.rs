@@ -1,0 +1,326 @@
+//! The rollout controller on top of the engine, as replay and live mode
+//! drive it: events in, rollout changes out, in event time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use canaryd_rules::event::{InferenceEvent, MetricEvent, Track};
+use canaryd_rules::rollout::controller::{
+    Change, ChangeKind, Controller, Gating, NamedPlan, Plans,
+};
+use canaryd_rules::rollout::{Plan, Stage};
+use canaryd_rules::{
+    Engine, EngineConfig, Event, Ingested, LoadOptions, RuleSet, Span, Timestamp, load_rules,
+};
+
+const RULES: &str = r#"
+alerts:
+  - name: "Canary Errors"
+    condition: "canary_error_rate > 0.05"
+    duration: "2s"
+    severity: "critical"
+    action: "auto_rollback"
+  - name: "Canary Slow"
+    condition: "canary_p95_latency > 1000"
+    duration: "2s"
+    severity: "medium"
+    action: "reduce_traffic"
+  - name: "Canary Cost"
+    condition: "canary_cost_per_request > 0.5"
+    duration: "0s"
+    severity: "low"
+"#;
+
+/// 5% for 10 s, 50% for 10 s (5 canary events), 100% soaked 10 s.
+fn plans(gating: Gating) -> Plans {
+    Plans {
+        default: Some(NamedPlan {
+            name: "default".into(),
+            plan: Plan {
+                stages: vec![
+                    Stage {
+                        weight: 5,
+                        hold: Span::seconds(10),
+                        min_requests: 1,
+                    },
+                    Stage {
+                        weight: 50,
+                        hold: Span::seconds(10),
+                        min_requests: 5,
+                    },
+                ],
+                soak: Span::seconds(10),
+            },
+            gating,
+        }),
+        models: Default::default(),
+    }
+}
+
+struct Run {
+    engine: Engine,
+    controller: Controller,
+    changes: Vec<Change>,
+}
+
+impl Run {
+    fn new(gating: Gating) -> Run {
+        let options = LoadOptions::default();
+        let rules = Arc::new(
+            RuleSet::new(load_rules("t.yaml", RULES.as_bytes(), &options).unwrap()).unwrap(),
+        );
+        let config = EngineConfig {
+            stale_after: Span::seconds(5),
+            ..EngineConfig::default()
+        };
+        Run {
+            engine: Engine::new(rules.clone(), &options.vocabulary, config),
+            controller: Controller::new(Arc::new(plans(gating)), rules),
+            changes: Vec::new(),
+        }
+    }
+
+    /// One event through the engine and the controller, as replay does it.
+    fn event(&mut self, event: Event) {
+        let mut outputs = Vec::new();
+        let applied = self.engine.ingest(&event, &mut outputs) == Ingested::Applied;
+        let now = self.engine.watermark().unwrap();
+        let mut touched: Vec<String> = self
+            .controller
+            .observe(&event, applied, now, &mut self.changes)
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        for o in &outputs {
+            touched.extend(self.controller.output(o).map(str::to_string));
+        }
+        touched.sort();
+        touched.dedup();
+        for model in touched {
+            self.controller.step(&model, now, &mut self.changes);
+        }
+    }
+
+    fn metric(&mut self, sec: i64, name: &str, value: f64) {
+        self.event(metric(sec, name, value));
+    }
+
+    /// A healthy canary and stable, one second each, from `from` to `to`.
+    fn healthy(&mut self, from: i64, to: i64) {
+        for s in from..to {
+            self.metric(s, "canary_error_rate", 0.001);
+            self.metric(s, "stable_error_rate", 0.001);
+        }
+    }
+
+    /// (second, kind, weight) of each change.
+    fn timeline(&self) -> Vec<(i64, ChangeKind, u8)> {
+        self.changes
+            .iter()
+            .map(|c| (c.ts.millis() / 1000, c.kind, c.weight))
+            .collect()
+    }
+}
+
+fn metric(sec: i64, name: &str, value: f64) -> Event {
+    Event::Metric(MetricEvent {
+        ts: Timestamp(sec * 1000),
+        name: name.into(),
+        value,
+        labels: BTreeMap::from([("model".to_string(), "m".to_string())]),
+    })
+}
+
+use ChangeKind::*;
+
+#[test]
+fn a_healthy_canary_is_carried_through_every_stage_promoted_and_completed() {
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 35);
+    assert_eq!(
+        run.timeline(),
+        [
+            (0, Stage, 5),
+            (10, Stage, 50),
+            (20, Promoted, 100),
+            (30, Complete, 100)
+        ]
+    );
+    assert!(run.changes[..3].iter().all(|c| c.traffic));
+    assert!(!run.changes[3].traffic, "completion changes no traffic");
+    assert_eq!(run.changes[1].stage, 2);
+    assert_eq!(run.changes[2].stage, 3);
+}
+
+#[test]
+fn a_critical_rule_rolls_back_at_once_with_its_name_and_the_version_stays_back() {
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 12);
+    for s in 12..16 {
+        run.metric(s, "canary_error_rate", 0.2);
+    }
+    // Healthy again: a rolled-back version is not promoted again.
+    run.healthy(16, 60);
+    let timeline = run.timeline();
+    assert_eq!(
+        timeline,
+        [
+            (0, Stage, 5),
+            (10, Stage, 50),
+            (12, Paused, 50),
+            (14, RolledBack, 0)
+        ]
+    );
+    let rollback = run.changes.last().unwrap();
+    assert!(rollback.traffic);
+    assert!(
+        rollback.reason.contains("Canary Errors"),
+        "{}",
+        rollback.reason
+    );
+    assert_eq!(rollback.stage, 2, "rolled back from stage 2");
+}
+
+#[test]
+fn reduce_traffic_steps_back_one_stage_and_restarts_its_hold() {
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 12);
+    for s in 12..15 {
+        run.metric(s, "canary_p95_latency", 2000.0);
+        run.metric(s, "canary_error_rate", 0.001);
+    }
+    run.metric(15, "canary_p95_latency", 100.0);
+    run.healthy(15, 40);
+    let timeline = run.timeline();
+    assert_eq!(
+        &timeline[..4],
+        [
+            (0, Stage, 5),
+            (10, Stage, 50),
+            (12, Paused, 50),
+            (14, SteppedBack, 5)
+        ]
+    );
+    // The hold of stage 1 starts again at 14 and needs 10 clean seconds
+    // after the slow rule clears at 15.
+    let next = timeline[4..]
+        .iter()
+        .find(|(_, kind, _)| *kind == Stage)
+        .unwrap();
+    assert_eq!(next.2, 50);
+    assert!(next.0 >= 25, "{timeline:?}");
+}
+
+#[test]
+fn a_low_alert_stops_the_hold_clock_until_it_resolves() {
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 4);
+    for s in 4..8 {
+        run.metric(s, "canary_cost_per_request", 0.9);
+        run.metric(s, "canary_error_rate", 0.001);
+    }
+    run.metric(8, "canary_cost_per_request", 0.1);
+    run.healthy(8, 20);
+    let timeline = run.timeline();
+    assert_eq!(
+        timeline,
+        [
+            (0, Stage, 5),
+            (4, Paused, 5),
+            (8, Resumed, 5),
+            (15, Stage, 50)
+        ],
+        "3 s clean before the alert (the second in which it began does not count), 7 after: passed at 15, not 10"
+    );
+}
+
+#[test]
+fn gating_only_the_named_rules_ignores_the_others() {
+    let mut run = Run::new(Gating::Named(vec!["Canary Errors".into()]));
+    run.healthy(0, 4);
+    for s in 4..8 {
+        run.metric(s, "canary_cost_per_request", 0.9);
+        run.metric(s, "canary_error_rate", 0.001);
+    }
+    run.healthy(8, 12);
+    assert_eq!(run.timeline(), [(0, Stage, 5), (10, Stage, 50)]);
+}
+
+#[test]
+fn a_silent_canary_never_passes_it_waits_for_data_and_says_so() {
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 12);
+    // Only the stable from here: stage 2 needs 5 canary events in its hold.
+    for s in 12..40 {
+        run.metric(s, "stable_error_rate", 0.001);
+    }
+    let timeline = run.timeline();
+    assert_eq!(&timeline[..2], [(0, Stage, 5), (10, Stage, 50)]);
+    assert!(
+        timeline[2..].iter().all(|(_, kind, _)| *kind == Paused),
+        "{timeline:?}"
+    );
+    assert!(
+        run.changes[2..]
+            .iter()
+            .any(|c| c.reason.contains("no fresh data") || c.reason.contains("waiting for data")),
+        "{:?}",
+        run.changes
+    );
+    assert!(!timeline.iter().any(|(_, kind, _)| *kind == Promoted));
+}
+
+#[test]
+fn a_new_canary_version_starts_over_from_the_first_stage() {
+    let mut run = Run::new(Gating::Every);
+    let inference = |sec: i64, version: &str| {
+        Event::Inference(InferenceEvent {
+            ts: Timestamp(sec * 1000),
+            model: "m".into(),
+            version: version.into(),
+            track: Track::Canary,
+            latency_ms: 10.0,
+            error: false,
+            cost_usd: None,
+            group: None,
+            prediction: None,
+            label: None,
+            labels: BTreeMap::new(),
+        })
+    };
+    for s in 0..12 {
+        run.event(inference(s, "v2"));
+    }
+    for s in 12..14 {
+        run.event(inference(s, "v3"));
+    }
+    assert_eq!(
+        run.timeline(),
+        [(0, Stage, 5), (10, Stage, 50), (12, Stage, 5)]
+    );
+    assert_eq!(run.changes[2].version, "v3");
+    assert_eq!(run.controller.len(), 1);
+}
+
+#[test]
+fn a_stage_short_of_canary_events_waits_for_data_then_passes_when_they_come() {
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 12);
+    // Stage 2 (from 10) wants 5 canary events in its 10 s hold: 11, then
+    // one every 4 s, is 4.
+    for s in (12..24).step_by(4) {
+        run.metric(s, "canary_error_rate", 0.001);
+    }
+    let waiting = run.changes.iter().find(|c| c.kind == Paused).unwrap();
+    assert!(waiting.reason.contains("waiting for data"), "{waiting:?}");
+    assert!(!run.timeline().iter().any(|(_, kind, _)| *kind == Promoted));
+    run.healthy(24, 30);
+    assert_eq!(
+        run.timeline().last().unwrap().1,
+        Promoted,
+        "{:?}",
+        run.timeline()
+    );
+}
