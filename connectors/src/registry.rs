@@ -94,6 +94,11 @@ impl<'de> Deserialize<'de> for ReceiverConfig {
 }
 
 impl ReceiverConfig {
+    /// Whether it can set a canary's traffic weight (`dry_run` records it).
+    pub fn sets_traffic(&self) -> bool {
+        matches!(self, ReceiverConfig::Kube(_) | ReceiverConfig::DryRun)
+    }
+
     /// The `type:` name.
     pub fn kind(&self) -> &'static str {
         match self {

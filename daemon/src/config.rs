@@ -44,6 +44,9 @@ pub struct Config {
     /// Where events come from; required by `canaryd run`.
     #[serde(default)]
     pub kafka: Option<crate::run::kafka::KafkaConfig>,
+    /// The plans canaries are carried through, from their first stage to 100%.
+    #[serde(default)]
+    pub rollouts: Option<crate::rollouts::RolloutsConfig>,
 }
 
 /// Why configuration could not be loaded. Every variant lists all it found.
@@ -108,6 +111,15 @@ impl Loaded {
         }
         if let Some(http) = &self.config.http {
             out.extend(http.problems().into_iter().map(|p| format!("http: {p}")));
+        }
+        if let Some(rollouts) = &self.config.rollouts {
+            out.extend(rollouts.problems(&self.config.receivers, &self.rules));
+            if self.config.kafka.is_some() && !rollouts.plans().is_empty() {
+                out.push(
+                    "rollouts: `canaryd run` does not carry plans out yet; `canaryd replay --config` backtests them"
+                        .to_string(),
+                );
+            }
         }
         out
     }

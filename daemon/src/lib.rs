@@ -9,6 +9,7 @@
 //!
 //! - [`cli`]: the command line and what each command does.
 //! - [`config`]: the config file, and loading the rules it names.
+//! - [`rollouts`]: the rollout plans in the config file, and their checks.
 //! - [`offline`]: `check`, `test` and `replay`, which need no broker.
 //! - [`run`]: `canaryd run`: start-up and shutdown, the Kafka consume loop
 //!   and its stages, the changelog, group membership, shared silences,
@@ -34,6 +35,7 @@ pub mod dedup;
 pub mod logging;
 pub mod metrics;
 pub mod offline;
+pub mod rollouts;
 pub mod run;
 pub mod server;
 pub mod shared;

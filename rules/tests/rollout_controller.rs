@@ -56,6 +56,7 @@ fn plans(gating: Gating) -> Plans {
             gating,
         }),
         models: Default::default(),
+        manual: Default::default(),
     }
 }
 

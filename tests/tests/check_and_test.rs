@@ -218,3 +218,46 @@ routes:
         "{text}"
     );
 }
+
+#[test]
+fn check_rejects_bad_rollout_plans_with_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("canaryd.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules: [{rules}]
+receivers:
+  pager: {{type: pagerduty, routing_key: {{env: PD_KEY}}}}
+rollouts:
+  receiver: pager
+  incident: [tickets]
+  default:
+    stages:
+      - {{ weight: 10, hold: 1h }}
+      - {{ weight: 5, hold: 1h }}
+      - {{ weight: 120, hold: 0s }}
+  models:
+    fraud:
+      gating_rules: [Canary Error Rate Hgh]
+  manual: [fraud]
+",
+            rules = repo("deploy/examples/canary-alerts.yaml").display()
+        ),
+    )
+    .unwrap();
+    let out = canaryd(&["check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    for expected in [
+        "canaryd.yaml:5: rollouts.receiver: receiver `pager` cannot set traffic weights",
+        "canaryd.yaml:6: rollouts.incident: unknown receiver `tickets`",
+        "canaryd.yaml:7: rollouts.default: stage 2: weight 5 must be above the previous stage's 10",
+        "canaryd.yaml:7: rollouts.default: stage 3: weight 120 must be between 1 and 99",
+        "canaryd.yaml:7: rollouts.default: stage 3: a hold of 0s leaves no time to see the canary's data",
+        "canaryd.yaml:14: rollouts.models.fraud.gating_rules: no rule is named `Canary Error Rate Hgh`",
+        "canaryd.yaml:13: rollouts.models.fraud: the model is also in rollouts.manual",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}

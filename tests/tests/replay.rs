@@ -357,3 +357,112 @@ fn at_low_traffic_the_error_rate_lower_bound_rolls_back_30_of_50_failing_and_not
     // The playbook's own rule, guarded by min_samples, sees neither.
     assert!(firing(RULES).is_empty());
 }
+
+/// The README's backtest: the example config (the playbook's plan) over
+/// 90 hours of recorded traffic.
+fn backtest(events: &str, format: &str) -> std::process::Output {
+    canaryd(&[
+        "replay",
+        "--config",
+        "deploy/examples/canaryd.yaml",
+        "--events",
+        events,
+        "--output",
+        format,
+    ])
+}
+
+#[test]
+fn a_backtest_of_the_playbook_plan_carries_the_canary_to_complete_through_a_pause_and_a_step_back()
+{
+    let out = backtest("deploy/examples/rollout.jsonl", "json");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    let rollout: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "rollout").collect();
+    let timeline: Vec<(String, u64)> = rollout
+        .iter()
+        .map(|l| {
+            (
+                l["event"].as_str().unwrap().to_string(),
+                l["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let at = |event: &str, weight: u64| {
+        timeline
+            .iter()
+            .position(|(e, w)| e == event && *w == weight)
+            .unwrap_or_else(|| panic!("no {event} at {weight}%: {timeline:?}"))
+    };
+    // The playbook's weights, in order, with the two episodes between.
+    let order = [
+        at("stage", 5),
+        at("stage", 10),
+        at("stepped_back", 10),
+        at("promoted", 100),
+        at("complete", 100),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{timeline:?}");
+    assert!(timeline.iter().any(|(e, _)| e == "paused"));
+    assert!(timeline.iter().any(|(e, _)| e == "resumed"));
+    assert!(!timeline.iter().any(|(e, _)| e == "rolled_back"));
+    // Each stage held its plan's time: 1 h + 3 h (the low alert's half
+    // hour added) then, after the step back, 3 h + 20 h + 24 h, and 24 h
+    // soaked: complete some 83 hours after the start.
+    let ts = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(rollout[i]["ts"].as_str().unwrap()).unwrap()
+    };
+    let hours = (ts(rollout.len() - 1) - ts(0)).num_minutes() as f64 / 60.0;
+    assert!((80.0..86.0).contains(&hours), "{hours} h: {timeline:?}");
+    let promoted = rollout[order[3]];
+    assert_eq!(promoted["subject"]["model"], "summarizer");
+    assert_eq!(promoted["version"], "v2.1.0");
+    assert_eq!(promoted["stage"], 5);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["rollout_changes"], rollout.len());
+}
+
+#[test]
+fn a_backtest_matches_the_golden_timeline() {
+    let out = backtest("deploy/examples/rollout.jsonl", "text");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_golden("rollout.txt", &stdout(&out));
+}
+
+#[test]
+fn the_recorded_incident_rolls_the_rollout_back_at_the_firing_and_never_promotes() {
+    let out = backtest(EVENTS, "json");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    let rollout: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "rollout").collect();
+    assert_golden(
+        "incident-rollout.json",
+        &rollout.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    );
+    let summarizer: Vec<&&Value> = rollout
+        .iter()
+        .filter(|l| l["subject"]["model"] == "summarizer")
+        .collect();
+    let events: Vec<&str> = summarizer
+        .iter()
+        .map(|l| l["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["stage", "paused", "rolled_back"]);
+    let rollback = summarizer[2];
+    assert_eq!(rollback["weight"], 0);
+    assert_eq!(rollback["ts"], "2026-03-01T12:11:00.000Z", "at the firing");
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Canary Error Rate High")
+    );
+    // The healthy translator starts its first stage and holds there: an
+    // hour of plan, 25 minutes of recording.
+    let translator: Vec<&str> = rollout
+        .iter()
+        .filter(|l| l["subject"]["model"] == "translator")
+        .map(|l| l["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(translator, ["stage"]);
+}

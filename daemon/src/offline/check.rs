@@ -63,9 +63,13 @@ pub fn check_file(path: &Path) -> Result<String, Vec<String>> {
                 .map_err(|e| e.lines())?;
             let problems = loaded.problems();
             if !problems.is_empty() {
+                let text = String::from_utf8_lossy(&bytes);
                 return Err(problems
                     .into_iter()
-                    .map(|p| format!("{name}: {p}"))
+                    .map(|p| match line_of(&text, &p) {
+                        Some(line) => format!("{name}:{line}: {p}"),
+                        None => format!("{name}: {p}"),
+                    })
                     .collect());
             }
             let (rules, config) = (&loaded.rules, &loaded.config);
@@ -75,5 +79,50 @@ pub fn check_file(path: &Path) -> Result<String, Vec<String>> {
                 config.rules.len()
             ))
         }
+    }
+}
+
+/// The line of the key a `rollouts.` problem names (`rollouts.models.m:
+/// ...`), found by walking the keys down the file's indentation.
+fn line_of(text: &str, problem: &str) -> Option<usize> {
+    let path = problem.split([':', ' ']).next()?;
+    if !path.starts_with("rollouts.") {
+        return None;
+    }
+    let mut found: Option<(usize, usize)> = None; // (line index, indent)
+    for key in path.split('.') {
+        let from = found.map_or(0, |(i, _)| i + 1);
+        let (i, indent) = text.lines().enumerate().skip(from).find_map(|(i, line)| {
+            let rest = line.trim_start();
+            let indent = line.len() - rest.len();
+            let deeper = found.is_none_or(|(_, parent)| indent > parent);
+            (deeper && rest.strip_prefix(key)?.starts_with(':')).then_some((i, indent))
+        })?;
+        found = Some((i, indent));
+    }
+    found.map(|(i, _)| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_of;
+
+    #[test]
+    fn a_rollouts_problem_points_at_its_key() {
+        let text = "rules: [r.yaml]\nrollouts:\n  default:\n    stages: []\n  models:\n    default:\n      soak: 1h\n    fraud:\n      stages: []\n";
+        assert_eq!(
+            line_of(text, "rollouts.default: a plan needs at least one stage"),
+            Some(3)
+        );
+        assert_eq!(
+            line_of(text, "rollouts.models.fraud: stage 1: ..."),
+            Some(8)
+        );
+        assert_eq!(
+            line_of(text, "rollouts.models.default.soak: negative"),
+            Some(7)
+        );
+        assert_eq!(line_of(text, "rollouts.models.other: ..."), None);
+        assert_eq!(line_of(text, "routes.auto_rollback: no receiver"), None);
     }
 }

@@ -4,6 +4,7 @@
 use std::io::{self, BufRead, Write};
 
 use canaryd_connectors::{Action, Connector, DryRun};
+use canaryd_rules::rollout::controller::{Change, Controller};
 use canaryd_rules::{Engine, Ingested, Output, Span, Subject, Timestamp, Transition, decode};
 use serde_json::json;
 
@@ -44,6 +45,8 @@ pub struct Summary {
     pub stale: u64,
     /// Actions decided, in order.
     pub actions: Vec<Action>,
+    /// Rollout changes, in order (with a config that has `rollouts:`).
+    pub rollouts: Vec<Change>,
 }
 
 /// Replays `input` (JSON lines) through the rules in `loaded`, writing
@@ -68,6 +71,11 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
     let mut line = Vec::new();
     let mut number = 0u64;
     let mut guard = JumpGuard::default();
+    let mut rollouts = loaded
+        .config
+        .rollouts
+        .as_ref()
+        .map(|r| Rollouts::new(Controller::new(r.plans(), loaded.rules.clone())));
     loop {
         line.clear();
         let n = input.read_until(b'\n', &mut line)?;
@@ -109,7 +117,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
             )?;
         }
         for (number, event) in ready {
-            ingest(
+            let ingested = ingest(
                 &mut engine,
                 number,
                 &event,
@@ -117,8 +125,16 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
                 &mut summary,
                 diag,
             )?;
+            let changes = match (rollouts.as_mut(), engine.watermark()) {
+                (Some(r), Some(now)) => r.after(&event, ingested, &outputs, now),
+                _ => Vec::new(),
+            };
             for output in outputs.drain(..) {
                 emit(loaded, &connector, output, out, format, &mut summary).await?;
+            }
+            for change in changes {
+                write_change(&change, out, format)?;
+                summary.rollouts.push(change);
             }
         }
     }
@@ -129,9 +145,17 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
             "line {line}: dropped: {ts} is more than {MAX_JUMP} ahead of event time and no later event confirmed the jump"
         )?;
     }
+    if let (Some(r), Some(now)) = (rollouts.as_mut(), engine.watermark()) {
+        let mut changes = Vec::new();
+        r.controller.step_all(now, &mut changes);
+        for change in changes {
+            write_change(&change, out, format)?;
+            summary.rollouts.push(change);
+        }
+    }
     match format {
         Format::Json => {
-            let counts = json!({
+            let mut counts = json!({
                 "kind": "summary",
                 "events": summary.events,
                 "malformed": summary.malformed,
@@ -140,9 +164,17 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
                 "transitions": summary.transitions,
                 "actions": summary.actions.len(),
             });
+            if rollouts.is_some() {
+                counts["rollout_changes"] = json!(summary.rollouts.len());
+            }
             writeln!(out, "{counts}")?;
         }
-        Format::Text => write_text_summary(out, &summary, &engine)?,
+        Format::Text => {
+            write_text_summary(out, &summary, &engine)?;
+            if let Some(r) = &rollouts {
+                write_rollouts_summary(out, &r.controller)?;
+            }
+        }
     }
     Ok(summary)
 }
@@ -155,8 +187,9 @@ fn ingest<D: Write>(
     outputs: &mut Vec<Output>,
     summary: &mut Summary,
     diag: &mut D,
-) -> io::Result<()> {
-    match engine.ingest(event, outputs) {
+) -> io::Result<Ingested> {
+    let ingested = engine.ingest(event, outputs);
+    match ingested {
         Ingested::Late => {
             summary.late += 1;
             writeln!(
@@ -168,7 +201,64 @@ fn ingest<D: Write>(
         Ingested::OutOfWindow => summary.late += 1,
         Ingested::Applied | Ingested::Unmatched => {}
     }
-    Ok(())
+    Ok(ingested)
+}
+
+/// The rollout controller as replay drives it: each event's model is
+/// stepped after the engine took the event, and every model once per
+/// second of event time, so that holds end between a model's events too.
+struct Rollouts {
+    controller: Controller,
+    next_sweep: Option<Timestamp>,
+}
+
+impl Rollouts {
+    fn new(controller: Controller) -> Rollouts {
+        Rollouts {
+            controller,
+            next_sweep: None,
+        }
+    }
+
+    /// What `event`, and the engine's `outputs` for it, changed, at event
+    /// time `now`.
+    fn after(
+        &mut self,
+        event: &canaryd_rules::Event,
+        ingested: Ingested,
+        outputs: &[Output],
+        now: Timestamp,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let c = &mut self.controller;
+        let mut touched: Vec<String> = c
+            .observe(event, ingested == Ingested::Applied, now, &mut changes)
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        for output in outputs {
+            // A decision timed between events is stepped at its own time.
+            if let Some(model) = c.output(output) {
+                let at = match output {
+                    Output::Transition(t) => t.ts,
+                    Output::Stale { ts, .. } => *ts,
+                };
+                c.step(model, at.min(now), &mut changes);
+                touched.push(model.to_string());
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        if self.next_sweep.is_none_or(|at| now >= at) {
+            self.next_sweep = Some(now.plus(Span::seconds(1)));
+            c.step_all(now, &mut changes);
+        } else {
+            for model in touched {
+                c.step(&model, now, &mut changes);
+            }
+        }
+        changes
+    }
 }
 
 /// How far ahead of event time an event may be before the replay asks
@@ -325,6 +415,56 @@ fn write_transition<W: Write>(
             )
         }
     }
+}
+
+fn write_change<W: Write>(c: &Change, out: &mut W, format: Format) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            let line = json!({
+                "kind": "rollout",
+                "ts": c.ts,
+                "subject": {"model": c.model},
+                "version": c.version,
+                "event": c.kind,
+                "weight": c.weight,
+                "stage": c.stage,
+                "reason": c.reason,
+            });
+            writeln!(out, "{line}")
+        }
+        Format::Text => writeln!(
+            out,
+            "{}  ROLLOUT   {:<12}  model={}  {}%  stage {}  {}",
+            c.ts,
+            c.kind.as_str(),
+            c.model,
+            c.weight,
+            c.stage,
+            c.reason
+        ),
+    }
+}
+
+fn write_rollouts_summary<W: Write>(out: &mut W, c: &Controller) -> io::Result<()> {
+    if c.is_empty() {
+        return writeln!(out, "  rollouts: no canary event for a model with a plan");
+    }
+    for (model, rollout, plan) in c.rollouts() {
+        writeln!(
+            out,
+            "  rollout: model={model} {}: {}% (stage {} of plan {}), {}",
+            if rollout.version.is_empty() {
+                "(no version label)"
+            } else {
+                rollout.version.as_str()
+            },
+            rollout.weight(&plan.plan),
+            rollout.stage + 1,
+            plan.name,
+            rollout.phase
+        )?;
+    }
+    Ok(())
 }
 
 fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io::Result<()> {

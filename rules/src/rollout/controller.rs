@@ -12,7 +12,7 @@
 //! - A gating rule firing with `reduce_traffic` among its actions steps
 //!   the rollout back one stage.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -61,11 +61,16 @@ pub struct Plans {
     pub default: Option<NamedPlan>,
     /// By model.
     pub models: HashMap<String, NamedPlan>,
+    /// Models whose traffic people move by hand: no plan carries them.
+    pub manual: HashSet<String>,
 }
 
 impl Plans {
     /// The plan that carries `model`, if any.
     pub fn plan_for(&self, model: &str) -> Option<&NamedPlan> {
+        if self.manual.contains(model) {
+            return None;
+        }
         self.models.get(model).or(self.default.as_ref())
     }
 
@@ -210,6 +215,17 @@ impl Controller {
         self.models.is_empty()
     }
 
+    /// Every rollout, by model, with its plan.
+    pub fn rollouts(&self) -> Vec<(&str, &Rollout, &NamedPlan)> {
+        let mut all: Vec<_> = self
+            .models
+            .iter()
+            .filter_map(|(m, t)| Some((m.as_str(), &t.rollout, self.plans.plan_for(m)?)))
+            .collect();
+        all.sort_by_key(|(m, _, _)| *m);
+        all
+    }
+
     /// The rollout of `model`, with its plan.
     pub fn rollout(&self, model: &str) -> Option<(&Rollout, &NamedPlan)> {
         let tracked = self.models.get(model)?;
@@ -329,11 +345,17 @@ impl Controller {
                     reason,
                     stage,
                     weight,
-                } => Decision::RolledBack {
-                    reason: blame(reason),
-                    stage,
-                    weight,
-                },
+                } => {
+                    let reason = blame(reason);
+                    tracked.rollout.phase = Phase::RolledBack {
+                        reason: reason.clone(),
+                    };
+                    Decision::RolledBack {
+                        reason,
+                        stage,
+                        weight,
+                    }
+                }
                 Decision::Held(Some(reason)) => Decision::Held(Some(blame(reason))),
                 other => other,
             })

@@ -275,7 +275,11 @@ impl Rollout {
         let decision = Decision::SetWeight {
             weight,
             cause: Cause::Started,
-            reason: format!("new canary version {version}: stage 1 at {weight}%"),
+            reason: if version.is_empty() {
+                format!("a canary (no version label): stage 1 at {weight}%")
+            } else {
+                format!("new canary version {version}: stage 1 at {weight}%")
+            },
         };
         (rollout, decision)
     }
@@ -376,6 +380,7 @@ impl Rollout {
         }
         // Passed.
         let from = plan.weight(self.stage);
+        let (held, requests) = (self.held, self.requests);
         self.stage += 1;
         self.restart_stage(seen.now);
         let weight = plan.weight(self.stage);
@@ -383,10 +388,8 @@ impl Rollout {
             weight,
             cause: Cause::Passed,
             reason: format!(
-                "stage {} passed ({from}%, held {}, {} canary requests): now {weight}%",
+                "stage {} passed ({from}%, held {held} clean, {requests} canary events): now {weight}%",
                 self.stage,
-                stage.hold,
-                stage.min_requests.max(1)
             ),
         });
         if self.stage >= plan.stages.len() {

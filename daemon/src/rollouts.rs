@@ -1,0 +1,182 @@
+//! `rollouts:` in the config file: the plans canaryd carries canaries
+//! through, and what `canaryd check` finds wrong with them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use canaryd_connectors::ReceiverConfig;
+use canaryd_rules::rollout::controller::{Gating, NamedPlan, Plans};
+use canaryd_rules::rollout::{PLAYBOOK_SOAK, Plan, Stage, check_stages, playbook_stages};
+use canaryd_rules::{RuleSet, Span};
+use serde::Deserialize;
+
+/// `rollouts:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutsConfig {
+    /// The receiver that sets canary weights (a `kube` receiver), for
+    /// every plan that names none.
+    #[serde(default)]
+    pub receiver: Option<String>,
+    /// The plan of every model without its own. `default: {}` is the
+    /// playbook's.
+    #[serde(default)]
+    pub default: Option<PlanConfig>,
+    /// Plans by model.
+    #[serde(default)]
+    pub models: BTreeMap<String, PlanConfig>,
+    /// Models whose traffic people move by hand: canaryd never does.
+    #[serde(default)]
+    pub manual: Vec<String>,
+    /// Receivers told when a canary reaches 100%.
+    #[serde(default)]
+    pub promoted: Vec<String>,
+    /// Receivers that get an incident ticket, with the stage, the weight
+    /// and the evidence, on every rollback.
+    #[serde(default)]
+    pub incident: Vec<String>,
+}
+
+/// One plan.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// The stages before 100%; the playbook's by default.
+    #[serde(default = "playbook_stages")]
+    pub stages: Vec<Stage>,
+    /// How long the canary holds at 100% before the rollout is complete;
+    /// the playbook's 24 h by default. A rollback is possible until then.
+    #[serde(default = "playbook_soak")]
+    pub soak: Span,
+    /// The receiver that sets this plan's weights.
+    #[serde(default)]
+    pub receiver: Option<String>,
+    /// The rules that gate its stages, by name; every rule by default.
+    #[serde(default)]
+    pub gating_rules: Option<Vec<String>>,
+}
+
+fn playbook_soak() -> Span {
+    PLAYBOOK_SOAK
+}
+
+impl PlanConfig {
+    fn named(&self, name: &str) -> NamedPlan {
+        NamedPlan {
+            name: name.to_string(),
+            plan: Plan {
+                stages: self.stages.clone(),
+                soak: self.soak,
+            },
+            gating: match &self.gating_rules {
+                Some(names) => Gating::Named(names.clone()),
+                None => Gating::Every,
+            },
+        }
+    }
+}
+
+impl RolloutsConfig {
+    /// The plans, as the controller takes them. Manual models have none.
+    pub fn plans(&self) -> Arc<Plans> {
+        Arc::new(Plans {
+            default: self.default.as_ref().map(|p| p.named("default")),
+            models: self
+                .models
+                .iter()
+                .map(|(model, p)| (model.clone(), p.named(model)))
+                .collect(),
+            manual: self.manual.iter().cloned().collect(),
+        })
+    }
+
+    /// The plans, each with the key it is written under.
+    fn each(&self) -> impl Iterator<Item = (String, &PlanConfig)> {
+        self.default
+            .iter()
+            .map(|p| ("rollouts.default".to_string(), p))
+            .chain(
+                self.models
+                    .iter()
+                    .map(|(m, p)| (format!("rollouts.models.{m}"), p)),
+            )
+    }
+
+    /// Every problem: stages that do not rise, weights out of range, holds
+    /// too short to see data, unknown receivers and rules, plans for
+    /// manual models.
+    pub fn problems(
+        &self,
+        receivers: &BTreeMap<String, ReceiverConfig>,
+        rules: &RuleSet,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let receiver = |key: &str, name: &str, traffic: bool, out: &mut Vec<String>| match receivers
+            .get(name)
+        {
+            None => out.push(format!("{key}: unknown receiver `{name}`")),
+            Some(r) if traffic && !r.sets_traffic() => out.push(format!(
+                "{key}: receiver `{name}` cannot set traffic weights; use a kube receiver"
+            )),
+            Some(_) => {}
+        };
+        if let Some(name) = &self.receiver {
+            receiver("rollouts.receiver", name, true, &mut out);
+        }
+        for name in &self.promoted {
+            receiver("rollouts.promoted", name, false, &mut out);
+        }
+        for name in &self.incident {
+            receiver("rollouts.incident", name, false, &mut out);
+        }
+        for (key, plan) in self.each() {
+            out.extend(
+                check_stages(&plan.stages)
+                    .into_iter()
+                    .map(|p| format!("{key}: {p}")),
+            );
+            for (i, stage) in plan.stages.iter().enumerate() {
+                if stage.hold <= Span::ZERO {
+                    out.push(format!(
+                        "{key}: stage {}: a hold of {} leaves no time to see the canary's data",
+                        i + 1,
+                        stage.hold
+                    ));
+                }
+            }
+            if plan.soak < Span::ZERO {
+                out.push(format!("{key}: soak must not be negative"));
+            }
+            if let Some(name) = &plan.receiver {
+                receiver(&format!("{key}.receiver"), name, true, &mut out);
+            }
+            for name in plan.gating_rules.iter().flatten() {
+                if rules.get(name).is_none() {
+                    out.push(format!("{key}.gating_rules: no rule is named `{name}`"));
+                }
+            }
+            if plan.gating_rules.as_ref().is_some_and(Vec::is_empty) {
+                out.push(format!(
+                    "{key}.gating_rules: empty; leave it out to gate on every rule"
+                ));
+            }
+        }
+        for model in &self.manual {
+            if self.models.contains_key(model) {
+                out.push(format!(
+                    "rollouts.models.{model}: the model is also in rollouts.manual; canaryd never moves its traffic"
+                ));
+            }
+        }
+        out
+    }
+
+    /// The receiver that sets `model`'s weights, if any.
+    pub fn receiver_for(&self, model: &str) -> Option<&str> {
+        self.models
+            .get(model)
+            .or(self.default.as_ref())
+            .and_then(|p| p.receiver.as_deref())
+            .or(self.receiver.as_deref())
+    }
+}
