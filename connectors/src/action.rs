@@ -32,6 +32,21 @@ pub struct Action {
     pub labels: BTreeMap<String, String>,
     /// Rendered annotations.
     pub annotations: BTreeMap<String, String>,
+    /// For `shift_traffic`, from the rollout controller: the weight to set
+    /// and the rollout's state to record with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficChange>,
+}
+
+/// A rollout's traffic change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficChange {
+    /// The canary's weight, in percent of the canary and stable pair.
+    pub weight: u8,
+    /// The rollout's state (JSON), recorded on the traffic object in the
+    /// same write as the weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 impl Action {

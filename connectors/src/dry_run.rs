@@ -74,6 +74,7 @@ mod tests {
             },
             labels: Default::default(),
             annotations: Default::default(),
+            traffic: None,
         };
         let dry = DryRun::new();
         let outcome = dry.execute(&action).await.unwrap();

@@ -90,6 +90,13 @@ pub const REASON_ROLLBACK: &str = "CanaryRollback";
 /// Event reason for a reduced canary weight.
 pub const REASON_REDUCED: &str = "CanaryTrafficReduced";
 
+/// The Kubernetes Event reason for a rollout's weight change.
+pub const REASON_SHIFTED: &str = "CanaryTrafficShifted";
+
+/// The annotation holding a rollout's state (JSON), written in the same
+/// patch as the weights it goes with.
+pub const ROLLOUT_ANNOTATION: &str = "canaryd.io/rollout";
+
 /// The `kube:` section of the config file.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -459,9 +466,16 @@ impl KubeConnector {
         fields(rule = %action.rule, action = %action.action, key = %action.key, dry_run = action.dry_run)
     )]
     async fn run(&self, action: &Action) -> Result<Outcome, ConnectorError> {
-        let op = match action.action {
-            ActionName::AutoRollback => Op::Rollback,
-            ActionName::ReduceTraffic => Op::Reduce(self.config.reduce_step),
+        let op = match (action.action, &action.traffic) {
+            (ActionName::ShiftTraffic, Some(t)) => Op::Set(t.weight),
+            (ActionName::ShiftTraffic, None) => {
+                return Err(ConnectorError::Permanent(
+                    "shift_traffic without a weight: only the rollout controller asks for it"
+                        .into(),
+                ));
+            }
+            (ActionName::AutoRollback, _) => Op::Rollback,
+            (ActionName::ReduceTraffic, _) => Op::Reduce(self.config.reduce_step),
             _ => return Err(ConnectorError::Permanent("not a traffic action".into())),
         };
         let target = self.target(action)?;
@@ -510,10 +524,13 @@ impl KubeConnector {
             let mut remembered: Vec<&str> = applied;
             remembered.push(&digest);
             let skip = remembered.len().saturating_sub(APPLIED_MEMORY);
-            let annotations = json!({
+            let mut annotations = json!({
                 APPLIED_ANNOTATION: remembered[skip..].join(","),
                 LAST_ACTION_ANNOTATION: truncate(&action.key, 253),
             });
+            if let Some(state) = action.traffic.as_ref().and_then(|t| t.state.as_ref()) {
+                annotations[ROLLOUT_ANNOTATION] = json!(state);
+            }
             let written = self
                 .write(&api, &target, &plan, resource_version, annotations)
                 .await;
@@ -557,6 +574,11 @@ impl KubeConnector {
         current: &DynamicObject,
     ) -> Result<Plan, ConnectorError> {
         match target.kind {
+            TargetKind::Rollout if matches!(op, Op::Set(w) if w > 0) => {
+                Err(ConnectorError::Permanent(format!(
+                    "{target}: an Argo Rollout moves its own weights through its steps; rollout plans cannot drive one yet"
+                )))
+            }
             TargetKind::Rollout => Ok(Plan::Abort {
                 already: current.data["status"]["abort"] == Value::Bool(true),
             }),
@@ -623,6 +645,7 @@ impl KubeConnector {
     ) {
         let reason = match (plan, action.action) {
             (Plan::Weights { .. }, ActionName::ReduceTraffic) => REASON_REDUCED,
+            (Plan::Weights { .. }, ActionName::ShiftTraffic) => REASON_SHIFTED,
             _ => REASON_ROLLBACK,
         };
         let values: Vec<String> = action
@@ -793,6 +816,8 @@ enum Op {
     Rollback,
     /// Canary weight times the step, rounded down.
     Reduce(f64),
+    /// Canary weight to this percent of the pair's total.
+    Set(u8),
 }
 
 /// One route that has both tracks, and its weights before and after.
@@ -1064,6 +1089,11 @@ fn plan_weights(
             // step is in (0, 1) (checked at load), so the product is in
             // [0, weight] and rounding down keeps it there.
             Op::Reduce(step) => ((pair.canary_weight as f64) * step).floor() as i64,
+            // At most `total`, so it fits; the product is taken in i128.
+            Op::Set(percent) => {
+                i64::try_from(i128::from(total) * i128::from(percent.min(100)) / 100)
+                    .unwrap_or(total)
+            }
         };
         let new_stable = total - new_canary;
         let entries = &mut new_list[index][shape.entries_key];

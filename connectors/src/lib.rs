@@ -40,7 +40,7 @@ pub mod slack;
 pub mod webhook;
 
 pub use crate::kube::{KubeConfig, KubeConnector, KubeConnectorError, TargetConfig, TargetKind};
-pub use action::{Action, Evidence, Outcome, OutcomeKind};
+pub use action::{Action, Evidence, Outcome, OutcomeKind, TrafficChange};
 pub use connector::{Connector, ConnectorError};
 pub use dry_run::DryRun;
 pub use email::{EmailConfig, EmailConnector, EmailTls};

@@ -424,6 +424,7 @@ pub(crate) mod tests {
                 ),
             ]
             .into(),
+            traffic: None,
         }
     }
 

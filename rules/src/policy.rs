@@ -71,10 +71,13 @@ pub enum ActionName {
     NotifyMlTeam,
     /// Tell FinOps (cost).
     NotifyFinops,
+    /// Set the canary's traffic weight to a rollout stage's: the rollout
+    /// controller's own action, which rules cannot name.
+    ShiftTraffic,
 }
 
 impl ActionName {
-    /// Every action, in the order the README lists them.
+    /// Every action a rule may name, in the order the README lists them.
     pub const ALL: [ActionName; 5] = [
         ActionName::AutoRollback,
         ActionName::ReduceTraffic,
@@ -91,12 +94,16 @@ impl ActionName {
             ActionName::NotifyOnCall => "notify_on_call",
             ActionName::NotifyMlTeam => "notify_ml_team",
             ActionName::NotifyFinops => "notify_finops",
+            ActionName::ShiftTraffic => "shift_traffic",
         }
     }
 
     /// Whether the action changes traffic rather than telling people.
     pub fn changes_traffic(self) -> bool {
-        matches!(self, ActionName::AutoRollback | ActionName::ReduceTraffic)
+        matches!(
+            self,
+            ActionName::AutoRollback | ActionName::ReduceTraffic | ActionName::ShiftTraffic
+        )
     }
 }
 

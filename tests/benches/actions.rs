@@ -187,6 +187,7 @@ async fn overhead() {
         },
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
+        traffic: None,
     };
     let actions: Vec<Action> = (0..NOTIFICATIONS)
         .map(|i| Action {

@@ -57,6 +57,7 @@ fn action(name: ActionName, dry_run: bool) -> Action {
         },
         labels: Default::default(),
         annotations: Default::default(),
+        traffic: None,
     }
 }
 
@@ -715,4 +716,84 @@ impl WithTimeout for KubeConfig {
             ..self.clone()
         }
     }
+}
+
+/// A rollout stage's weight change, as the rollout controller asks for it.
+fn shift(weight: u8, stage: usize) -> Action {
+    let mut a = action(ActionName::ShiftTraffic, false);
+    a.key = format!("rollout|model=summarizer|v2|stage {stage}");
+    a.rule = "rollout".into();
+    a.traffic = Some(canaryd_connectors::TrafficChange {
+        weight,
+        state: Some(format!(r#"{{"stage":{stage},"weight":{weight}}}"#)),
+    });
+    a
+}
+
+#[tokio::test]
+async fn a_rollout_stage_sets_the_canary_weight_and_records_the_rollout_state_in_the_same_patch() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 95, 5));
+    let kube = connector(&fixture, "VirtualService").await;
+    let outcome = kube.execute(&shift(25, 3)).await.unwrap();
+    assert_eq!(vs_weights(&fixture), (75, 25), "{outcome:?}");
+    assert!(
+        outcome.detail.contains("canary 5 -> 25"),
+        "{}",
+        outcome.detail
+    );
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    let annotations = &vs["metadata"]["annotations"];
+    assert_eq!(
+        annotations["canaryd.io/rollout"],
+        r#"{"stage":3,"weight":25}"#
+    );
+    assert_eq!(patches(&fixture), 1, "weights and state in one write");
+    // The same stage again (a restart deciding it twice): nothing written.
+    kube.execute(&shift(25, 3)).await.unwrap();
+    assert_eq!(patches(&fixture), 1);
+    // 100%: the stable gets nothing.
+    kube.execute(&shift(100, 5)).await.unwrap();
+    assert_eq!(vs_weights(&fixture), (0, 100));
+}
+
+#[tokio::test]
+async fn a_stage_on_an_http_route_keeps_the_pair_total() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::http_route(NS, VS, 190, 10));
+    let kube = connector(&fixture, "HTTPRoute").await;
+    kube.execute(&shift(50, 4)).await.unwrap();
+    let route = fixture.object("HTTPRoute", NS, VS).unwrap();
+    let refs = &route["spec"]["rules"][0]["backendRefs"];
+    let weights: Vec<i64> = refs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["weight"].as_i64().unwrap())
+        .collect();
+    assert_eq!(weights.iter().sum::<i64>(), 200);
+    assert!(weights.contains(&100), "{weights:?}");
+}
+
+#[tokio::test]
+async fn a_rollout_stage_cannot_drive_an_argo_rollout_and_says_so() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::rollout(NS, VS));
+    let kube = connector(&fixture, "Rollout").await;
+    let e = kube.execute(&shift(25, 3)).await.unwrap_err();
+    assert!(permanent(&e).contains("Argo Rollout"), "{e}");
+    assert_eq!(patches(&fixture), 0);
+}
+
+#[tokio::test]
+async fn shift_traffic_without_a_weight_is_refused() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 95, 5));
+    let kube = connector(&fixture, "VirtualService").await;
+    let e = kube
+        .execute(&action(ActionName::ShiftTraffic, false))
+        .await
+        .unwrap_err();
+    assert!(permanent(&e).contains("without a weight"), "{e}");
+    assert_eq!(vs_weights(&fixture), (95, 5));
 }

@@ -58,6 +58,7 @@ fn action(severity: Severity, dry_run: bool) -> Action {
             ("runbook".to_string(), RUNBOOK.to_string()),
         ]
         .into(),
+        traffic: None,
     }
 }
 

@@ -65,6 +65,7 @@ fn build(t: &Transition, rules: &RuleSet, global_dry_run: bool) -> Vec<Action> {
             },
             labels: rule.labels.clone(),
             annotations: annotations.clone(),
+            traffic: None,
         })
         .collect()
 }

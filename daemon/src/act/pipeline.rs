@@ -874,6 +874,7 @@ pub(crate) mod tests {
             },
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            traffic: None,
         }
     }
 

@@ -162,5 +162,6 @@ fn direct_action(loaded: &Loaded, request: &DirectAction) -> Action {
         },
         labels: request.labels.clone(),
         annotations: request.annotations.clone(),
+        traffic: None,
     }
 }
