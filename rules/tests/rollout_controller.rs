@@ -83,25 +83,14 @@ impl Run {
         }
     }
 
-    /// One event through the engine and the controller, as replay does it.
+    /// One event through the engine and the controller, as replay and
+    /// live mode do it.
     fn event(&mut self, event: Event) {
         let mut outputs = Vec::new();
         let applied = self.engine.ingest(&event, &mut outputs) == Ingested::Applied;
         let now = self.engine.watermark().unwrap();
-        let mut touched: Vec<String> = self
-            .controller
-            .observe(&event, applied, now, &mut self.changes)
-            .map(str::to_string)
-            .into_iter()
-            .collect();
-        for o in &outputs {
-            touched.extend(self.controller.output(o).map(str::to_string));
-        }
-        touched.sort();
-        touched.dedup();
-        for model in touched {
-            self.controller.step(&model, now, &mut self.changes);
-        }
+        let changes = self.controller.after(&event, applied, &outputs, now);
+        self.changes.extend(changes);
     }
 
     fn metric(&mut self, sec: i64, name: &str, value: f64) {
@@ -323,5 +312,47 @@ fn a_stage_short_of_canary_events_waits_for_data_then_passes_when_they_come() {
         Promoted,
         "{:?}",
         run.timeline()
+    );
+}
+
+#[test]
+fn a_controller_restored_mid_hold_carries_on_where_it_stood() {
+    let mut whole = Run::new(Gating::Every);
+    whole.healthy(0, 35);
+
+    let mut first = Run::new(Gating::Every);
+    first.healthy(0, 15);
+    let saved = first.controller.state();
+    assert_eq!(saved.len(), 1);
+    // A restart: a new controller, the engine as the changelog restored it.
+    let mut second = Run::new(Gating::Every);
+    second.engine = first.engine;
+    second.controller.restore(saved, second.engine.alerts());
+    second.healthy(15, 35);
+
+    let mut resumed = first.changes;
+    resumed.extend(second.changes);
+    assert_eq!(resumed, whole.changes, "promoted once, at the same time");
+}
+
+#[test]
+fn a_restored_controller_still_sees_the_gating_alert_the_engine_restored() {
+    let mut first = Run::new(Gating::Every);
+    first.healthy(0, 4);
+    for s in 4..6 {
+        first.metric(s, "canary_cost_per_request", 0.9);
+    }
+    let saved = first.controller.state();
+    let mut second = Run::new(Gating::Every);
+    second.engine = first.engine;
+    second.controller.restore(saved, second.engine.alerts());
+    // Still over the threshold: the hold clock must stay stopped.
+    for s in 6..20 {
+        second.metric(s, "canary_error_rate", 0.001);
+    }
+    assert!(
+        !second.timeline().iter().any(|(_, kind, _)| *kind == Stage),
+        "passed a stage while a gating alert was firing: {:?}",
+        second.timeline()
     );
 }

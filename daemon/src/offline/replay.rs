@@ -75,7 +75,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
         .config
         .rollouts
         .as_ref()
-        .map(|r| Rollouts::new(Controller::new(r.plans(), loaded.rules.clone())));
+        .map(|r| Controller::new(r.plans(), loaded.rules.clone()));
     loop {
         line.clear();
         let n = input.read_until(b'\n', &mut line)?;
@@ -126,7 +126,9 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
                 diag,
             )?;
             let changes = match (rollouts.as_mut(), engine.watermark()) {
-                (Some(r), Some(now)) => r.after(&event, ingested, &outputs, now),
+                (Some(r), Some(now)) => {
+                    r.after(&event, ingested == Ingested::Applied, &outputs, now)
+                }
                 _ => Vec::new(),
             };
             for output in outputs.drain(..) {
@@ -147,7 +149,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
     }
     if let (Some(r), Some(now)) = (rollouts.as_mut(), engine.watermark()) {
         let mut changes = Vec::new();
-        r.controller.step_all(now, &mut changes);
+        r.step_all(now, &mut changes);
         for change in changes {
             write_change(&change, out, format)?;
             summary.rollouts.push(change);
@@ -172,7 +174,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
         Format::Text => {
             write_text_summary(out, &summary, &engine)?;
             if let Some(r) = &rollouts {
-                write_rollouts_summary(out, &r.controller)?;
+                write_rollouts_summary(out, r)?;
             }
         }
     }
@@ -202,63 +204,6 @@ fn ingest<D: Write>(
         Ingested::Applied | Ingested::Unmatched => {}
     }
     Ok(ingested)
-}
-
-/// The rollout controller as replay drives it: each event's model is
-/// stepped after the engine took the event, and every model once per
-/// second of event time, so that holds end between a model's events too.
-struct Rollouts {
-    controller: Controller,
-    next_sweep: Option<Timestamp>,
-}
-
-impl Rollouts {
-    fn new(controller: Controller) -> Rollouts {
-        Rollouts {
-            controller,
-            next_sweep: None,
-        }
-    }
-
-    /// What `event`, and the engine's `outputs` for it, changed, at event
-    /// time `now`.
-    fn after(
-        &mut self,
-        event: &canaryd_rules::Event,
-        ingested: Ingested,
-        outputs: &[Output],
-        now: Timestamp,
-    ) -> Vec<Change> {
-        let mut changes = Vec::new();
-        let c = &mut self.controller;
-        let mut touched: Vec<String> = c
-            .observe(event, ingested == Ingested::Applied, now, &mut changes)
-            .map(str::to_string)
-            .into_iter()
-            .collect();
-        for output in outputs {
-            // A decision timed between events is stepped at its own time.
-            if let Some(model) = c.output(output) {
-                let at = match output {
-                    Output::Transition(t) => t.ts,
-                    Output::Stale { ts, .. } => *ts,
-                };
-                c.step(model, at.min(now), &mut changes);
-                touched.push(model.to_string());
-            }
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        if self.next_sweep.is_none_or(|at| now >= at) {
-            self.next_sweep = Some(now.plus(Span::seconds(1)));
-            c.step_all(now, &mut changes);
-        } else {
-            for model in touched {
-                c.step(&model, now, &mut changes);
-            }
-        }
-        changes
-    }
 }
 
 /// How far ahead of event time an event may be before the replay asks

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{Cause, Decision, Gate, Phase, Plan, Rollout, Step};
+use crate::engine::AlertView;
 use crate::engine::{Labels, Output};
 use crate::event::{Event, Track};
 use crate::policy::{ActionName, Severity};
 use crate::rule::{Rule, RuleSet};
 use crate::state::Phase as AlertPhase;
-use crate::time::Timestamp;
+use crate::time::{Span, Timestamp};
 
 /// Which rules gate a plan's stages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +160,15 @@ pub struct Controller {
     plans: Arc<Plans>,
     rules: Arc<RuleSet>,
     models: HashMap<String, Tracked>,
+    /// When every rollout is stepped next, so that holds end between a
+    /// model's events too.
+    next_sweep: Option<Timestamp>,
+    /// A rollout changed since the last [`Controller::take_changed`].
+    changed: bool,
 }
+
+/// How often, in event time, every rollout is stepped.
+const SWEEP: Span = Span::seconds(1);
 
 /// The model and canary version an event is about, if it is a canary's.
 fn canary_of(event: &Event) -> Option<(&str, &str)> {
@@ -193,6 +202,8 @@ impl Controller {
             plans,
             rules,
             models: HashMap::new(),
+            next_sweep: None,
+            changed: false,
         }
     }
 
@@ -379,6 +390,131 @@ impl Controller {
                 ),
                 now,
             ));
+        }
+    }
+
+    /// Everything one event changed: `event` as the engine took it
+    /// (`applied`), then the engine's `outputs` for it, at event time `now`
+    /// (the watermark after it). A decision timed between events is
+    /// stepped at its own time; every rollout is stepped once per second.
+    pub fn after(
+        &mut self,
+        event: &Event,
+        applied: bool,
+        outputs: &[Output],
+        now: Timestamp,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut touched: Vec<String> = self
+            .observe(event, applied, now, &mut changes)
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        touched.extend(self.outputs(outputs, now, &mut changes));
+        if self.next_sweep.is_none_or(|at| now >= at) {
+            self.next_sweep = Some(now.plus(SWEEP));
+            self.step_all(now, &mut changes);
+        } else {
+            touched.sort_unstable();
+            touched.dedup();
+            for model in touched {
+                self.step(&model, now, &mut changes);
+            }
+        }
+        self.changed |= !changes.is_empty();
+        changes
+    }
+
+    /// What event time moving on to `now` with no event changed: the
+    /// engine's `outputs` (timers), then every rollout stepped.
+    pub fn advanced(&mut self, outputs: &[Output], now: Timestamp) -> Vec<Change> {
+        let mut changes = Vec::new();
+        self.outputs(outputs, now, &mut changes);
+        self.next_sweep = Some(now.plus(SWEEP));
+        self.step_all(now, &mut changes);
+        self.changed |= !changes.is_empty();
+        changes
+    }
+
+    /// Takes `outputs`, stepping each model they concern at the output's
+    /// time; returns those models.
+    fn outputs(
+        &mut self,
+        outputs: &[Output],
+        now: Timestamp,
+        changes: &mut Vec<Change>,
+    ) -> Vec<String> {
+        let mut touched = Vec::new();
+        for output in outputs {
+            if let Some(model) = self.output(output) {
+                let at = match output {
+                    Output::Transition(t) => t.ts,
+                    Output::Stale { ts, .. } => *ts,
+                };
+                let model = model.to_string();
+                self.step(&model, at.min(now), changes);
+                touched.push(model);
+            }
+        }
+        touched
+    }
+
+    /// Whether a rollout changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Every rollout's durable state, by model, for a checkpoint.
+    pub fn state(&self) -> Vec<(String, Rollout)> {
+        let mut all: Vec<(String, Rollout)> = self
+            .models
+            .iter()
+            .map(|(m, t)| (m.clone(), t.rollout.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Takes back what [`Controller::state`] saved, with the gating alerts
+    /// of a restored engine (`alerts`): the rollouts carry on where they
+    /// stood, their hold clocks included.
+    pub fn restore<'a>(
+        &mut self,
+        saved: Vec<(String, Rollout)>,
+        alerts: impl Iterator<Item = AlertView<'a>>,
+    ) {
+        for (model, rollout) in saved {
+            if self.plans.plan_for(&model).is_none() {
+                continue;
+            }
+            self.models.insert(
+                model,
+                Tracked {
+                    rollout,
+                    requests: 0,
+                    reduce: false,
+                    stale: false,
+                    active: Active::new(),
+                },
+            );
+        }
+        for alert in alerts {
+            let Some(model) = alert.subject.get("model") else {
+                continue;
+            };
+            let (Some(tracked), Some(named), Some(rule)) = (
+                self.models.get_mut(model.as_str()),
+                self.plans.plan_for(model),
+                self.rules.get(alert.rule),
+            ) else {
+                continue;
+            };
+            if named.gating.gates(rule) && alert.state.phase != AlertPhase::Inactive {
+                tracked.active.insert(
+                    (rule.name.clone(), alert.subject.clone()),
+                    (alert.state.phase, rule.severity),
+                );
+            }
         }
     }
 
