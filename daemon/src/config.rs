@@ -114,12 +114,6 @@ impl Loaded {
         }
         if let Some(rollouts) = &self.config.rollouts {
             out.extend(rollouts.problems(&self.config.receivers, &self.rules));
-            if self.config.kafka.is_some() && !rollouts.plans().is_empty() {
-                out.push(
-                    "rollouts: `canaryd run` does not carry plans out yet; `canaryd replay --config` backtests them"
-                        .to_string(),
-                );
-            }
         }
         out
     }
@@ -145,6 +139,13 @@ impl Loaded {
             hold.saturating_add(engine.analytics.window.millis())
                 .saturating_add(engine.stale_after.millis()),
         )
+    }
+
+    /// A rollout controller for the plans in `rollouts:`, if there are any.
+    pub fn rollout_controller(&self) -> Option<canaryd_rules::rollout::controller::Controller> {
+        let plans = self.config.rollouts.as_ref()?.plans();
+        (!plans.is_empty())
+            .then(|| canaryd_rules::rollout::controller::Controller::new(plans, self.rules.clone()))
     }
 
     /// The engine's settings: `engine:` plus `analytics:`.

@@ -810,6 +810,159 @@ async fn a_stalled_consumer_evaluates_its_backlog_and_fires_on_time() {
     fired_once_on_time(&rig, &audit, breach, &logs);
 }
 
+/// The drill's rollout plan, compressed: 5% → 25% → 50%, each held 4 s,
+/// then 100%, soaked 4 s.
+const PLAN: &str = "rollouts:
+  receiver: kube
+  default:
+    stages:
+      - { weight: 5, hold: 4s }
+      - { weight: 25, hold: 4s }
+      - { weight: 50, hold: 4s }
+    soak: 4s
+";
+
+/// Rollout changes in the audit trail: (event, weight, event time).
+fn rollout_changes(audit: &[Value]) -> Vec<(String, u64, DateTime<Utc>)> {
+    audit
+        .iter()
+        .filter(|r| r["kind"] == "rollout" && r["subject"]["model"] == "summarizer")
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_string(),
+                r["weight"].as_u64().unwrap(),
+                ts(&r["ts"]),
+            )
+        })
+        .collect()
+}
+
+/// A healthy canary is carried through the plan by the live controller,
+/// and `kill -9` mid-hold does not restart the hold or repeat a step: the
+/// new process restores the rollout from the changelog, promotes at the
+/// time the first one would have, once, and completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_goes_from_5_to_100_percent_through_a_kill_9_and_is_promoted_once() {
+    let rig = Rig::start("drill-rollout", "[auto_rollback]").await;
+    let edit = |text: String| format!("{text}{PLAN}");
+    let first = rig.spawn_with("first", edit);
+    wait_for_assignment(&first);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    // Into stage 2's hold, checkpointed.
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["weight"] == 25)
+    });
+    let stage_2 = rollout_changes(&audit)
+        .into_iter()
+        .find(|(_, w, _)| *w == 25)
+        .unwrap()
+        .2;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.signal("KILL");
+    let first_log = first.log_text();
+    drop(first);
+    let second = rig.spawn_with("second", edit);
+    wait_for_assignment(&second);
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["event"] == "complete")
+    });
+    feed.stop().await;
+    let logs = format!("--- first\n{first_log}\n--- second\n{}", second.log_text());
+
+    let changes = rollout_changes(&audit);
+    // A change decided twice (input replayed after the kill) has one time.
+    let mut distinct: Vec<(String, u64, DateTime<Utc>)> = changes.clone();
+    distinct.dedup();
+    let steps: Vec<(&str, u64)> = distinct.iter().map(|(e, w, _)| (e.as_str(), *w)).collect();
+    check(
+        "the plan's steps, in order, each once",
+        steps
+            == [
+                ("stage", 5),
+                ("stage", 25),
+                ("stage", 50),
+                ("promoted", 100),
+                ("complete", 100),
+            ],
+        format!("{steps:?}, {} audit records", changes.len()),
+        &logs,
+    );
+    let at = |event: &str, weight: u64| {
+        distinct
+            .iter()
+            .find(|(e, w, _)| e == event && *w == weight)
+            .map(|c| c.2)
+            .unwrap()
+    };
+    let held = |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).num_milliseconds();
+    check(
+        "stage 2 held its 4 s across the kill (event time)",
+        (4_000..=5_000).contains(&held(stage_2, at("stage", 50))),
+        format!("{} ms", held(stage_2, at("stage", 50))),
+        &logs,
+    );
+    check(
+        "promoted at the original time: 4 s after stage 3 (±1 s)",
+        (4_000..=5_000).contains(&held(at("stage", 50), at("promoted", 100))),
+        format!("{} ms", held(at("stage", 50), at("promoted", 100))),
+        &logs,
+    );
+    // Accepted writes: a write refused with 409 (another worker's write
+    // came first) changed nothing.
+    let writes: Vec<(i64, u16, String)> = rig
+        .kube
+        .requests_matching("PATCH", "/virtualservices/model-summarizer")
+        .iter()
+        .filter_map(|r| {
+            let body: Value = serde_json::from_str(&r.body).ok()?;
+            let weight = body["spec"]["http"][0]["route"]
+                .as_array()?
+                .iter()
+                .find(|d| d["destination"]["subset"] == "canary")?["weight"]
+                .as_i64()?;
+            let key = body["metadata"]["annotations"]["canaryd.io/last-action"].to_string();
+            Some((weight, r.status, key))
+        })
+        .collect();
+    let weights: Vec<i64> = writes
+        .iter()
+        .filter(|(_, status, _)| *status == 200)
+        .map(|(w, _, _)| *w)
+        .collect();
+    check(
+        "one accepted write per step: 5, 25, 50, 100",
+        weights == [5, 25, 50, 100],
+        format!("{writes:#?}"),
+        &logs,
+    );
+    check(
+        "the canary ends at 100%",
+        rig.canary_weight() == 100,
+        rig.canary_weight(),
+        &logs,
+    );
+    let vs = rig
+        .kube
+        .object("VirtualService", "ml-serving", "model-summarizer")
+        .unwrap();
+    let state: Value = serde_json::from_str(
+        vs["metadata"]["annotations"]["canaryd.io/rollout"]
+            .as_str()
+            .unwrap_or("null"),
+    )
+    .unwrap();
+    check(
+        "the object records the rollout's state",
+        state["plan"] == "default" && state["rollout"]["stage"] == 3,
+        &state,
+        &logs,
+    );
+}
+
 /// The value of the unlabelled metric `name` on the replica serving `port`.
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);

@@ -1,7 +1,12 @@
 //! From transitions to actions: what canaryd does when an alert fires.
 
-use canaryd_connectors::{Action, Evidence};
-use canaryd_rules::{Phase, RuleSet, Transition};
+use std::collections::BTreeMap;
+
+use canaryd_connectors::{Action, Evidence, TrafficChange};
+use canaryd_rules::rollout::controller::{Change, ChangeKind};
+use canaryd_rules::{ActionName, Phase, RuleSet, Severity, Subject, Transition};
+
+use crate::config::Loaded;
 
 /// The actions a transition calls for: one per action of the rule when it
 /// starts firing, none otherwise. `global_dry_run` forces dry run on all.
@@ -68,4 +73,91 @@ fn build(t: &Transition, rules: &RuleSet, global_dry_run: bool) -> Vec<Action> {
             traffic: None,
         })
         .collect()
+}
+
+/// What a rollout change asks for, and of which receivers: its weight
+/// through the plan's traffic receiver; on a promotion, a notice to
+/// `rollouts.promoted`; on a rollback, an incident ticket to
+/// `rollouts.incident`. Keys come from the change's event time, so that a
+/// change decided again after a restart is recognised as the same one.
+pub fn rollout_actions(loaded: &Loaded, change: &Change) -> Vec<(Action, Vec<String>)> {
+    let Some(config) = loaded.config.rollouts.as_ref() else {
+        return Vec::new();
+    };
+    let subject = BTreeMap::from([("model".to_string(), change.model.clone())]);
+    let plan = if config.models.contains_key(&change.model) {
+        change.model.as_str()
+    } else {
+        "default"
+    };
+    let severity = match change.kind {
+        ChangeKind::RolledBack => Severity::Critical,
+        _ => Severity::Low,
+    };
+    let action = |name: ActionName, what: &str| Action {
+        key: format!(
+            "rollout|{}|{}|stage {}|{}|{}|{what}",
+            Subject(&subject),
+            change.state.version,
+            change.stage,
+            change.kind.as_str(),
+            change.ts.millis()
+        ),
+        ts: change.ts,
+        rule: format!("rollout {plan}"),
+        subject: subject.clone(),
+        action: name,
+        severity,
+        deadline: loaded.config.decision_matrix.get(severity).deadline,
+        dry_run: loaded.config.dry_run,
+        evidence: Evidence {
+            condition: change.reason.clone(),
+            values: BTreeMap::new(),
+            thresholds: Vec::new(),
+            duration: change.state.held,
+            since: change.state.stage_started,
+        },
+        labels: BTreeMap::from([("rollout".to_string(), change.kind.as_str().to_string())]),
+        annotations: BTreeMap::from([(
+            "summary".to_string(),
+            format!(
+                "{} {}: {} at {}% (stage {}): {}",
+                change.model,
+                if change.version.is_empty() {
+                    "canary"
+                } else {
+                    &change.version
+                },
+                change.kind.as_str(),
+                change.weight,
+                change.stage,
+                change.reason
+            ),
+        )]),
+        traffic: None,
+    };
+    let mut out = Vec::new();
+    if change.traffic
+        && let Some(receiver) = config.receiver_for(&change.model)
+    {
+        let mut shift = action(ActionName::ShiftTraffic, "weight");
+        let state = serde_json::json!({"plan": plan, "rollout": change.state});
+        shift.traffic = Some(TrafficChange {
+            weight: change.weight,
+            state: Some(state.to_string()),
+        });
+        out.push((shift, vec![receiver.to_string()]));
+    }
+    match change.kind {
+        ChangeKind::Promoted if !config.promoted.is_empty() => out.push((
+            action(ActionName::NotifyMlTeam, "promoted"),
+            config.promoted.clone(),
+        )),
+        ChangeKind::RolledBack if !config.incident.is_empty() => out.push((
+            action(ActionName::NotifyOnCall, "incident"),
+            config.incident.clone(),
+        )),
+        _ => {}
+    }
+    out
 }

@@ -288,6 +288,42 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Queues `action` for the named `receivers` (a rollout's, which has
+    /// no route), tracked in `origin`'s outbox. A receiver that does not
+    /// exist gets it recorded as failed.
+    pub async fn submit_to(
+        &self,
+        action: Action,
+        receivers: &[String],
+        origin: Option<&Origin>,
+    ) -> Result<(), Closed> {
+        let accepted = Instant::now();
+        for receiver in receivers {
+            let Some(lane) = self.lanes.iter().find(|l| l.name == *receiver) else {
+                let outcome = Outcome {
+                    key: action.key.clone(),
+                    connector: receiver.clone(),
+                    kind: OutcomeKind::Failed,
+                    dry_run: action.dry_run,
+                    detail: format!("receiver {receiver} is not configured"),
+                };
+                self.stats.count(receiver, OutcomeKind::Failed);
+                record(&self.audit, &action, &outcome).await;
+                continue;
+            };
+            if let Some(origin) = origin {
+                self.outbox.add(origin, &lane.name, &action);
+            }
+            let job = Job::Fire {
+                action: action.clone(),
+                accepted,
+                origin: origin.cloned(),
+            };
+            lane.tx.send(job).await.map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+
     /// Hands an action restored from `origin`'s outbox back to its
     /// receiver. Its deadline counts from now. A receiver no longer
     /// configured gets it recorded as failed.

@@ -71,11 +71,7 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
     let mut line = Vec::new();
     let mut number = 0u64;
     let mut guard = JumpGuard::default();
-    let mut rollouts = loaded
-        .config
-        .rollouts
-        .as_ref()
-        .map(|r| Controller::new(r.plans(), loaded.rules.clone()));
+    let mut rollouts = loaded.rollout_controller();
     loop {
         line.clear();
         let n = input.read_until(b'\n', &mut line)?;

@@ -9,7 +9,7 @@
 //! | key | value (CBOR) |
 //! |---|---|
 //! | `s` 0 `t` 0 `p` 0 subject | a [`SubjectState`] and the checkpoint generation that wrote it |
-//! | `m` 0 `t` 0 `p` | the marker: generation, next input offset, the engine's clocks, the outbox |
+//! | `m` 0 `t` 0 `p` | the marker: generation, next input offset, the engine's clocks, the outbox, the rollouts |
 //!
 //! A checkpoint writes the subjects changed since the last one, then its
 //! marker, which carries the partition's outbox: the actions decided
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use canaryd_rules::{EngineCheckpoint, SubjectState};
 
 use crate::act::outbox::Pending;
+use canaryd_rules::rollout::Rollout;
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -62,6 +63,9 @@ enum Value {
         engine: EngineCheckpoint,
         #[serde(default)]
         outbox: Vec<Pending>,
+        /// The partition's rollouts, by model.
+        #[serde(default)]
+        rollouts: Vec<(String, Rollout)>,
     },
 }
 
@@ -97,6 +101,7 @@ pub(super) struct Checkpoint {
     /// The subjects changed since the last checkpoint (or all of them).
     pub(super) subjects: Vec<SubjectState>,
     pub(super) outbox: Vec<Pending>,
+    pub(super) rollouts: Vec<(String, Rollout)>,
 }
 
 /// A checkpoint on its way to the broker.
@@ -141,6 +146,8 @@ pub(super) struct Restored {
     pub(super) subjects: Vec<SubjectState>,
     /// Actions decided before `next_offset` that were not finished.
     pub(super) outbox: Vec<Pending>,
+    /// The rollouts of the partition's models, by model.
+    pub(super) rollouts: Vec<(String, Rollout)>,
 }
 
 impl Changelog {
@@ -172,6 +179,7 @@ impl Changelog {
             engine,
             subjects,
             outbox,
+            rollouts,
         } = checkpoint;
         let mut deliveries = Vec::with_capacity(subjects.len() + 1);
         for state in subjects {
@@ -189,6 +197,7 @@ impl Changelog {
             next_offset,
             engine,
             outbox,
+            rollouts,
         })?;
         deliveries.push(self.send(partition, &marker_key(topic, partition), &value)?);
         self.in_flight.push(InFlight {
@@ -370,7 +379,14 @@ pub(super) fn restore(
     let read = started.elapsed();
     let decoded = decode_all(records)
         .map_err(|e| format!("changelog {changelog} partition {partition}: {e}"))?;
-    let mut latest: Option<(u64, i64, EngineCheckpoint, Vec<Pending>)> = None;
+    type Latest = (
+        u64,
+        i64,
+        EngineCheckpoint,
+        Vec<Pending>,
+        Vec<(String, Rollout)>,
+    );
+    let mut latest: Option<Latest> = None;
     // Every generation of each subject seen, oldest first (compaction
     // leaves few).
     let mut subjects: HashMap<Vec<u8>, Vec<(u64, SubjectState)>> = HashMap::new();
@@ -383,9 +399,10 @@ pub(super) fn restore(
                 next_offset,
                 engine,
                 outbox,
+                rollouts,
             }) => {
                 if latest.as_ref().is_none_or(|(g, ..)| generation >= *g) {
-                    latest = Some((generation, next_offset, engine, outbox));
+                    latest = Some((generation, next_offset, engine, outbox, rollouts));
                 }
             }
             Some(Value::Subject {
@@ -402,7 +419,7 @@ pub(super) fn restore(
         ));
     }
     tracing::debug!(changelog, partition, low, end, subjects = subjects.len(), bytes, ?read, marker = latest.is_some(), took = ?started.elapsed(), "changelog read");
-    let Some((generation, next_offset, engine, outbox)) = latest else {
+    let Some((generation, next_offset, engine, outbox, rollouts)) = latest else {
         return Ok(None);
     };
     let subjects = subjects
@@ -421,5 +438,6 @@ pub(super) fn restore(
         engine,
         subjects,
         outbox,
+        rollouts,
     }))
 }

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use canaryd_rules::event::AlertEvent;
+use canaryd_rules::rollout::controller::Change;
 use canaryd_rules::{Engine, Event, Ingested, Output, decode};
 use futures::FutureExt;
 use prometheus_client::metrics::counter::Counter;
@@ -101,6 +102,8 @@ pub(super) struct ConsumeLoop<'c> {
     /// Alerts from Alertmanager have no partition: they get their own engine.
     pub(super) alertmanager: Engine,
     pub(super) outputs: Vec<Output>,
+    /// Rollout changes decided by the last evaluation, to record and act on.
+    pub(super) rollout_changes: Vec<Change>,
     pub(super) offsets: Offsets,
     /// Where partition state is checkpointed, if anywhere.
     pub(super) changelog: Option<Changelog>,
@@ -305,7 +308,7 @@ impl<'c> ConsumeLoop<'c> {
                 .await);
         }
         self.evaluate(message, &event);
-        if !self.outputs.is_empty()
+        if !(self.outputs.is_empty() && self.rollout_changes.is_empty())
             && self
                 .partitions
                 .get_mut(message.topic(), message.partition())
@@ -316,6 +319,7 @@ impl<'c> ConsumeLoop<'c> {
                 .rebuilt
                 .fetch_add(self.outputs.len() as u64, Ordering::Relaxed);
             self.outputs.clear();
+            self.rollout_changes.clear();
         }
         if !self.outputs.is_empty() {
             let origin = self.origin(message.topic(), message.partition());
@@ -323,6 +327,17 @@ impl<'c> ConsumeLoop<'c> {
                 .dispatch(
                     &self.loaded,
                     &mut self.outputs,
+                    message.partition(),
+                    origin.as_ref(),
+                )
+                .await?;
+        }
+        if !self.rollout_changes.is_empty() {
+            let origin = self.origin(message.topic(), message.partition());
+            self.dispatcher
+                .rollout(
+                    &self.loaded,
+                    &mut self.rollout_changes,
                     message.partition(),
                     origin.as_ref(),
                 )
@@ -372,7 +387,12 @@ impl<'c> ConsumeLoop<'c> {
     fn evaluate(&mut self, message: &BorrowedMessage<'_>, event: &Event) {
         let (topic, partition) = (message.topic(), message.partition());
         let state = self.partitions.state(topic, partition, &self.loaded);
-        if state.engine.ingest(event, &mut self.outputs) == Ingested::Late {
+        let ingested = state.engine.ingest(event, &mut self.outputs);
+        if let (Some(c), Some(now)) = (state.rollouts.as_mut(), state.engine.watermark()) {
+            self.rollout_changes =
+                c.after(event, ingested == Ingested::Applied, &self.outputs, now);
+        }
+        if ingested == Ingested::Late {
             self.stats.late.fetch_add(1, Ordering::Relaxed);
             self.shared.metrics.inc_late();
             tracing::debug!(
@@ -408,11 +428,25 @@ impl<'c> ConsumeLoop<'c> {
             if state.wants_probe(now, self.idle_after, self.tick) {
                 idle.push((topic.to_string(), partition));
             }
-            state.advance_idle(&mut self.outputs);
+            let moved_to = state.advance_idle(&mut self.outputs);
+            if let (Some(c), Some(to)) = (state.rollouts.as_mut(), moved_to) {
+                self.rollout_changes = c.advanced(&self.outputs, to);
+            }
+            let origin = tracked.then(|| Origin::new(topic, partition));
             if !self.outputs.is_empty() {
-                let origin = tracked.then(|| Origin::new(topic, partition));
                 self.dispatcher
                     .dispatch(&self.loaded, &mut self.outputs, partition, origin.as_ref())
+                    .await
+                    .map_err(|Closed| Ended::PipelineClosed)?;
+            }
+            if !self.rollout_changes.is_empty() {
+                self.dispatcher
+                    .rollout(
+                        &self.loaded,
+                        &mut self.rollout_changes,
+                        partition,
+                        origin.as_ref(),
+                    )
                     .await
                     .map_err(|Closed| Ended::PipelineClosed)?;
             }
@@ -473,10 +507,16 @@ impl<'c> ConsumeLoop<'c> {
                 .as_ref()
                 .map(|o| o.checkpoint(&Origin::new(topic, partition)))
                 .unwrap_or_default();
+            let rollouts_changed = state.rollouts.as_mut().is_some_and(|c| c.take_changed());
             // Idle time firing a timer changes state without input: that is
             // written too, so a restart does not decide it again; so is an
-            // action finished, so that it is not done again.
-            if subjects.is_empty() && !outbox_changed && state.checkpointed == Some(next_offset) {
+            // action finished, so that it is not done again, and a rollout
+            // moved on.
+            if subjects.is_empty()
+                && !outbox_changed
+                && !rollouts_changed
+                && state.checkpointed == Some(next_offset)
+            {
                 continue;
             }
             let generation = state.generation + 1;
@@ -486,6 +526,11 @@ impl<'c> ConsumeLoop<'c> {
                 engine: state.engine.checkpoint(),
                 subjects,
                 outbox: pending,
+                rollouts: state
+                    .rollouts
+                    .as_ref()
+                    .map(|c| c.state())
+                    .unwrap_or_default(),
             };
             match changelog.write(topic, partition, checkpoint) {
                 Ok(()) => {
@@ -747,6 +792,16 @@ impl<'c> ConsumeLoop<'c> {
             &self.shared,
         )
         .await?;
+        // Rollouts carry on under the new plans; without plans they stop.
+        let plans = loaded.config.rollouts.as_ref().map(|r| r.plans());
+        for (_, _, state) in self.partitions.iter_all_mut() {
+            match (state.rollouts.as_mut(), &plans) {
+                (Some(running), Some(plans)) if !plans.is_empty() => {
+                    running.reload(plans.clone(), loaded.rules.clone());
+                }
+                _ => state.rollouts = loaded.rollout_controller(),
+            }
+        }
         self.loaded = loaded;
         Ok(report)
     }

@@ -8,12 +8,13 @@ use std::sync::atomic::Ordering;
 
 use canaryd_connectors::{Action, Evidence};
 use canaryd_rules::event::AlertStatus;
+use canaryd_rules::rollout::controller::Change;
 use canaryd_rules::{Output, Severity, Span, Subject};
 use serde_json::json;
 
 use super::stats::LiveStats;
 use crate::act::audit::Audit;
-use crate::act::decide::{actions_for, resolutions_for};
+use crate::act::decide::{actions_for, resolutions_for, rollout_actions};
 use crate::act::outbox::{Origin, Pending};
 use crate::act::pipeline::{Closed, Pipeline};
 use crate::clock::wall_clock;
@@ -79,6 +80,35 @@ impl Dispatcher {
                         self.pipeline()?.resolve(action).await?;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records rollout changes (log and audit trail) and hands what they
+    /// ask for to their receivers.
+    pub(super) async fn rollout(
+        &self,
+        loaded: &Loaded,
+        changes: &mut Vec<Change>,
+        partition: i32,
+        origin: Option<&Origin>,
+    ) -> Result<(), Closed> {
+        for change in changes.drain(..) {
+            tracing::info!(model = %change.model, version = %change.version, event = change.kind.as_str(), weight = change.weight, stage = change.stage, ts = %change.ts, reason = %change.reason, "rollout");
+            let record = json!({
+                "kind": "rollout", "ts": change.ts, "subject": {"model": change.model},
+                "version": change.version, "event": change.kind, "weight": change.weight,
+                "stage": change.stage, "reason": change.reason, "partition": partition,
+            });
+            self.audit
+                .publish(&format!("rollout|{}", change.model), record)
+                .await;
+            for (action, receivers) in rollout_actions(loaded, &change) {
+                self.pipeline()?
+                    .submit_to(action, &receivers, origin)
+                    .await?;
+                self.stats.actions.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())

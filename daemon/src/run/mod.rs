@@ -317,6 +317,7 @@ impl Live {
                 Duration::from_millis(u64::try_from(kafka.rejoin_after.millis()).unwrap_or(30_000)),
             ),
             outputs: Vec::new(),
+            rollout_changes: Vec::new(),
             offsets: Default::default(),
             changelog,
             reader,

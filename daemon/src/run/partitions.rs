@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use canaryd_rules::rollout::controller::Controller;
 use canaryd_rules::{Engine, Output, Span, Timestamp};
 
 use super::changelog::Restored;
@@ -15,6 +16,9 @@ use crate::config::Loaded;
 /// One assigned partition's evaluation state.
 pub(super) struct PartitionState {
     pub(super) engine: Engine,
+    /// The rollouts of this partition's models, with `rollouts:` plans:
+    /// only the partition's owner moves their weights.
+    pub(super) rollouts: Option<Controller>,
     /// Wall-clock time of the last message (an event or not), to move an
     /// idle partition's event time forward at wall-clock speed.
     last_message_at: Instant,
@@ -53,6 +57,7 @@ impl PartitionState {
                 &loaded.vocabulary,
                 loaded.engine_config(),
             ),
+            rollouts: loaded.rollout_controller(),
             last_message_at: Instant::now(),
             watermark_then: None,
             vouched_at: None,
@@ -76,8 +81,13 @@ impl PartitionState {
             restored.engine,
             restored.subjects,
         );
+        let mut rollouts = loaded.rollout_controller();
+        if let Some(c) = rollouts.as_mut() {
+            c.restore(restored.rollouts, engine.alerts());
+        }
         PartitionState {
             engine,
+            rollouts,
             last_message_at: Instant::now(),
             watermark_then: watermark,
             vouched_at: None,
@@ -124,11 +134,12 @@ impl PartitionState {
         }
     }
 
-    /// Moves event time on to [`PartitionState::idle_event_time`].
-    pub(super) fn advance_idle(&mut self, outputs: &mut Vec<Output>) {
-        if let Some(to) = self.idle_event_time() {
-            self.engine.advance(to, outputs);
-        }
+    /// Moves event time on to [`PartitionState::idle_event_time`], and
+    /// says where to.
+    pub(super) fn advance_idle(&mut self, outputs: &mut Vec<Output>) -> Option<Timestamp> {
+        let to = self.idle_event_time()?;
+        self.engine.advance(to, outputs);
+        Some(to)
     }
 
     /// The watermark after the last event plus the wall-clock time from the

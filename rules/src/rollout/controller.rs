@@ -135,6 +135,8 @@ pub struct Change {
     pub traffic: bool,
     /// Why, with the evidence: which rules, how much data.
     pub reason: String,
+    /// The rollout's state after it, as recorded on the traffic object.
+    pub state: Rollout,
 }
 
 /// The gating alerts of one model that are not inactive, by rule name and
@@ -627,5 +629,6 @@ fn change_of(
         stage: tracked.rollout.stage + 1,
         traffic,
         reason,
+        state: tracked.rollout.clone(),
     }
 }
