@@ -113,7 +113,8 @@ impl Loaded {
             out.extend(http.problems().into_iter().map(|p| format!("http: {p}")));
         }
         if let Some(rollouts) = &self.config.rollouts {
-            out.extend(rollouts.problems(&self.config.receivers, &self.rules));
+            let live = self.config.kafka.is_some();
+            out.extend(rollouts.problems(&self.config.receivers, &self.rules, live));
         }
         out
     }

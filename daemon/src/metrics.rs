@@ -21,6 +21,10 @@
 //! | `canaryd_alertmanager_payloads_total` | counter | `result` |
 //! | `canaryd_audit_records_total` | counter | `result` (`delivered`, `undeliverable`) |
 //! | `canaryd_audit_backpressure_total` | counter | |
+//! | `canaryd_rollout_stage` | gauge (1 = first; one past the last = 100%) | `model` |
+//! | `canaryd_rollout_weight` | gauge (percent) | `model` |
+//! | `canaryd_rollout_hold_remaining_seconds` | gauge | `model` |
+//! | `canaryd_rollout_transitions_total` | counter | `model`, `kind` |
 //! | `canaryd_build_info` | gauge (always 1) | `version` |
 //!
 //! On the hot path (one call per consumed message), take a [`Counter`]
@@ -42,6 +46,17 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabels {
     topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelKindLabels {
+    model: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +123,10 @@ pub struct Metrics {
     audit_backpressure: Counter,
     state_loads: Family<ResultLabels, Counter>,
     outbox_actions: Gauge,
+    rollout_stage: Family<ModelLabels, Gauge>,
+    rollout_weight: Family<ModelLabels, Gauge>,
+    rollout_hold_remaining: Family<ModelLabels, Gauge>,
+    rollout_transitions: Family<ModelKindLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -240,6 +259,30 @@ impl Metrics {
                 result: result.as_str().to_string(),
             });
         }
+        let rollout_stage = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "rollout_stage",
+            "The stage a model's rollout is in: 1 is the first, one past the plan's last is 100%",
+            rollout_stage.clone(),
+        );
+        let rollout_weight = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "rollout_weight",
+            "The canary's traffic weight as its rollout set it, in percent",
+            rollout_weight.clone(),
+        );
+        let rollout_hold_remaining = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "rollout_hold_remaining_seconds",
+            "Clean event time the current stage (or the soak) still needs",
+            rollout_hold_remaining.clone(),
+        );
+        let rollout_transitions = Family::<ModelKindLabels, Counter>::default();
+        registry.register(
+            "rollout_transitions",
+            "Rollout changes, by kind: stage, paused, resumed, stepped_back, rolled_back, promoted, complete",
+            rollout_transitions.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -269,6 +312,10 @@ impl Metrics {
             audit_backpressure,
             state_loads,
             outbox_actions,
+            rollout_stage,
+            rollout_weight,
+            rollout_hold_remaining,
+            rollout_transitions,
         }
     }
 
@@ -442,6 +489,35 @@ impl Metrics {
     pub fn set_outbox_actions(&self, n: usize) {
         self.outbox_actions
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A change of `model`'s rollout, of `kind`, leaving it at `stage` and
+    /// `weight`.
+    pub fn record_rollout_change(&self, model: &str, kind: &str, stage: usize, weight: u8) {
+        let labels = ModelLabels {
+            model: model.to_string(),
+        };
+        self.rollout_stage
+            .get_or_create(&labels)
+            .set(i64::try_from(stage).unwrap_or(i64::MAX));
+        self.rollout_weight
+            .get_or_create(&labels)
+            .set(i64::from(weight));
+        self.rollout_transitions
+            .get_or_create_owned(&ModelKindLabels {
+                model: model.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// How much clean event time `model`'s current stage still needs.
+    pub fn set_rollout_hold_remaining(&self, model: &str, remaining: Duration) {
+        self.rollout_hold_remaining
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .set(i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX));
     }
 }
 

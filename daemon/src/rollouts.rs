@@ -104,11 +104,13 @@ impl RolloutsConfig {
 
     /// Every problem: stages that do not rise, weights out of range, holds
     /// too short to see data, unknown receivers and rules, plans for
-    /// manual models.
+    /// manual models; and for `canaryd run` (`live`), plans with no
+    /// receiver to set their weights.
     pub fn problems(
         &self,
         receivers: &BTreeMap<String, ReceiverConfig>,
         rules: &RuleSet,
+        live: bool,
     ) -> Vec<String> {
         let mut out = Vec::new();
         let receiver = |key: &str, name: &str, traffic: bool, out: &mut Vec<String>| match receivers
@@ -118,6 +120,12 @@ impl RolloutsConfig {
             Some(r) if traffic && !r.sets_traffic() => out.push(format!(
                 "{key}: receiver `{name}` cannot set traffic weights; use a kube receiver"
             )),
+            // A rollout's subject is its model: the target may name nothing else.
+            Some(ReceiverConfig::Kube(kube)) if traffic => out.extend(
+                kube.check_templates(&["model".to_string()])
+                    .into_iter()
+                    .map(|p| format!("{key}: receiver `{name}`: {p}")),
+            ),
             Some(_) => {}
         };
         if let Some(name) = &self.receiver {
@@ -159,6 +167,15 @@ impl RolloutsConfig {
                 out.push(format!(
                     "{key}.gating_rules: empty; leave it out to gate on every rule"
                 ));
+            }
+        }
+        if live {
+            for (key, plan) in self.each() {
+                if plan.receiver.is_none() && self.receiver.is_none() {
+                    out.push(format!(
+                        "{key}: no receiver sets its weights: set rollouts.receiver or {key}.receiver"
+                    ));
+                }
             }
         }
         for model in &self.manual {

@@ -863,7 +863,10 @@ async fn a_rollout_goes_from_5_to_100_percent_through_a_kill_9_and_is_promoted_o
     first.signal("KILL");
     let first_log = first.log_text();
     drop(first);
-    let second = rig.spawn_with("second", edit);
+    let port = canaryd_tests::tansu::free_port();
+    let second = rig.spawn_with("second", |text| {
+        format!("{text}{PLAN}http:\n  listen: 127.0.0.1:{port}\n")
+    });
     wait_for_assignment(&second);
     let audit = rig.audit_until(|r| {
         r.iter()
@@ -955,10 +958,119 @@ async fn a_rollout_goes_from_5_to_100_percent_through_a_kill_9_and_is_promoted_o
             .unwrap_or("null"),
     )
     .unwrap();
+    let model = |name: &str| metric(port, &format!("{name}{{model=\"summarizer\"}}"));
+    let figures = (
+        model("canaryd_rollout_stage"),
+        model("canaryd_rollout_weight"),
+        model("canaryd_rollout_hold_remaining_seconds"),
+        metric(
+            port,
+            "canaryd_rollout_transitions_total{model=\"summarizer\",kind=\"promoted\"}",
+        ),
+    );
+    check(
+        "the metrics: stage 4 (100%), weight 100, no hold left, promoted once",
+        figures == (Some(4.0), Some(100.0), Some(0.0), Some(1.0)),
+        format!("{figures:?}"),
+        &logs,
+    );
     check(
         "the object records the rollout's state",
         state["plan"] == "default" && state["rollout"]["stage"] == 3,
         &state,
+        &logs,
+    );
+}
+
+/// The canary turns bad in stage 2: the critical gating rule fires, the
+/// rollout rolls back to 0% at once, the incident ticket carries the stage,
+/// the weight and the rule, and the version is not carried forward again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_critical_rule_firing_mid_rollout_rolls_back_and_opens_an_incident_ticket() {
+    let rig = Rig::start("drill-rollout-back", "[auto_rollback]").await;
+    let daemon = rig.spawn_with("daemon", |text| {
+        format!("{text}{PLAN}  incident: [pager]\n")
+    });
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["weight"] == 25)
+    });
+    let breach = feed.go_bad().await;
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["event"] == "rolled_back")
+    });
+    // Healthy again for longer than the plan: nothing moves forward.
+    feed.bad.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let audit_after: Vec<Value> = read_until(
+        &rig.broker.bootstrap(),
+        "canaryd-audit",
+        Duration::from_secs(2),
+        |_| false,
+    )
+    .iter()
+    .map(Record::json)
+    .collect();
+    feed.stop().await;
+    let logs = daemon.log_text();
+    let steps: Vec<(String, u64)> = rollout_changes(&audit)
+        .into_iter()
+        .map(|(e, w, _)| (e, w))
+        .filter(|(e, _)| e != "paused")
+        .collect();
+    check(
+        "stage 1, stage 2, then rolled back to 0",
+        steps
+            == [
+                ("stage".to_string(), 5),
+                ("stage".to_string(), 25),
+                ("rolled_back".to_string(), 0),
+            ],
+        format!("{steps:?}"),
+        &logs,
+    );
+    let back = rollout_changes(&audit).last().unwrap().2;
+    let off = (back - (breach + chrono::Duration::seconds(HOLD_S))).num_milliseconds();
+    check(
+        "rolled back when the rule fired (event time, ±1 s)",
+        off.abs() <= 1_000,
+        format!("{off} ms"),
+        &logs,
+    );
+    check(
+        "the canary is at 0",
+        rig.canary_weight() == 0,
+        rig.canary_weight(),
+        &logs,
+    );
+    let tickets: Vec<Value> = rig
+        .pages()
+        .into_iter()
+        .filter(|p| p.to_string().contains("rolled_back"))
+        .collect();
+    check(
+        "one incident ticket naming the stage, the weight and the rule",
+        tickets.len() == 1
+            && ["stage 2", "at 0% (stage 2)", "Drill Canary Errors"]
+                .iter()
+                .all(|s| tickets[0].to_string().contains(s)),
+        format!("{tickets:#?}"),
+        &logs,
+    );
+    let later: Vec<(String, u64)> = rollout_changes(&audit_after)
+        .into_iter()
+        .map(|(e, w, _)| (e, w))
+        .filter(|(e, _)| e == "stage" || e == "promoted")
+        .collect();
+    check(
+        "a rolled-back version is not carried forward again",
+        later.len() == 2,
+        format!("{later:?}"),
         &logs,
     );
 }

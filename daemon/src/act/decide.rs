@@ -104,7 +104,11 @@ pub fn rollout_actions(loaded: &Loaded, change: &Change) -> Vec<(Action, Vec<Str
             change.ts.millis()
         ),
         ts: change.ts,
-        rule: format!("rollout {plan}"),
+        rule: format!(
+            "rollout {plan}: {} at stage {}",
+            change.kind.as_str(),
+            change.stage
+        ),
         subject: subject.clone(),
         action: name,
         severity,

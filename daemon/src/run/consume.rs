@@ -452,6 +452,14 @@ impl<'c> ConsumeLoop<'c> {
             }
         }
         self.end_probe.start(idle);
+        for (_, _, state) in self.partitions.iter_all_mut() {
+            for (model, remaining) in state.rollouts.iter().flat_map(|c| c.holds_remaining()) {
+                let millis = u64::try_from(remaining.millis()).unwrap_or(0);
+                self.shared
+                    .metrics
+                    .set_rollout_hold_remaining(model, Duration::from_millis(millis));
+            }
+        }
         // Only the HTTP server reads the snapshot; without it, the consume
         // loop does not pay for building one.
         if self.serving {
