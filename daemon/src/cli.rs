@@ -66,6 +66,42 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Show or steer a model's rollout through a running canaryd's API.
+    Rollout {
+        /// What to do.
+        #[arg(value_enum)]
+        verb: RolloutVerb,
+        /// The model (every rollout when `status` has none).
+        #[arg(long, required_unless_present = "all")]
+        model: Option<String>,
+        /// With `status`: every rollout of the replica.
+        #[arg(long, conflicts_with = "model")]
+        all: bool,
+        /// The replica's HTTP address, e.g. http://canaryd:9090.
+        #[arg(long)]
+        url: String,
+        /// Who asks, recorded with the change (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// A file holding the API's bearer token, if it needs one.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
+/// What `canaryd rollout` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RolloutVerb {
+    /// Show the rollout.
+    Status,
+    /// Stop the hold clock and every traffic change.
+    Pause,
+    /// Carry on from a pause, or start a rolled-back version again.
+    Resume,
+    /// Pass the current stage now.
+    Promote,
+    /// Roll back to 0% now.
+    Abort,
 }
 
 /// Exit codes: 0 success, 1 invalid input or failed tests, 2 usage (clap),
@@ -90,6 +126,94 @@ pub fn run(cli: Cli) -> ExitCode {
             output,
         } => run_replay(rules, config, events, output),
         Command::Run { config, instance } => run_daemon(&config, instance),
+        Command::Rollout {
+            verb,
+            model,
+            all: _,
+            url,
+            by,
+            token_file,
+        } => run_rollout(verb, model, &url, by, token_file),
+    }
+}
+
+/// `canaryd rollout`: one API call; prints the answer as JSON.
+fn run_rollout(
+    verb: RolloutVerb,
+    model: Option<String>,
+    url: &str,
+    by: Option<String>,
+    token_file: Option<PathBuf>,
+) -> ExitCode {
+    let token = match token_file.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t.map(|t| t.trim().to_string()),
+        Err(e) => {
+            eprintln!("cannot read the token file: {e}");
+            return ExitCode::from(INVALID);
+        }
+    };
+    let base = url.trim_end_matches('/');
+    let path = match (&model, verb) {
+        (None, RolloutVerb::Status) => format!("{base}/api/v1/rollouts"),
+        (None, _) => {
+            eprintln!("{verb:?} needs --model");
+            return ExitCode::from(INVALID);
+        }
+        (Some(m), RolloutVerb::Status) => format!("{base}/api/v1/rollouts/{m}"),
+        (Some(m), verb) => format!(
+            "{base}/api/v1/rollouts/{m}/{}",
+            format!("{verb:?}").to_lowercase()
+        ),
+    };
+    let by = by
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "canaryd rollout".to_string());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(IO_ERROR);
+        }
+    };
+    let answer = runtime.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let request = match verb {
+            RolloutVerb::Status => client.get(&path),
+            _ => client.post(&path).json(&serde_json::json!({ "by": by })),
+        };
+        let request = match &token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        let response = request.send().await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            let why = body["error"]
+                .as_str()
+                .map_or_else(|| body.to_string(), str::to_string);
+            eprintln!("{status}: {why}");
+            ExitCode::from(INVALID)
+        }
+        Err(e) => {
+            eprintln!("cannot reach {url}: {e}");
+            ExitCode::from(IO_ERROR)
+        }
     }
 }
 

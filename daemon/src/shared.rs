@@ -26,6 +26,16 @@ pub enum Command {
     Act(Vec<DirectAction>, oneshot::Sender<Result<(), String>>),
     /// Reload the rules from the config file.
     Reload(oneshot::Sender<Result<Value, Vec<String>>>),
+    /// A person's command for a model's rollout; answers the rollout as it
+    /// stands after it, or the HTTP status and why nothing changed.
+    Rollout {
+        /// The model.
+        model: String,
+        /// What to do, and who asks.
+        command: canaryd_rules::rollout::Command,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<Value, (u16, String)>>,
+    },
 }
 
 /// State shared between the consume loop and the HTTP server.
@@ -38,6 +48,7 @@ pub struct Shared {
     subjects: RwLock<HashMap<String, Value>>,
     recent: Mutex<VecDeque<Value>>,
     silences: RwLock<Vec<Silence>>,
+    rollouts: RwLock<Vec<Value>>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -52,6 +63,7 @@ impl Shared {
             subjects: RwLock::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
             silences: RwLock::new(Vec::new()),
+            rollouts: RwLock::new(Vec::new()),
             commands,
         }
     }
@@ -70,6 +82,11 @@ impl Shared {
     pub fn set_alerts(&self, alerts: Vec<Value>, subjects: Vec<String>) {
         let value = json!({"alerts": alerts, "subjects": subjects});
         *self.alerts.write().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+
+    /// Replaces the rollouts snapshot.
+    pub fn set_rollouts(&self, rollouts: Vec<Value>) {
+        *self.rollouts.write().unwrap_or_else(|p| p.into_inner()) = rollouts;
     }
 
     /// Replaces the analytics snapshot.
@@ -183,6 +200,35 @@ impl Backend for std::sync::Arc<Shared> {
             let closed = || vec!["shutting down".to_string()];
             self.commands
                 .send(Command::Reload(tx))
+                .await
+                .map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())?
+        })
+    }
+
+    fn rollouts(&self) -> Value {
+        Value::Array(
+            self.rollouts
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    fn rollout_command(
+        &self,
+        model: String,
+        command: canaryd_rules::rollout::Command,
+    ) -> BoxFuture<'_, Result<Value, (u16, String)>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            let closed = || (503, "shutting down".to_string());
+            self.commands
+                .send(Command::Rollout {
+                    model,
+                    command,
+                    reply,
+                })
                 .await
                 .map_err(|_| closed())?;
             rx.await.map_err(|_| closed())?

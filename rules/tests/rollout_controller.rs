@@ -356,3 +356,77 @@ fn a_restored_controller_still_sees_the_gating_alert_the_engine_restored() {
         second.timeline()
     );
 }
+
+#[test]
+fn a_person_pauses_resumes_promotes_and_aborts_and_each_says_who() {
+    use canaryd_rules::rollout::Command;
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 3);
+    let by = || "alice".to_string();
+    let now = Timestamp(3_000);
+    let paused = run
+        .controller
+        .command("m", Command::Pause { by: by() }, now)
+        .unwrap();
+    assert_eq!((paused[0].kind, paused[0].traffic), (Paused, false));
+    assert_eq!(paused[0].reason, "paused by alice");
+    // Paused: the hold does not run, however long.
+    run.healthy(3, 30);
+    assert_eq!(run.timeline(), [(0, Stage, 5)]);
+    assert!(
+        run.controller
+            .command("m", Command::Pause { by: by() }, Timestamp(30_000))
+            .is_err()
+    );
+    let resumed = run
+        .controller
+        .command("m", Command::Resume { by: by() }, Timestamp(30_000))
+        .unwrap();
+    assert_eq!(resumed[0].kind, Resumed);
+    let promoted = run
+        .controller
+        .command("m", Command::Promote { by: by() }, Timestamp(30_000))
+        .unwrap();
+    assert_eq!(
+        (promoted[0].kind, promoted[0].weight, promoted[0].traffic),
+        (Stage, 50, true)
+    );
+    assert!(
+        promoted[0].reason.contains("promoted by alice"),
+        "{}",
+        promoted[0].reason
+    );
+    let last = run
+        .controller
+        .command("m", Command::Promote { by: by() }, Timestamp(31_000))
+        .unwrap();
+    assert_eq!((last[0].kind, last[0].weight), (Promoted, 100));
+    let aborted = run
+        .controller
+        .command("m", Command::Abort { by: by() }, Timestamp(32_000))
+        .unwrap();
+    assert_eq!(
+        (aborted[0].kind, aborted[0].weight, aborted[0].traffic),
+        (RolledBack, 0, true)
+    );
+    assert!(aborted[0].reason.contains("aborted by alice"));
+    // Rolled back: only resume starts it again, from stage 1.
+    assert!(
+        run.controller
+            .command("m", Command::Promote { by: by() }, Timestamp(33_000))
+            .is_err()
+    );
+    let again = run
+        .controller
+        .command("m", Command::Resume { by: by() }, Timestamp(33_000))
+        .unwrap();
+    assert_eq!(
+        (again[0].kind, again[0].weight, again[0].traffic),
+        (Resumed, 5, true)
+    );
+    assert!(
+        run.controller
+            .command("other", Command::Pause { by: by() }, now)
+            .is_err()
+    );
+}

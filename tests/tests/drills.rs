@@ -1075,6 +1075,170 @@ async fn a_critical_rule_firing_mid_rollout_rolls_back_and_opens_an_incident_tic
     );
 }
 
+/// A person steers a live rollout: through the CLI (`canaryd rollout`) and
+/// the API, which refuses a command without the token. A pause holds the
+/// stage however long the canary stays healthy; promote skips a hold; abort
+/// rolls back to 0%; resume starts the version again. Each change names who
+/// asked, in the audit trail and on the object.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_pauses_promotes_aborts_and_resumes_a_live_rollout() {
+    let rig = Rig::start("drill-rollout-manual", "[auto_rollback]").await;
+    let port = canaryd_tests::tansu::free_port();
+    let token = rig.dir.path().join("token");
+    std::fs::write(&token, "s3cret-t0ken\n").unwrap();
+    let daemon = rig.spawn_with("daemon", |text| {
+        format!(
+            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n  auth: {{bearer: {{file: {}}}}}\n",
+            token.display()
+        )
+    });
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["weight"] == 5)
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let cli = |verb: &str| {
+        let out = canaryd_tests::canaryd(&[
+            "rollout",
+            verb,
+            "--model",
+            "summarizer",
+            "--url",
+            &url,
+            "--by",
+            "alice",
+            "--token-file",
+            token.to_str().unwrap(),
+        ]);
+        let text = canaryd_tests::stdout(&out);
+        (
+            out.status.code(),
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+        )
+    };
+    let logs = || daemon.log_text();
+
+    let (code, paused) = cli("pause");
+    check(
+        "pause answers the paused rollout",
+        code == Some(0) && paused["state"] == "paused",
+        &paused,
+        &logs(),
+    );
+    // Longer than stage 1's hold: it stays.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, status) = cli("status");
+    check(
+        "paused: still stage 1 at 5% after its hold",
+        status["stage"] == 1 && status["weight"] == 5 && status["phase"] == "paused by alice",
+        &status,
+        &logs(),
+    );
+    let (code, again) = cli("pause");
+    check(
+        "a second pause is refused (nothing to do)",
+        code == Some(1),
+        &again,
+        &logs(),
+    );
+    let (refused, _) = http(
+        "POST",
+        &format!("{url}/api/v1/rollouts/summarizer/promote"),
+        Some(r#"{"by":"mallory"}"#),
+    );
+    check(
+        "the API refuses a command without the token",
+        refused == 401,
+        refused,
+        &logs(),
+    );
+    let (_, resumed) = cli("resume");
+    check(
+        "resume",
+        resumed["state"] == "progressing",
+        &resumed,
+        &logs(),
+    );
+    let (_, promoted) = cli("promote");
+    check(
+        "promote passes stage 1 at once: stage 2 at 25%",
+        promoted["stage"] == 2 && promoted["weight"] == 25,
+        &promoted,
+        &logs(),
+    );
+    rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "outcome"
+                && v["connector"] == "kube"
+                && v["outcome"] == "succeeded"
+                && v["key"].as_str().is_some_and(|k| k.contains("stage 2"))
+        })
+    });
+    check(
+        "the canary is at 25",
+        rig.canary_weight() == 25,
+        rig.canary_weight(),
+        &logs(),
+    );
+    let (_, aborted) = cli("abort");
+    check(
+        "abort rolls back to 0",
+        aborted["weight"] == 0 && aborted["state"] == "rolled_back",
+        &aborted,
+        &logs(),
+    );
+    let (_, resumed) = cli("resume");
+    check(
+        "resume after the abort starts stage 1 again",
+        resumed["stage"] == 1 && resumed["weight"] == 5,
+        &resumed,
+        &logs(),
+    );
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .filter(|v| {
+                v["kind"] == "rollout"
+                    && v["reason"].as_str().is_some_and(|s| s.contains("by alice"))
+            })
+            .count()
+            >= 5
+    });
+    feed.stop().await;
+    let by_alice: Vec<String> = audit
+        .iter()
+        .filter(|v| {
+            v["kind"] == "rollout" && v["reason"].as_str().is_some_and(|s| s.contains("by alice"))
+        })
+        .map(|v| format!("{} {}", v["event"], v["weight"]))
+        .collect();
+    check(
+        "every command is in the audit trail with who asked",
+        by_alice
+            == [
+                "\"paused\" 5",
+                "\"resumed\" 5",
+                "\"stage\" 25",
+                "\"rolled_back\" 0",
+                "\"resumed\" 5",
+            ],
+        format!("{by_alice:?}"),
+        &logs(),
+    );
+    let (_, listed) = http("GET", &format!("{url}/api/v1/rollouts"), None);
+    let listed: Value = serde_json::from_str(&listed).unwrap_or(Value::Null);
+    check(
+        "GET /api/v1/rollouts lists it with its stages",
+        listed[0]["model"] == "summarizer"
+            && listed[0]["stages"] == serde_json::json!([5, 25, 100]),
+        &listed,
+        &logs(),
+    );
+}
+
 /// The value of the unlabelled metric `name` on the replica serving `port`.
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);

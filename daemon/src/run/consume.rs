@@ -468,6 +468,12 @@ impl<'c> ConsumeLoop<'c> {
                 .engines_mut()
                 .chain(std::iter::once(&mut self.alertmanager));
             snapshot::refresh(&self.shared, engines, &mut self.evaluations_seen);
+            snapshot::refresh_rollouts(
+                &self.shared,
+                self.partitions
+                    .iter_all_mut()
+                    .filter_map(|(_, _, s)| s.rollouts.as_ref()),
+            );
         }
         if Instant::now() >= self.next_checkpoint {
             self.next_checkpoint = Instant::now() + self.checkpoint_every;
@@ -765,6 +771,64 @@ impl<'c> ConsumeLoop<'c> {
                 answer(reply, &result);
                 result
             }
+            Command::Rollout {
+                model,
+                command,
+                reply,
+            } => {
+                let RolloutAnswer {
+                    at,
+                    answer,
+                    mut changes,
+                } = self.rollout_command(&model, command);
+                let tracked = self.changelog.is_some();
+                if let Some((topic, partition)) = at {
+                    let origin = tracked.then(|| Origin::new(&topic, partition));
+                    self.dispatcher
+                        .rollout(&self.loaded, &mut changes, partition, origin.as_ref())
+                        .await?;
+                }
+                let _ = reply.send(answer);
+                Ok(())
+            }
+        }
+    }
+
+    /// A person's command for `model`'s rollout, on the partition that
+    /// carries it: where, the answer, and the changes to carry out.
+    fn rollout_command(
+        &mut self,
+        model: &str,
+        command: canaryd_rules::rollout::Command,
+    ) -> RolloutAnswer {
+        let found = self.partitions.iter_all_mut().find(|(_, _, s)| {
+            s.rollouts
+                .as_ref()
+                .is_some_and(|c| c.rollout(model).is_some())
+        });
+        let Some((topic, partition, state)) = found else {
+            let why = format!(
+                "no rollout of model `{model}` on this replica (another replica may own its partition)"
+            );
+            return RolloutAnswer::refused(404, why);
+        };
+        let now = state.engine.watermark().unwrap_or_else(wall_clock);
+        let Some(controller) = state.rollouts.as_mut() else {
+            return RolloutAnswer::refused(404, format!("no rollout of model `{model}`"));
+        };
+        match controller.command(model, command, now) {
+            Ok(changes) => {
+                let answer = controller
+                    .rollout(model)
+                    .map(|(r, plan)| snapshot::rollout_json(model, r, plan))
+                    .unwrap_or(Value::Null);
+                RolloutAnswer {
+                    at: Some((topic.to_string(), partition)),
+                    answer: Ok(answer),
+                    changes,
+                }
+            }
+            Err(why) => RolloutAnswer::refused(409, why),
         }
     }
 
@@ -817,6 +881,26 @@ impl<'c> ConsumeLoop<'c> {
     /// A fresh partition state for the configuration in force.
     pub(super) fn fresh_engine(loaded: &Loaded) -> Engine {
         PartitionState::new(loaded).engine
+    }
+}
+
+/// What a person's rollout command came to.
+struct RolloutAnswer {
+    /// The partition that carries the model, when something changed.
+    at: Option<(String, i32)>,
+    /// The rollout after it, or the HTTP status and why nothing changed.
+    answer: Result<Value, (u16, String)>,
+    /// What to record and carry out.
+    changes: Vec<Change>,
+}
+
+impl RolloutAnswer {
+    fn refused(status: u16, why: String) -> RolloutAnswer {
+        RolloutAnswer {
+            at: None,
+            answer: Err((status, why)),
+            changes: Vec::new(),
+        }
     }
 }
 

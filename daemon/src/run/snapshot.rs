@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use canaryd_rules::Engine;
-use serde_json::json;
+use canaryd_rules::Span;
+use canaryd_rules::rollout::controller::{Controller, NamedPlan};
+use canaryd_rules::rollout::{Phase, Rollout};
+use serde_json::{Value, json};
 
 use crate::clock::wall_clock;
 use crate::shared::{Shared, subject_json};
@@ -60,4 +63,55 @@ pub(super) fn refresh<'a>(
             .add_rule_evaluations(evaluations - *evaluations_seen);
     }
     *evaluations_seen = evaluations;
+}
+
+/// One rollout as the API and the status page show it.
+pub(super) fn rollout_json(model: &str, rollout: &Rollout, plan: &NamedPlan) -> Value {
+    let stages: Vec<u8> = plan
+        .plan
+        .stages
+        .iter()
+        .map(|s| s.weight)
+        .chain(std::iter::once(100))
+        .collect();
+    let hold = match rollout.phase {
+        Phase::Complete | Phase::RolledBack { .. } => Span::ZERO,
+        _ => plan
+            .plan
+            .stages
+            .get(rollout.stage)
+            .map_or(plan.plan.soak, |s| s.hold),
+    };
+    let state = serde_json::to_value(&rollout.phase).unwrap_or(Value::Null);
+    json!({
+        "model": model,
+        "version": rollout.version,
+        "plan": plan.name,
+        "stage": rollout.stage + 1,
+        "stages": stages,
+        "weight": rollout.weight(&plan.plan),
+        "state": state["phase"],
+        "phase": rollout.phase.to_string(),
+        "stage_started": rollout.stage_started,
+        "hold_s": hold.millis() / 1000,
+        "held_s": rollout.held.millis() / 1000,
+        "hold_remaining_s": hold.millis().saturating_sub(rollout.held.millis()).max(0) / 1000,
+        "requests": rollout.requests,
+    })
+}
+
+/// Replaces the rollouts the API shows.
+pub(super) fn refresh_rollouts<'a>(
+    shared: &Shared,
+    controllers: impl Iterator<Item = &'a Controller>,
+) {
+    let mut all: Vec<Value> = controllers
+        .flat_map(|c| {
+            c.rollouts()
+                .into_iter()
+                .map(|(model, rollout, plan)| rollout_json(model, rollout, plan))
+        })
+        .collect();
+    all.sort_by(|a, b| a["model"].as_str().cmp(&b["model"].as_str()));
+    shared.set_rollouts(all);
 }

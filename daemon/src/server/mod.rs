@@ -179,6 +179,24 @@ pub trait Backend: Send + Sync + 'static {
     /// deleted, or one expired.
     fn silenced(&self, silences: &[Silence]);
 
+    /// `GET /api/v1/rollouts`: every rollout this replica carries,
+    /// `[{"model","version","plan","stage","stages","weight","state","phase","hold_s","held_s","hold_remaining_s",…}…]`.
+    fn rollouts(&self) -> serde_json::Value {
+        serde_json::Value::Array(Vec::new())
+    }
+
+    /// `POST /api/v1/rollouts/{model}/{pause|resume|promote|abort}`: the
+    /// rollout after the command, or the status to answer and why nothing
+    /// changed.
+    fn rollout_command(
+        &self,
+        model: String,
+        command: canaryd_rules::rollout::Command,
+    ) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+        let _ = command;
+        Box::pin(async move { Err((404, format!("no rollout of model `{model}` here"))) })
+    }
+
     /// Told how each Alertmanager payload ended, for
     /// `canaryd_alertmanager_payloads_total{result}`. Does nothing by default.
     fn record_payload(&self, result: PayloadResult) {
@@ -360,6 +378,9 @@ impl App {
             .route("/api/v1/rules", get(rules))
             .route("/api/v1/actions", get(actions))
             .route("/api/v1/subjects/{model}", get(subject))
+            .route("/api/v1/rollouts", get(rollouts))
+            .route("/api/v1/rollouts/{model}", get(rollout))
+            .route("/api/v1/rollouts/{model}/{command}", post(rollout_command))
             .route("/api/v1/silences", get(list_silences).post(create_silence))
             .route("/api/v1/silences/{id}", delete(delete_silence))
             .with_state(self)
@@ -545,6 +566,88 @@ async fn subject(State(app): State<Arc<App>>, Path(model): Path<String>) -> Resp
     match app.backend.subject(&model) {
         Some(v) => axum::Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown model `{model}`")),
+    }
+}
+
+async fn rollouts(State(app): State<Arc<App>>) -> Response {
+    axum::Json(app.backend.rollouts()).into_response()
+}
+
+async fn rollout(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+    let all = app.backend.rollouts();
+    match all
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["model"] == model.as_str()))
+    {
+        Some(r) => axum::Json(r.clone()).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no rollout of model `{model}` on this replica"),
+        ),
+    }
+}
+
+/// Who asks for a rollout command, and why: `{"by": "alice"}`, optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutRequest {
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// `POST /api/v1/rollouts/{model}/{pause|resume|promote|abort}`.
+async fn rollout_command(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((model, command)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    if let Some(denied) = app.deny(&headers) {
+        return denied;
+    }
+    let bytes = match axum::body::to_bytes(body, app.body_limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let request: RolloutRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RolloutRequest::default()
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
+        }
+    };
+    let by = request
+        .by
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| "the API".to_string());
+    use canaryd_rules::rollout::Command;
+    let command = match command.as_str() {
+        "pause" => Command::Pause { by: by.clone() },
+        "resume" => Command::Resume { by: by.clone() },
+        "promote" => Command::Promote { by: by.clone() },
+        "abort" => Command::Abort { by: by.clone() },
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("unknown rollout command `{other}`: use pause, resume, promote or abort"),
+            );
+        }
+    };
+    match app.backend.rollout_command(model.clone(), command).await {
+        Ok(rollout) => {
+            tracing::warn!(%model, %by, "rollout command carried out");
+            axum::Json(rollout).into_response()
+        }
+        Err((status, why)) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT),
+            why,
+        ),
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Cause, Decision, Gate, Phase, Plan, Rollout, Step};
+use super::{Cause, Command, Decision, Gate, Phase, Plan, Rollout, Step};
 use crate::engine::AlertView;
 use crate::engine::{Labels, Output};
 use crate::event::{Event, Track};
@@ -537,6 +537,58 @@ impl Controller {
                 );
             }
         }
+    }
+
+    /// A person's `command` for `model`'s rollout, at event time `now`.
+    /// `Err` says why nothing changed: no rollout of the model here, or
+    /// nothing to do where it stands.
+    pub fn command(
+        &mut self,
+        model: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<Vec<Change>, String> {
+        let named = self
+            .plans
+            .plan_for(model)
+            .ok_or_else(|| format!("no plan carries model `{model}`"))?;
+        let tracked = self
+            .models
+            .get_mut(model)
+            .ok_or_else(|| format!("no rollout of model `{model}` here"))?;
+        let (verb, by) = match &command {
+            Command::Pause { by } => ("paused", by.clone()),
+            Command::Resume { by } => ("resumed", by.clone()),
+            Command::Promote { by } => ("promoted", by.clone()),
+            Command::Abort { by } => ("aborted", by.clone()),
+        };
+        let before = tracked.rollout.phase.clone();
+        let decisions = tracked.rollout.command(&named.plan, command, now);
+        let mut out = Vec::new();
+        changes(model, tracked, &named.plan, decisions, now, &mut out);
+        if out.is_empty() && tracked.rollout.phase != before {
+            let kind = match tracked.rollout.phase {
+                Phase::Paused { .. } => ChangeKind::Paused,
+                _ => ChangeKind::Resumed,
+            };
+            out.push(change_of(
+                model,
+                tracked,
+                &named.plan,
+                kind,
+                false,
+                format!("{verb} by {by}"),
+                now,
+            ));
+        }
+        if out.is_empty() {
+            return Err(format!(
+                "nothing to do: the rollout of `{model}` is {}",
+                tracked.rollout.phase
+            ));
+        }
+        self.changed = true;
+        Ok(out)
     }
 
     /// Steps every rollout to event time `now`, in model order.

@@ -226,6 +226,16 @@ pub enum Command {
         /// Who.
         by: String,
     },
+    /// Pass the current stage now, without its hold.
+    Promote {
+        /// Who.
+        by: String,
+    },
+    /// Roll back to 0% now.
+    Abort {
+        /// Who.
+        by: String,
+    },
 }
 
 impl fmt::Display for Phase {
@@ -431,6 +441,38 @@ impl Rollout {
                 }
                 _ => Vec::new(),
             },
+            Command::Promote { by } => {
+                if matches!(self.phase, Phase::Complete | Phase::RolledBack { .. })
+                    || self.stage >= plan.stages.len()
+                {
+                    return Vec::new();
+                }
+                let from = plan.weight(self.stage);
+                self.stage += 1;
+                self.restart_stage(now);
+                let weight = plan.weight(self.stage);
+                let mut out = vec![Decision::SetWeight {
+                    weight,
+                    cause: Cause::Passed,
+                    reason: format!(
+                        "promoted by {by}: stage {} skipped its hold ({from}% -> {weight}%)",
+                        self.stage
+                    ),
+                }];
+                if self.stage >= plan.stages.len() {
+                    self.phase = Phase::Soaking;
+                    out.push(Decision::Promoted);
+                }
+                out
+            }
+            Command::Abort { by } => {
+                if matches!(self.phase, Phase::Complete | Phase::RolledBack { .. }) {
+                    return Vec::new();
+                }
+                let mut out = Vec::new();
+                self.roll_back(plan, format!("aborted by {by}"), &mut out);
+                out
+            }
         }
     }
 
