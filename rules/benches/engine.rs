@@ -1,5 +1,7 @@
 //! Engine throughput: the playbook's rules over 1,000 subjects, metric
 //! events already decoded. Target: at least 1,000,000 events/s on one core.
+//! And the rollout controller's overhead: the same events with all 1,000
+//! models under the playbook's plan, within 5% of the engine alone.
 //!
 //! Run: `cargo bench -p canaryd-rules --bench engine`
 
@@ -11,8 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canaryd_rules::event::MetricEvent;
-use canaryd_rules::{Engine, EngineConfig, Event, LoadOptions, RuleSet, Timestamp, load_rules};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use canaryd_rules::rollout::controller::{Controller, Gating, NamedPlan, Plans};
+use canaryd_rules::rollout::{PLAYBOOK_SOAK, Plan, playbook_stages};
+use canaryd_rules::{
+    Engine, EngineConfig, Event, Ingested, LoadOptions, RuleSet, Timestamp, load_rules,
+};
+use criterion::{Criterion, Throughput, criterion_group};
 
 const SUBJECTS: usize = 1000;
 const EVENTS: usize = 200_000;
@@ -26,15 +32,35 @@ const METRICS: [(&str, f64, f64); 5] = [
     ("stable_cost_per_request", 0.0019, 0.0019),
 ];
 
-fn engine() -> Engine {
+fn rules() -> Arc<RuleSet> {
     let options = LoadOptions::default();
     let text = include_bytes!("../../deploy/examples/canary-alerts.yaml");
     let rules = load_rules("canary-alerts.yaml", text, &options).expect("example rules load");
+    Arc::new(RuleSet::new(rules).expect("unique names"))
+}
+
+fn engine() -> Engine {
     Engine::new(
-        Arc::new(RuleSet::new(rules).expect("unique names")),
-        &options.vocabulary,
+        rules(),
+        &LoadOptions::default().vocabulary,
         EngineConfig::default(),
     )
+}
+
+/// Every model under the playbook's plan.
+fn controller() -> Controller {
+    let plans = Plans {
+        default: Some(NamedPlan {
+            name: "default".into(),
+            plan: Plan {
+                stages: playbook_stages(),
+                soak: PLAYBOOK_SOAK,
+            },
+            gating: Gating::Every,
+        }),
+        ..Plans::default()
+    };
+    Controller::new(Arc::new(plans), rules())
 }
 
 /// Round-robin over subjects and metrics, 1 ms apart. One subject in ten
@@ -80,8 +106,88 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
+    // The rollout controller on top, as the consume loop drives it: after
+    // each event, with the engine's outputs; every model once a second.
+    group.bench_function("metric_events_1000_models_under_rollout", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut engine = engine();
+                let mut controller = controller();
+                let mut out = Vec::new();
+                let mut changes = 0usize;
+                let start = Instant::now();
+                for e in &events {
+                    let applied = engine.ingest(e, &mut out) == Ingested::Applied;
+                    if let Some(now) = engine.watermark() {
+                        changes += controller.after(e, applied, &out, now).len();
+                    }
+                    out.clear();
+                }
+                total += start.elapsed();
+                assert_eq!(controller.len(), SUBJECTS, "every model under rollout");
+                std::hint::black_box((engine.stats(), changes));
+            }
+            total
+        })
+    });
     group.finish();
 }
 
+/// One pass of the events through a fresh engine, with a rollout
+/// controller on top or not; how long it took.
+fn pass(events: &[Event], rollouts: bool) -> Duration {
+    let mut engine = engine();
+    let mut controller = controller();
+    let mut out = Vec::new();
+    let mut changes = 0usize;
+    let start = Instant::now();
+    for e in events {
+        let applied = engine.ingest(e, &mut out) == Ingested::Applied;
+        if rollouts && let Some(now) = engine.watermark() {
+            changes += controller.after(e, applied, &out, now).len();
+        }
+        out.clear();
+    }
+    let took = start.elapsed();
+    std::hint::black_box((engine.stats(), changes));
+    took
+}
+
+/// The controller's overhead: passes with and without it in pairs, their
+/// order alternating (so that a busy moment of the machine, or a warm
+/// cache, favours neither); the median of the pairs' ratios.
+fn overhead() {
+    let events = events();
+    let (mut ratios, mut without) = (Vec::new(), Vec::new());
+    for i in 0..21 {
+        let (a, b) = if i % 2 == 0 {
+            let a = pass(&events, false);
+            (a, pass(&events, true))
+        } else {
+            let b = pass(&events, true);
+            (pass(&events, false), b)
+        };
+        ratios.push(b.as_secs_f64() / a.as_secs_f64());
+        without.push(a);
+    }
+    ratios.sort_by(f64::total_cmp);
+    without.sort();
+    let ratio = ratios[ratios.len() / 2];
+    let rate = events.len() as f64 / without[without.len() / 2].as_secs_f64() / 1e6;
+    println!(
+        "rollout overhead, 1,000 models under the playbook's plan: {:+.1}% time (median of 21 pairs; {:.2} M events/s without; pairs from {:+.1}% to {:+.1}%)",
+        (ratio - 1.0) * 100.0,
+        rate,
+        (ratios[0] - 1.0) * 100.0,
+        (ratios[ratios.len() - 1] - 1.0) * 100.0
+    );
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    overhead();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -220,9 +220,9 @@ fn a_low_alert_stops_the_hold_clock_until_it_resolves() {
             (0, Stage, 5),
             (4, Paused, 5),
             (8, Resumed, 5),
-            (15, Stage, 50)
+            (14, Stage, 50)
         ],
-        "3 s clean before the alert (the second in which it began does not count), 7 after: passed at 15, not 10"
+        "4 s clean before the alert, 6 after: passed at 14, not 10"
     );
 }
 

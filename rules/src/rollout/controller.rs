@@ -161,16 +161,17 @@ struct Tracked {
 pub struct Controller {
     plans: Arc<Plans>,
     rules: Arc<RuleSet>,
-    models: HashMap<String, Tracked>,
-    /// When every rollout is stepped next, so that holds end between a
-    /// model's events too.
-    next_sweep: Option<Timestamp>,
+    /// By model (looked up by `&str` on every event).
+    models: hashbrown::HashMap<String, Tracked>,
+    /// The earliest event time at which a rollout's hold (or soak) ends:
+    /// then every rollout is stepped. Between, only gating alerts' changes
+    /// and commands step one.
+    next_due: Option<Timestamp>,
     /// A rollout changed since the last [`Controller::take_changed`].
     changed: bool,
+    /// How many models' data is stale.
+    stale: usize,
 }
-
-/// How often, in event time, every rollout is stepped.
-const SWEEP: Span = Span::seconds(1);
 
 /// The model and canary version an event is about, if it is a canary's.
 fn canary_of(event: &Event) -> Option<(&str, &str)> {
@@ -203,9 +204,10 @@ impl Controller {
         Controller {
             plans,
             rules,
-            models: HashMap::new(),
-            next_sweep: None,
+            models: hashbrown::HashMap::new(),
+            next_due: None,
             changed: false,
+            stale: 0,
         }
     }
 
@@ -214,8 +216,10 @@ impl Controller {
     pub fn reload(&mut self, plans: Arc<Plans>, rules: Arc<RuleSet>) {
         self.models
             .retain(|model, _| plans.plan_for(model).is_some());
+        self.stale = self.models.values().filter(|t| t.stale).count();
         self.plans = plans;
         self.rules = rules;
+        self.recompute_due();
     }
 
     /// Models under rollout.
@@ -266,8 +270,9 @@ impl Controller {
 
     /// Takes an event the engine has just taken (`applied`: it updated the
     /// model's data), at event time `now`: counts a canary's, and starts a
-    /// rollout for a model's first canary version, or a new one. Returns
-    /// the model it concerns, to step once the engine's outputs are in.
+    /// rollout for a model's first canary version, or a new one. Returns a
+    /// model to step now: one whose data is fresh again, or one waiting for
+    /// data. Cheap on the hot path: two lookups, no allocation.
     pub fn observe<'e>(
         &mut self,
         event: &'e Event,
@@ -275,33 +280,45 @@ impl Controller {
         now: Timestamp,
         out: &mut Vec<Change>,
     ) -> Option<&'e str> {
-        let model = model_of(event)?;
-        if applied && let Some(tracked) = self.models.get_mut(model) {
-            tracked.stale = false;
-        }
-        let Some((model, version)) = canary_of(event) else {
-            return Some(model);
+        let canary = canary_of(event);
+        let model = match canary {
+            Some((model, _)) => model,
+            // Only a stale model has anything to learn from a stable's event.
+            None if self.stale == 0 || !applied => return None,
+            None => model_of(event)?,
         };
-        let plans = self.plans.clone();
-        let named = plans.plan_for(model)?;
-        match self.models.get_mut(model) {
-            Some(tracked) if tracked.rollout.version == version || version.is_empty() => {
-                tracked.requests += 1;
+        if let Some(tracked) = self.models.get_mut(model) {
+            let fresh_again = applied && tracked.stale;
+            if fresh_again {
+                tracked.stale = false;
+                self.stale -= 1;
             }
-            _ => {
-                let (rollout, decision) = Rollout::start(&named.plan, version, now);
-                let tracked = Tracked {
-                    rollout,
-                    requests: 1,
-                    reduce: false,
-                    stale: false,
-                    active: Active::new(),
-                };
-                changes(model, &tracked, &named.plan, vec![decision], now, out);
-                self.models.insert(model.to_string(), tracked);
+            match canary {
+                Some((_, version)) if version.is_empty() || tracked.rollout.version == version => {
+                    tracked.requests += 1;
+                    let waiting = tracked.rollout.phase == Phase::WaitingForData;
+                    return (fresh_again || waiting).then_some(model);
+                }
+                // A new version: a new rollout, below.
+                Some(_) => {}
+                None => return fresh_again.then_some(model),
             }
         }
-        Some(model)
+        let (_, version) = canary?;
+        let named = self.plans.plan_for(model)?;
+        let (rollout, decision) = Rollout::start(&named.plan, version, now);
+        let tracked = Tracked {
+            rollout,
+            requests: 1,
+            reduce: false,
+            stale: false,
+            active: Active::new(),
+        };
+        changes(model, &tracked, &named.plan, vec![decision], now, out);
+        self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
+        self.models.insert(model.to_string(), tracked);
+        self.changed = true;
+        None
     }
 
     /// Takes an engine output: gating alerts' phases and stale subjects.
@@ -334,7 +351,11 @@ impl Controller {
             }
             Output::Stale { subject, .. } => {
                 let model = subject.get("model")?;
-                self.models.get_mut(model.as_str())?.stale = true;
+                let tracked = self.models.get_mut(model.as_str())?;
+                if !tracked.stale {
+                    tracked.stale = true;
+                    self.stale += 1;
+                }
                 Some(model.as_str())
             }
         }
@@ -342,82 +363,18 @@ impl Controller {
 
     /// Steps `model`'s rollout to event time `now`.
     pub fn step(&mut self, model: &str, now: Timestamp, out: &mut Vec<Change>) {
-        let Some(named) = self.plans.plan_for(model) else {
-            return;
-        };
-        let Some(tracked) = self.models.get_mut(model) else {
-            return;
-        };
-        let (gate, worst) = gate(tracked);
-        let seen = Step {
-            now,
-            canary_requests: std::mem::take(&mut tracked.requests),
-            gate,
-            reduce: std::mem::take(&mut tracked.reduce),
-        };
-        let waiting_before = tracked.rollout.phase == Phase::WaitingForData;
-        let decisions = tracked.rollout.step(&named.plan, seen);
-        let blame = |reason: String| match &worst {
-            Some(rules) => format!("{reason}: {rules}"),
-            None => reason,
-        };
-        let decisions = decisions
-            .into_iter()
-            .map(|d| match d {
-                Decision::SetWeight {
-                    weight,
-                    cause: cause @ Cause::RolledBack,
-                    reason,
-                } => Decision::SetWeight {
-                    weight,
-                    cause,
-                    reason: blame(reason),
-                },
-                Decision::RolledBack {
-                    reason,
-                    stage,
-                    weight,
-                } => {
-                    let reason = blame(reason);
-                    tracked.rollout.phase = Phase::RolledBack {
-                        reason: reason.clone(),
-                    };
-                    Decision::RolledBack {
-                        reason,
-                        stage,
-                        weight,
-                    }
-                }
-                Decision::Held(Some(reason)) => Decision::Held(Some(blame(reason))),
-                other => other,
-            })
-            .collect();
-        changes(model, tracked, &named.plan, decisions, now, out);
-        if !waiting_before && tracked.rollout.phase == Phase::WaitingForData {
-            let wanted = named
-                .plan
-                .stages
-                .get(tracked.rollout.stage)
-                .map_or(1, |s| s.min_requests.max(1));
-            out.push(change_of(
-                model,
-                tracked,
-                &named.plan,
-                ChangeKind::Paused,
-                false,
-                format!(
-                    "waiting for data: {} of {} canary events in the hold",
-                    tracked.rollout.requests, wanted
-                ),
-                now,
-            ));
+        if let Some(tracked) = self.models.get_mut(model) {
+            step_one(&self.plans, model, tracked, now, out);
+            if let Some(named) = self.plans.plan_for(model) {
+                self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
+            }
         }
     }
 
     /// Everything one event changed: `event` as the engine took it
     /// (`applied`), then the engine's `outputs` for it, at event time `now`
-    /// (the watermark after it). A decision timed between events is
-    /// stepped at its own time; every rollout is stepped once per second.
+    /// (the watermark after it). A gating alert's change is stepped at its
+    /// own time; a hold that ends is stepped at the first event after.
     pub fn after(
         &mut self,
         event: &Event,
@@ -426,21 +383,14 @@ impl Controller {
         now: Timestamp,
     ) -> Vec<Change> {
         let mut changes = Vec::new();
-        let mut touched: Vec<String> = self
-            .observe(event, applied, now, &mut changes)
-            .map(str::to_string)
-            .into_iter()
-            .collect();
-        touched.extend(self.outputs(outputs, now, &mut changes));
-        if self.next_sweep.is_none_or(|at| now >= at) {
-            self.next_sweep = Some(now.plus(SWEEP));
+        if let Some(model) = self.observe(event, applied, now, &mut changes) {
+            self.step(model, now, &mut changes);
+        }
+        if !outputs.is_empty() {
+            self.outputs(outputs, now, &mut changes);
+        }
+        if self.next_due.is_some_and(|due| now >= due) {
             self.step_all(now, &mut changes);
-        } else {
-            touched.sort_unstable();
-            touched.dedup();
-            for model in touched {
-                self.step(&model, now, &mut changes);
-            }
         }
         self.changed |= !changes.is_empty();
         changes
@@ -451,8 +401,9 @@ impl Controller {
     pub fn advanced(&mut self, outputs: &[Output], now: Timestamp) -> Vec<Change> {
         let mut changes = Vec::new();
         self.outputs(outputs, now, &mut changes);
-        self.next_sweep = Some(now.plus(SWEEP));
-        self.step_all(now, &mut changes);
+        if self.next_due.is_some_and(|due| now >= due) {
+            self.step_all(now, &mut changes);
+        }
         self.changed |= !changes.is_empty();
         changes
     }
@@ -490,7 +441,12 @@ impl Controller {
         let mut all: Vec<(String, Rollout)> = self
             .models
             .iter()
-            .map(|(m, t)| (m.clone(), t.rollout.clone()))
+            .map(|(m, t)| {
+                // Canary events not yet stepped count as the stage's.
+                let mut rollout = t.rollout.clone();
+                rollout.requests = rollout.requests.saturating_add(t.requests);
+                (m.clone(), rollout)
+            })
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -537,6 +493,7 @@ impl Controller {
                 );
             }
         }
+        self.recompute_due();
     }
 
     /// A person's `command` for `model`'s rollout, at event time `now`.
@@ -588,47 +545,181 @@ impl Controller {
             ));
         }
         self.changed = true;
+        self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
         Ok(out)
     }
 
     /// Steps every rollout to event time `now`, in model order.
     pub fn step_all(&mut self, now: Timestamp, out: &mut Vec<Change>) {
-        let mut models: Vec<String> = self.models.keys().cloned().collect();
-        models.sort();
-        for model in models {
-            self.step(&model, now, out);
+        let mut models: Vec<&String> = self.models.keys().collect();
+        models.sort_unstable();
+        let models: Vec<String> = models.into_iter().cloned().collect();
+        for model in &models {
+            if let Some(tracked) = self.models.get_mut(model) {
+                step_one(&self.plans, model, tracked, now, out);
+            }
         }
+        self.recompute_due();
+    }
+
+    /// The earliest end of any rollout's hold or soak.
+    fn recompute_due(&mut self) {
+        self.next_due = self
+            .models
+            .iter()
+            .filter_map(|(model, t)| due_of(&self.plans.plan_for(model)?.plan, &t.rollout))
+            .min();
+    }
+}
+
+/// One step of one model's rollout to event time `now`.
+fn step_one(
+    plans: &Plans,
+    model: &str,
+    tracked: &mut Tracked,
+    now: Timestamp,
+    out: &mut Vec<Change>,
+) {
+    // Stopped rollouts take no step: skip the lookups on their alerts.
+    if matches!(
+        tracked.rollout.phase,
+        Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. }
+    ) {
+        return;
+    }
+    let Some(named) = plans.plan_for(model) else {
+        return;
+    };
+    let gate = gate(tracked);
+    let seen = Step {
+        now,
+        canary_requests: std::mem::take(&mut tracked.requests),
+        gate,
+        reduce: std::mem::take(&mut tracked.reduce),
+    };
+    let waiting_before = tracked.rollout.phase == Phase::WaitingForData;
+    let decisions = tracked.rollout.step(&named.plan, seen);
+    let says_why = decisions
+        .iter()
+        .any(|d| matches!(d, Decision::RolledBack { .. } | Decision::Held(Some(_))));
+    let rules = if says_why {
+        blamed(tracked, gate)
+    } else {
+        None
+    };
+    let blame = |reason: String| match &rules {
+        Some(rules) => format!("{reason}: {rules}"),
+        None => reason,
+    };
+    let decisions = decisions
+        .into_iter()
+        .map(|d| match d {
+            Decision::SetWeight {
+                weight,
+                cause: cause @ Cause::RolledBack,
+                reason,
+            } => Decision::SetWeight {
+                weight,
+                cause,
+                reason: blame(reason),
+            },
+            Decision::RolledBack {
+                reason,
+                stage,
+                weight,
+            } => {
+                let reason = blame(reason);
+                tracked.rollout.phase = Phase::RolledBack {
+                    reason: reason.clone(),
+                };
+                Decision::RolledBack {
+                    reason,
+                    stage,
+                    weight,
+                }
+            }
+            Decision::Held(Some(reason)) => Decision::Held(Some(blame(reason))),
+            other => other,
+        })
+        .collect();
+    changes(model, tracked, &named.plan, decisions, now, out);
+    if !waiting_before && tracked.rollout.phase == Phase::WaitingForData {
+        let wanted = named
+            .plan
+            .stages
+            .get(tracked.rollout.stage)
+            .map_or(1, |s| s.min_requests.max(1));
+        out.push(change_of(
+            model,
+            tracked,
+            &named.plan,
+            ChangeKind::Paused,
+            false,
+            format!(
+                "waiting for data: {} of {} canary events in the hold",
+                tracked.rollout.requests, wanted
+            ),
+            now,
+        ));
+    }
+}
+
+/// When `rollout`'s hold (or soak) ends if its clock keeps running, if it
+/// is running.
+fn due_of(plan: &Plan, rollout: &Rollout) -> Option<Timestamp> {
+    let need = match rollout.phase {
+        Phase::Progressing => plan.stages.get(rollout.stage)?.hold,
+        Phase::Soaking => plan.soak,
+        _ => return None,
+    };
+    let left = need.millis().saturating_sub(rollout.held.millis()).max(0);
+    Some(rollout.last_step.plus(Span(left)))
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
 /// The worst state of a model's gating alerts, and the rules behind it.
-fn gate(tracked: &Tracked) -> (Gate, Option<String>) {
+fn gate(tracked: &Tracked) -> Gate {
     let worst = |phase: AlertPhase| {
-        let severity = tracked
+        tracked
             .active
             .values()
             .filter(|(p, _)| *p == phase)
             .map(|(_, s)| *s)
-            .max()?;
-        let mut names: Vec<&str> = tracked
-            .active
-            .iter()
-            .filter(|(_, (p, s))| *p == phase && *s == severity)
-            .map(|((name, _), _)| name.as_str())
-            .collect();
-        names.dedup();
-        Some((severity, names.join(", ")))
+            .max()
     };
-    if let Some((severity, names)) = worst(AlertPhase::Firing) {
-        return (Gate::Firing(severity), Some(names));
+    if let Some(severity) = worst(AlertPhase::Firing) {
+        return Gate::Firing(severity);
     }
-    if let Some((severity, names)) = worst(AlertPhase::Pending) {
-        return (Gate::Pending(severity), Some(names));
+    if let Some(severity) = worst(AlertPhase::Pending) {
+        return Gate::Pending(severity);
     }
     if tracked.stale {
-        return (Gate::Unknown, None);
+        return Gate::Unknown;
     }
-    (Gate::Clean, None)
+    Gate::Clean
+}
+
+/// The rules behind a closed `gate`, by name, for the reason people read.
+fn blamed(tracked: &Tracked, gate: Gate) -> Option<String> {
+    let (phase, severity) = match gate {
+        Gate::Firing(s) => (AlertPhase::Firing, s),
+        Gate::Pending(s) => (AlertPhase::Pending, s),
+        Gate::Clean | Gate::Unknown => return None,
+    };
+    let mut names: Vec<&str> = tracked
+        .active
+        .iter()
+        .filter(|(_, (p, s))| *p == phase && *s == severity)
+        .map(|((name, _), _)| name.as_str())
+        .collect();
+    names.dedup();
+    Some(names.join(", "))
 }
 
 /// The changes `decisions` make to a model's rollout.

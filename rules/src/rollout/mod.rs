@@ -6,7 +6,9 @@
 //! - its hold has elapsed, counting only *clean* event time: time in which
 //!   no gating rule was pending or firing and the gate was known. A gating
 //!   alert (or an unknown gate, such as stale data) stops the clock until
-//!   it clears; so the hold is, by construction, a stretch without one;
+//!   it clears, the soak's included. The caller steps every change of the
+//!   gate at its own time, so the time up to a step that finds the gate
+//!   closed was clean;
 //! - the canary served at least the stage's `min_requests` (at least one)
 //!   during it. Otherwise the rollout is *waiting for data*: never a pass,
 //!   never a silent halt.
@@ -324,7 +326,13 @@ impl Rollout {
             self.roll_back(plan, reason, &mut out);
             return out;
         }
-        if seen.reduce && self.phase != Phase::Soaking {
+        let hold_reason = match seen.gate {
+            Gate::Clean => None,
+            Gate::Unknown => Some("a gating rule has no fresh data".to_string()),
+            Gate::Pending(s) => Some(format!("a {s} gating rule is pending")),
+            Gate::Firing(s) => Some(format!("a {s} gating rule is firing")),
+        };
+        if seen.reduce && self.stage < plan.stages.len() {
             let from = plan.weight(self.stage);
             self.stage = self.stage.saturating_sub(1);
             self.restart_stage(seen.now);
@@ -337,30 +345,39 @@ impl Rollout {
                     self.stage + 1
                 ),
             });
-            return out;
-        }
-        let hold_reason = match seen.gate {
-            Gate::Clean => None,
-            Gate::Unknown => Some("a gating rule has no fresh data".to_string()),
-            Gate::Pending(s) => Some(format!("a {s} gating rule is pending")),
-            Gate::Firing(s) => Some(format!("a {s} gating rule is firing")),
-        };
-        if let Some(reason) = hold_reason {
-            if self.phase != Phase::Soaking {
-                let phase = Phase::Held {
+            // The rule that asked is still firing: the restarted hold
+            // waits for it, as any stage's does.
+            if let Some(reason) = hold_reason {
+                self.phase = Phase::Held {
                     reason: reason.clone(),
                 };
-                if self.phase != phase {
-                    self.phase = phase;
-                    out.push(Decision::Held(Some(reason)));
-                }
+                out.push(Decision::Held(Some(reason)));
             }
             return out;
         }
-        // The time since a held step is not known to be clean: the clock
-        // starts again from this step.
+        if let Some(reason) = hold_reason {
+            if !matches!(self.phase, Phase::Held { .. }) {
+                // Clean up to this step: the caller steps every change of
+                // the gate at its own time.
+                self.held = Span(self.held.millis().saturating_add(elapsed.millis()));
+                self.requests = self.requests.saturating_add(seen.canary_requests);
+            }
+            let phase = Phase::Held {
+                reason: reason.clone(),
+            };
+            if self.phase != phase {
+                self.phase = phase;
+                out.push(Decision::Held(Some(reason)));
+            }
+            return out;
+        }
+        // Held until this step: the clock starts again from here.
         let elapsed = if matches!(self.phase, Phase::Held { .. }) {
-            self.phase = Phase::Progressing;
+            self.phase = if self.stage >= plan.stages.len() {
+                Phase::Soaking
+            } else {
+                Phase::Progressing
+            };
             out.push(Decision::Held(None));
             Span::ZERO
         } else {
@@ -651,13 +668,15 @@ mod tests {
             );
             assert!(weights(&out).is_empty(), "{out:?}");
         }
-        assert_eq!(r.held, Span(4 * MIN), "only clean time counted");
+        // Up to the step that found it pending (the caller steps each
+        // change of the gate at its time), then nothing while held.
+        assert_eq!(r.held, Span(5 * MIN), "only clean time counted");
         let out = r.step(&p, clean(41, 0));
         assert_eq!(out, [Decision::Held(None)]);
         assert_eq!(r.stage, 0);
-        // 4 + 0 (the step that clears) + 6 = 10 minutes of clean time.
-        assert!(weights(&r.step(&p, clean(46, 0))).is_empty());
-        assert_eq!(weights(&r.step(&p, clean(47, 0))), [50]);
+        // 5 + 0 (the step that clears) + 5 = 10 minutes of clean time.
+        assert!(weights(&r.step(&p, clean(45, 0))).is_empty());
+        assert_eq!(weights(&r.step(&p, clean(46, 0))), [50]);
     }
 
     #[test]
