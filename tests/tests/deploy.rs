@@ -1137,6 +1137,8 @@ fn exported_series() -> BTreeSet<String> {
     m.inc_action("kube", "failed");
     m.observe_connector_duration("kube", std::time::Duration::from_millis(1));
     m.set_consumer_lag("t", 0, 1);
+    m.record_rollout_change("m", "stage", 1, 5);
+    m.set_rollout_hold_remaining("m", std::time::Duration::ZERO);
     m.record_reload(
         true,
         std::time::Duration::ZERO,
