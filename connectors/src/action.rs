@@ -44,9 +44,14 @@ pub struct TrafficChange {
     /// The canary's weight, in percent of the canary and stable pair.
     pub weight: u8,
     /// The rollout's state (JSON), recorded on the traffic object in the
-    /// same write as the weight.
+    /// same write as the weight. Its `at` (event time, milliseconds) orders
+    /// changes: one older than what the object records is not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// The change's event time, in milliseconds: a later change recorded
+    /// on the object supersedes this one.
+    #[serde(default)]
+    pub at: i64,
 }
 
 impl Action {

@@ -46,7 +46,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use canaryd_rules::{ActionName, Span, Subject};
+use canaryd_rules::{ActionName, Span, Subject, Timestamp};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{
@@ -505,6 +505,24 @@ impl KubeConnector {
                     detail,
                 ));
             }
+            if let Some(t) = &action.traffic
+                && let Some(recorded) = rollout_at(&current)
+                && recorded > t.at
+            {
+                // Workers run in parallel: a later change can land first.
+                let detail = format!(
+                    "{target}: superseded: the object records a later rollout change (at {}) than this one (at {})",
+                    Timestamp(recorded),
+                    Timestamp(t.at)
+                );
+                tracing::info!(%detail, "rollout change superseded");
+                return Ok(Outcome::succeeded(
+                    self.name(),
+                    action,
+                    action.dry_run,
+                    detail,
+                ));
+            }
             let plan = self.plan(&target, op, &current)?;
             if plan.is_noop() {
                 let detail = format!("{target}: {}; nothing to do", plan.already());
@@ -827,6 +845,16 @@ struct RouteChange {
     index: usize,
     canary: (i64, i64),
     stable: (i64, i64),
+}
+
+/// The event time of the rollout change `object` records, if any.
+fn rollout_at(object: &DynamicObject) -> Option<i64> {
+    let state = object
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ROLLOUT_ANNOTATION)?;
+    serde_json::from_str::<Value>(state).ok()?["at"].as_i64()
 }
 
 /// The digests of the actions `object` records as applied.

@@ -168,15 +168,9 @@ fn run_rollout(
     let by = by
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "canaryd rollout".to_string());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(IO_ERROR);
-        }
+        Err(code) => return code,
     };
     let answer = runtime.block_on(async move {
         let client = reqwest::Client::builder()
@@ -237,15 +231,9 @@ fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
             return ExitCode::from(INVALID);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(IO_ERROR);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -268,6 +256,14 @@ fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// An async runtime from `builder`, or the exit code for not having one.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("cannot start the async runtime: {e}");
+        ExitCode::from(IO_ERROR)
+    })
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.
@@ -395,15 +391,9 @@ fn run_replay(
     } else {
         None
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(IO_ERROR);
-        }
+        Err(code) => return code,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -723,11 +723,28 @@ fn shift(weight: u8, stage: usize) -> Action {
     let mut a = action(ActionName::ShiftTraffic, false);
     a.key = format!("rollout|model=summarizer|v2|stage {stage}");
     a.rule = "rollout".into();
+    let at = 1_000 * stage as i64;
     a.traffic = Some(canaryd_connectors::TrafficChange {
         weight,
-        state: Some(format!(r#"{{"stage":{stage},"weight":{weight}}}"#)),
+        state: Some(format!(
+            r#"{{"at":{at},"stage":{stage},"weight":{weight}}}"#
+        )),
+        at,
     });
     a
+}
+
+#[tokio::test]
+async fn a_stage_that_lands_after_a_later_one_is_superseded_not_applied() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 95, 5));
+    let kube = connector(&fixture, "VirtualService").await;
+    // Two workers: the promotion (stage 5) lands before stage 4.
+    kube.execute(&shift(100, 5)).await.unwrap();
+    let outcome = kube.execute(&shift(50, 4)).await.unwrap();
+    assert!(outcome.detail.contains("superseded"), "{}", outcome.detail);
+    assert_eq!(vs_weights(&fixture), (0, 100), "the later change stands");
+    assert_eq!(patches(&fixture), 1);
 }
 
 #[tokio::test]
@@ -746,7 +763,7 @@ async fn a_rollout_stage_sets_the_canary_weight_and_records_the_rollout_state_in
     let annotations = &vs["metadata"]["annotations"];
     assert_eq!(
         annotations["canaryd.io/rollout"],
-        r#"{"stage":3,"weight":25}"#
+        r#"{"at":3000,"stage":3,"weight":25}"#
     );
     assert_eq!(patches(&fixture), 1, "weights and state in one write");
     // The same stage again (a restart deciding it twice): nothing written.

@@ -145,10 +145,12 @@ pub fn rollout_actions(loaded: &Loaded, change: &Change) -> Vec<(Action, Vec<Str
         && let Some(receiver) = config.receiver_for(&change.model)
     {
         let mut shift = action(ActionName::ShiftTraffic, "weight");
-        let state = serde_json::json!({"plan": plan, "rollout": change.state});
+        let at = change.ts.millis();
+        let state = serde_json::json!({"plan": plan, "at": at, "rollout": change.state});
         shift.traffic = Some(TrafficChange {
             weight: change.weight,
             state: Some(state.to_string()),
+            at,
         });
         out.push((shift, vec![receiver.to_string()]));
     }

@@ -260,30 +260,15 @@ impl Pipeline {
         origin: Option<&Origin>,
     ) -> Result<(), Closed> {
         let Some((lanes, dry_run)) = self.routes.get(&action.action) else {
-            let outcome = Outcome {
-                key: action.key.clone(),
-                connector: "none".into(),
-                kind: OutcomeKind::Failed,
-                dry_run: action.dry_run,
-                detail: format!("no route for {}: add it under `routes:`", action.action),
-            };
-            self.stats.count("none", OutcomeKind::Failed);
-            record(&self.audit, &action, &outcome).await;
+            let detail = format!("no route for {}: add it under `routes:`", action.action);
+            self.refuse(&action, "none", detail).await;
             return Ok(());
         };
         action.dry_run |= *dry_run;
         let accepted = Instant::now();
         for &lane in lanes {
-            let lane = &self.lanes[lane];
-            if let Some(origin) = origin {
-                self.outbox.add(origin, &lane.name, &action);
-            }
-            let job = Job::Fire {
-                action: action.clone(),
-                accepted,
-                origin: origin.cloned(),
-            };
-            lane.tx.send(job).await.map_err(|_| Closed)?;
+            self.fire(&self.lanes[lane], action.clone(), accepted, origin)
+                .await?;
         }
         Ok(())
     }
@@ -299,27 +284,13 @@ impl Pipeline {
     ) -> Result<(), Closed> {
         let accepted = Instant::now();
         for receiver in receivers {
-            let Some(lane) = self.lanes.iter().find(|l| l.name == *receiver) else {
-                let outcome = Outcome {
-                    key: action.key.clone(),
-                    connector: receiver.clone(),
-                    kind: OutcomeKind::Failed,
-                    dry_run: action.dry_run,
-                    detail: format!("receiver {receiver} is not configured"),
-                };
-                self.stats.count(receiver, OutcomeKind::Failed);
-                record(&self.audit, &action, &outcome).await;
-                continue;
-            };
-            if let Some(origin) = origin {
-                self.outbox.add(origin, &lane.name, &action);
+            match self.lanes.iter().find(|l| l.name == *receiver) {
+                Some(lane) => self.fire(lane, action.clone(), accepted, origin).await?,
+                None => {
+                    let detail = format!("receiver {receiver} is not configured");
+                    self.refuse(&action, receiver, detail).await;
+                }
             }
-            let job = Job::Fire {
-                action: action.clone(),
-                accepted,
-                origin: origin.cloned(),
-            };
-            lane.tx.send(job).await.map_err(|_| Closed)?;
         }
         Ok(())
     }
@@ -330,26 +301,45 @@ impl Pipeline {
     pub async fn resubmit(&self, pending: Pending, origin: &Origin) -> Result<(), Closed> {
         let Pending { receiver, action } = pending;
         let Some(lane) = self.lanes.iter().find(|l| l.name == receiver) else {
-            let outcome = Outcome {
-                key: action.key.clone(),
-                connector: receiver.clone(),
-                kind: OutcomeKind::Failed,
-                dry_run: action.dry_run,
-                detail: format!(
-                    "restored from the outbox, but receiver {receiver} is no longer configured"
-                ),
-            };
-            self.stats.count(&receiver, OutcomeKind::Failed);
-            record(&self.audit, &action, &outcome).await;
+            let detail = format!(
+                "restored from the outbox, but receiver {receiver} is no longer configured"
+            );
+            self.refuse(&action, &receiver, detail).await;
             return Ok(());
         };
-        self.outbox.add(origin, &lane.name, &action);
+        self.fire(lane, action, Instant::now(), Some(origin)).await
+    }
+
+    /// Queues `action` on `lane`, tracked in `origin`'s outbox.
+    async fn fire(
+        &self,
+        lane: &Lane,
+        action: Action,
+        accepted: Instant,
+        origin: Option<&Origin>,
+    ) -> Result<(), Closed> {
+        if let Some(origin) = origin {
+            self.outbox.add(origin, &lane.name, &action);
+        }
         let job = Job::Fire {
             action,
-            accepted: Instant::now(),
-            origin: Some(origin.clone()),
+            accepted,
+            origin: origin.cloned(),
         };
         lane.tx.send(job).await.map_err(|_| Closed)
+    }
+
+    /// Records `action` as failed at `connector` without trying it.
+    async fn refuse(&self, action: &Action, connector: &str, detail: String) {
+        let outcome = Outcome {
+            key: action.key.clone(),
+            connector: connector.to_string(),
+            kind: OutcomeKind::Failed,
+            dry_run: action.dry_run,
+            detail,
+        };
+        self.stats.count(connector, OutcomeKind::Failed);
+        record(&self.audit, action, &outcome).await;
     }
 
     /// The outbox of every partition's unfinished actions.

@@ -432,7 +432,8 @@ impl<'c> ConsumeLoop<'c> {
             if let (Some(c), Some(to)) = (state.rollouts.as_mut(), moved_to) {
                 self.rollout_changes = c.advanced(&self.outputs, to);
             }
-            let origin = tracked.then(|| Origin::new(topic, partition));
+            let origin = (tracked && !(self.outputs.is_empty() && self.rollout_changes.is_empty()))
+                .then(|| Origin::new(topic, partition));
             if !self.outputs.is_empty() {
                 self.dispatcher
                     .dispatch(&self.loaded, &mut self.outputs, partition, origin.as_ref())
