@@ -52,6 +52,10 @@ pub struct TrafficChange {
     /// on the object supersedes this one.
     #[serde(default)]
     pub at: i64,
+    /// A person resumed the rollout: the weights on the object are taken as
+    /// they are, even if someone else changed them since canaryd did.
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 impl Action {

@@ -97,6 +97,14 @@ pub const REASON_SHIFTED: &str = "CanaryTrafficShifted";
 /// patch as the weights it goes with.
 pub const ROLLOUT_ANNOTATION: &str = "canaryd.io/rollout";
 
+/// The annotation holding the canary weight canaryd last wrote: a rollout
+/// step that finds another weight there knows a person changed it.
+pub const WEIGHT_ANNOTATION: &str = "canaryd.io/canary-weight";
+
+/// How a refused rollout step's error begins when a person changed the
+/// weights: the rollout pauses rather than fight them.
+pub const HAND_EDIT: &str = "hand edit:";
+
 /// The `kube:` section of the config file.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -524,6 +532,17 @@ impl KubeConnector {
                 ));
             }
             let plan = self.plan(&target, op, &current)?;
+            if let (Some(t), Some(written), Some(now)) = (
+                &action.traffic,
+                written_weight(&current),
+                plan.canary_before(),
+            ) && now != written
+                && !t.adopt
+            {
+                return Err(ConnectorError::Permanent(format!(
+                    "{HAND_EDIT} {target} has canary weight {now}, but canaryd last set {written}: not changing it; the rollout pauses until a person resumes it"
+                )));
+            }
             if plan.is_noop() {
                 let detail = format!("{target}: {}; nothing to do", plan.already());
                 tracing::info!(%detail, "already at target");
@@ -548,6 +567,9 @@ impl KubeConnector {
             });
             if let Some(state) = action.traffic.as_ref().and_then(|t| t.state.as_ref()) {
                 annotations[ROLLOUT_ANNOTATION] = json!(state);
+            }
+            if let Some(weight) = plan.canary_after() {
+                annotations[WEIGHT_ANNOTATION] = json!(weight.to_string());
             }
             let written = self
                 .write(&api, &target, &plan, resource_version, annotations)
@@ -847,6 +869,17 @@ struct RouteChange {
     stable: (i64, i64),
 }
 
+/// The canary weight canaryd last wrote to `object`, if it recorded one.
+fn written_weight(object: &DynamicObject) -> Option<i64> {
+    object
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(WEIGHT_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
 /// The event time of the rollout change `object` records, if any.
 fn rollout_at(object: &DynamicObject) -> Option<i64> {
     let state = object
@@ -886,6 +919,22 @@ enum Plan {
 }
 
 impl Plan {
+    /// The first route's canary weight before the write.
+    fn canary_before(&self) -> Option<i64> {
+        match self {
+            Plan::Weights { changes, .. } => changes.first().map(|c| c.canary.0),
+            Plan::Abort { .. } => None,
+        }
+    }
+
+    /// The first route's canary weight after the write.
+    fn canary_after(&self) -> Option<i64> {
+        match self {
+            Plan::Weights { changes, .. } => changes.first().map(|c| c.canary.1),
+            Plan::Abort { .. } => None,
+        }
+    }
+
     fn is_noop(&self) -> bool {
         match self {
             Plan::Abort { already } => *already,

@@ -49,6 +49,7 @@ pub struct Shared {
     recent: Mutex<VecDeque<Value>>,
     silences: RwLock<Vec<Silence>>,
     rollouts: RwLock<Vec<Value>>,
+    hand_edits: Mutex<Vec<(String, String)>>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -64,6 +65,7 @@ impl Shared {
             recent: Mutex::new(VecDeque::new()),
             silences: RwLock::new(Vec::new()),
             rollouts: RwLock::new(Vec::new()),
+            hand_edits: Mutex::new(Vec::new()),
             commands,
         }
     }
@@ -87,6 +89,21 @@ impl Shared {
     /// Replaces the rollouts snapshot.
     pub fn set_rollouts(&self, rollouts: Vec<Value>) {
         *self.rollouts.write().unwrap_or_else(|p| p.into_inner()) = rollouts;
+    }
+
+    /// A rollout step for `model` found weights a person changed: the
+    /// consume loop pauses that rollout.
+    pub fn note_hand_edit(&self, model: &str, why: &str) {
+        let mut edits = self.hand_edits.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: one pending pause per model is enough.
+        if !edits.iter().any(|(m, _)| m == model) {
+            edits.push((model.to_string(), why.to_string()));
+        }
+    }
+
+    /// The hand edits noted since the last call.
+    pub fn take_hand_edits(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.hand_edits.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Replaces the analytics snapshot.

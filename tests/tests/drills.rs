@@ -1272,6 +1272,94 @@ async fn a_person_pauses_promotes_aborts_and_resumes_a_live_rollout() {
     );
 }
 
+/// A person sets the canary's weight by hand mid-rollout (as `kubectl
+/// edit` would). The next step finds it, leaves it alone and pauses the
+/// rollout, saying why; a resume puts the stage's weight back and carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_edit_of_the_weights_pauses_the_rollout_and_canaryd_never_fights_it() {
+    let rig = Rig::start("drill-rollout-hand", "[auto_rollback]").await;
+    let port = canaryd_tests::tansu::free_port();
+    let daemon = rig.spawn_with("daemon", |text| {
+        format!(
+            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n"
+        )
+    });
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "outcome" && v["connector"] == "kube" && v["outcome"] == "succeeded"
+        })
+    });
+    check(
+        "stage 1 set the canary to 5",
+        rig.canary_weight() == 5,
+        rig.canary_weight(),
+        &daemon.log_text(),
+    );
+    // The hand edit: 30% to the canary, canaryd's annotations kept.
+    let mut vs = rig
+        .kube
+        .object("VirtualService", "ml-serving", "model-summarizer")
+        .unwrap();
+    vs["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(70);
+    vs["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(30);
+    rig.kube.put(vs);
+    let audit = rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "rollout"
+                && v["event"] == "paused"
+                && v["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("hand edit"))
+        })
+    });
+    let logs = daemon.log_text();
+    check(
+        "the person's weight stands",
+        rig.canary_weight() == 30,
+        rig.canary_weight(),
+        &logs,
+    );
+    let refused = audit.iter().any(|v| {
+        v["kind"] == "outcome"
+            && v["outcome"] == "failed"
+            && v["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("hand edit") && d.contains("canary weight 30"))
+    });
+    check("the step was refused with the reason", refused, "", &logs);
+    // Paused: stays at 30 while healthy.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    check(
+        "nothing fights it",
+        rig.canary_weight() == 30,
+        rig.canary_weight(),
+        &logs,
+    );
+    let (code, resumed) = http(
+        "POST",
+        &format!("http://127.0.0.1:{port}/api/v1/rollouts/summarizer/resume"),
+        Some(r#"{"by":"alice"}"#),
+    );
+    check("resume answers", code == 200, &resumed, &logs);
+    let mut weight = rig.canary_weight();
+    for _ in 0..100 {
+        if weight != 30 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        weight = rig.canary_weight();
+    }
+    feed.stop().await;
+    check(
+        "after the resume, the stage's weight is back",
+        weight == 25,
+        weight,
+        &daemon.log_text(),
+    );
+}
+
 /// The value of the unlabelled metric `name` on the replica serving `port`.
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);

@@ -730,8 +730,50 @@ fn shift(weight: u8, stage: usize) -> Action {
             r#"{{"at":{at},"stage":{stage},"weight":{weight}}}"#
         )),
         at,
+        adopt: false,
     });
     a
+}
+
+#[tokio::test]
+async fn a_stage_that_finds_a_hand_edit_leaves_it_and_says_so_and_a_resume_adopts_it() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 95, 5));
+    let kube = connector(&fixture, "VirtualService").await;
+    kube.execute(&shift(10, 2)).await.unwrap();
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/canary-weight"],
+        "10"
+    );
+    // A person: 40 to the canary, annotations kept (`kubectl edit`).
+    let mut edited = vs.clone();
+    edited["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(60);
+    edited["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(40);
+    fixture.put(edited.clone());
+    let e = kube.execute(&shift(25, 3)).await.unwrap_err();
+    let why = permanent(&e);
+    assert!(why.starts_with("hand edit:"), "{why}");
+    assert!(
+        why.contains("canary weight 40") && why.contains("last set 10"),
+        "{why}"
+    );
+    assert_eq!(vs_weights(&fixture), (60, 40), "the person's weights stand");
+    // Resumed by a person: the stage's weight, over what is there.
+    let mut resumed = shift(25, 4);
+    if let Some(t) = resumed.traffic.as_mut() {
+        t.adopt = true;
+    }
+    kube.execute(&resumed).await.unwrap();
+    assert_eq!(vs_weights(&fixture), (75, 25));
+    // A rule's rollback is never held back by an edit: safety first.
+    edited["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(50);
+    edited["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(50);
+    fixture.put(edited);
+    let mut rollback = action(ActionName::AutoRollback, false);
+    rollback.key = "rollback after the edit".into();
+    kube.execute(&rollback).await.unwrap();
+    assert_eq!(vs_weights(&fixture), (100, 0));
 }
 
 #[tokio::test]

@@ -151,6 +151,7 @@ pub fn rollout_actions(loaded: &Loaded, change: &Change) -> Vec<(Action, Vec<Str
             weight: change.weight,
             state: Some(state.to_string()),
             at,
+            adopt: change.kind == ChangeKind::Resumed,
         });
         out.push((shift, vec![receiver.to_string()]));
     }

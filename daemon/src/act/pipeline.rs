@@ -638,6 +638,14 @@ impl LaneWorker {
                     return Ok(());
                 }
                 Err(ConnectorError::Permanent(reason)) => {
+                    if action.action == ActionName::ShiftTraffic
+                        && reason.starts_with(canaryd_connectors::kube::HAND_EDIT)
+                        && let (Some(shared), Some(model)) =
+                            (self.stats.sink.get(), action.subject.get("model"))
+                    {
+                        // A person changed the weights: the rollout pauses.
+                        shared.note_hand_edit(model, &reason);
+                    }
                     return Err(Unfinished::Given(
                         OutcomeKind::Failed,
                         format!("failed permanently: {reason}"),

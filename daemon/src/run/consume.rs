@@ -453,6 +453,19 @@ impl<'c> ConsumeLoop<'c> {
             }
         }
         self.end_probe.start(idle);
+        for (model, why) in self.shared.take_hand_edits() {
+            tracing::warn!(%model, %why, "the traffic was changed by hand: pausing the rollout");
+            let by = format!("canaryd on a hand edit ({why})");
+            let answer =
+                self.rollout_command(&model, canaryd_rules::rollout::Command::Pause { by });
+            if let (Some((topic, partition)), mut changes) = (answer.at, answer.changes) {
+                let origin = tracked.then(|| Origin::new(&topic, partition));
+                self.dispatcher
+                    .rollout(&self.loaded, &mut changes, partition, origin.as_ref())
+                    .await
+                    .map_err(|Closed| Ended::PipelineClosed)?;
+            }
+        }
         for (_, _, state) in self.partitions.iter_all_mut() {
             for (model, remaining) in state.rollouts.iter().flat_map(|c| c.holds_remaining()) {
                 let millis = u64::try_from(remaining.millis()).unwrap_or(0);

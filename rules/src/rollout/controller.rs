@@ -528,12 +528,15 @@ impl Controller {
                 Phase::Paused { .. } => ChangeKind::Paused,
                 _ => ChangeKind::Resumed,
             };
+            // Resumed: the stage's weight again, over whatever a person set
+            // while it was paused.
+            let traffic = kind == ChangeKind::Resumed;
             out.push(change_of(
                 model,
                 tracked,
                 &named.plan,
                 kind,
-                false,
+                traffic,
                 format!("{verb} by {by}"),
                 now,
             ));
