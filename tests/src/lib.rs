@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! - this file: the binary ([`canaryd`], [`Daemon`] for `canaryd run`),
-//!   paths in the repository, golden files.
+//!   paths in the repository, golden files, pages rendered in Chromium.
 //! - [`tansu`]: a real Kafka-protocol broker (Tansu), on a free port.
 //! - [`kafka`]: producing test events and reading canaryd's output topics.
 //! - [`kube_fixture`]: a fake Kubernetes API server that kube-rs talks to
@@ -190,4 +190,26 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Renders a page in Debian's headless Chromium, scripts run, and returns the DOM.
+pub fn render_in_browser(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary profile: {e}"));
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", url])
+        .output()
+        .unwrap_or_else(|e| panic!("chromium is installed by tests/run: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

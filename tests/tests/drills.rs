@@ -1170,6 +1170,22 @@ async fn a_person_pauses_promotes_aborts_and_resumes_a_live_rollout() {
         &status,
         &logs(),
     );
+    // The status page shows it, in a browser.
+    let page = canaryd_tests::render_in_browser(&format!("{url}/"));
+    let rollouts = page
+        .find("id=\"rollouts\"")
+        .map(|at| &page[at..])
+        .and_then(|rest| rest.find("</section>").map(|end| rest[..end].to_string()))
+        .unwrap_or_default();
+    check(
+        "the status page shows the rollout: its stages, the current one, why it waits",
+        rollouts.contains("summarizer")
+            && rollouts.contains("aria-current=\"step\">5%")
+            && rollouts.contains("25%")
+            && rollouts.contains("paused by alice"),
+        &rollouts,
+        &logs(),
+    );
     let (code, again) = cli("pause");
     check(
         "a second pause is refused (nothing to do)",

@@ -623,28 +623,6 @@ async fn a_real_alertmanager_drives_actions_repeats_are_ignored_and_resolution_r
     );
 }
 
-/// Renders a page in Debian's headless Chromium, scripts run, and returns the DOM.
-fn render(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--dump-dom", url])
-        .output()
-        .expect("chromium is installed by tests/run");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_shows_live_canary_against_stable_alerts_actions_and_rules_in_a_browser() {
     let broker = Tansu::start();
@@ -696,7 +674,7 @@ async fn the_status_page_shows_live_canary_against_stable_alerts_actions_and_rul
     assert!((0.1..0.25).contains(&canary_errors), "{subject}");
     assert_eq!(subject["stable"]["error_rate"], 0.0);
 
-    let dom = render(&format!("{base}/"));
+    let dom = canaryd_tests::render_in_browser(&format!("{base}/"));
     let section = |id: &str| {
         let start = dom
             .find(&format!("id=\"{id}\""))
