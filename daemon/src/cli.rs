@@ -242,6 +242,9 @@ fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
         signals.abort();
         result
     });
+    // Everything that matters is done (drained, committed); what may still
+    // run is a blocking probe of the broker, which must not hold up exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
