@@ -592,6 +592,16 @@ async fn a_rolling_update_of_three_replicas_pages_once_and_rolls_back() {
     let feed = Feed::start(&rig.broker.bootstrap());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let breach = feed.go_bad().await;
+    // The update starts once a checkpoint is in the changelog (offsets are
+    // committed only then): there is state to move. Bounded.
+    let bootstrap = rig.broker.bootstrap();
+    for _ in 0..300 {
+        let committed = canaryd_tests::kafka::committed(&bootstrap, "drill-rolling", "events", 0);
+        if committed.is_some_and(|c| c > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut new = Vec::new();
     for (i, mut replaced) in old.drain(..).enumerate() {
         let fresh = rig.spawn(&format!("n{i}"));
