@@ -14,8 +14,10 @@
 //!    under 5 s).
 //!
 //! Run: `cargo bench -p canaryd-tests --bench kafka` (needs Tansu: tests/run installs it).
-//! `BENCH_ONLY=restore` runs step 5 alone; `RUST_LOG=canaryd=info` shows
-//! the daemon's log.
+//! `BENCH_ONLY=restore` runs step 5 alone; `BENCH_ONLY=rollout` measures
+//! the rollout controller's overhead in-process (decode, engine, and the
+//! controller with all 1,000 models under the playbook's plan, against
+//! none; no broker); `RUST_LOG=canaryd=info` shows the daemon's log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a broken benchmark should stop loudly
 
@@ -41,12 +43,18 @@ const MODELS: usize = 1000;
 const LATENCY_SAMPLES: usize = 2000;
 
 fn inference(i: usize) -> (String, Vec<u8>) {
+    inference_on(i, i.is_multiple_of(10))
+}
+
+/// Like [`inference`], but every model's canary serves one round in ten,
+/// so that all 1,000 models have canary traffic.
+fn inference_every_canary(i: usize) -> (String, Vec<u8>) {
+    inference_on(i, (i / MODELS).is_multiple_of(10))
+}
+
+fn inference_on(i: usize, canary: bool) -> (String, Vec<u8>) {
     let model = format!("model-{:04}", i % MODELS);
-    let track = if i.is_multiple_of(10) {
-        "canary"
-    } else {
-        "stable"
-    };
+    let track = if canary { "canary" } else { "stable" };
     let ms = i / 50; // 50 events per millisecond of event time
     let line = format!(
         r#"{{"type":"inference","ts":"2026-03-01T12:{:02}:{:02}.{:03}Z","model":"{model}","version":"v2.1.0","track":"{track}","latency_ms":{}.5,"error":{},"cost_usd":0.0021,"group":"{}","prediction":{},"label":{}}}"#,
@@ -160,6 +168,10 @@ const TOPICS: [(&str, i32); 7] = [
 
 async fn bench() {
     let rules = repo("deploy/examples/canary-alerts.yaml");
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "rollout") {
+        rollout_overhead(&rules);
+        return;
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "restore") {
         let broker = Tansu::start();
         broker.create_topics(&TOPICS).await;
@@ -398,4 +410,74 @@ async fn consume_all_of(loaded: canaryd::config::Loaded, events: usize) -> f64 {
     shutdown.cancel();
     task.await.unwrap().unwrap();
     events_per_second
+}
+
+/// The rollout controller's cost on the consume path, in-process on one
+/// core: decode + engine, with and without a controller carrying all 1,000
+/// models through the playbook's plan. Passes in pairs, their order
+/// alternating; the median of the pairs' ratios.
+fn rollout_overhead(rules: &Path) {
+    /// Pairs of passes: this machine's noise needs many.
+    const PAIRS: usize = 31;
+    use canaryd_rules::rollout::controller::{Controller, Gating, NamedPlan, Plans};
+    use canaryd_rules::rollout::{PLAYBOOK_SOAK, Plan, playbook_stages};
+    let messages: Vec<(String, Vec<u8>)> = (0..EVENTS).map(inference_every_canary).collect();
+    let loaded = config("127.0.0.1:1", "x", "x", rules);
+    let plans = Arc::new(Plans {
+        default: Some(NamedPlan {
+            name: "default".into(),
+            plan: Plan {
+                stages: playbook_stages(),
+                soak: PLAYBOOK_SOAK,
+            },
+            gating: Gating::Every,
+        }),
+        ..Plans::default()
+    });
+    let pass = |rollouts: bool| {
+        let mut engine = canaryd_rules::Engine::new(
+            loaded.rules.clone(),
+            &loaded.vocabulary,
+            loaded.config.engine.clone(),
+        );
+        let mut controller = Controller::new(plans.clone(), loaded.rules.clone());
+        let mut out = Vec::new();
+        let mut changes = 0usize;
+        let start = Instant::now();
+        for (_, m) in &messages {
+            let event = canaryd_rules::decode(m).unwrap();
+            let applied = engine.ingest(&event, &mut out) == canaryd_rules::Ingested::Applied;
+            if rollouts && let Some(now) = engine.watermark() {
+                changes += controller.after(&event, applied, &out, now).len();
+            }
+            out.clear();
+        }
+        let took = start.elapsed();
+        if rollouts {
+            assert_eq!(controller.len(), MODELS, "every model under rollout");
+        }
+        std::hint::black_box(changes);
+        took
+    };
+    let (mut ratios, mut without) = (Vec::new(), Vec::new());
+    for i in 0..PAIRS {
+        let (a, b) = if i % 2 == 0 {
+            let a = pass(false);
+            (a, pass(true))
+        } else {
+            let b = pass(true);
+            (pass(false), b)
+        };
+        ratios.push(b.as_secs_f64() / a.as_secs_f64());
+        without.push(a);
+    }
+    ratios.sort_by(f64::total_cmp);
+    without.sort();
+    println!(
+        "rollout overhead on decode + engine, inference events, 1,000 models under the playbook's plan: {:+.1}% time (median of {PAIRS} pairs, from {:+.1}% to {:+.1}%); {:.0} events/s without",
+        (ratios[ratios.len() / 2] - 1.0) * 100.0,
+        (ratios[0] - 1.0) * 100.0,
+        (ratios[ratios.len() - 1] - 1.0) * 100.0,
+        rate(EVENTS, without[without.len() / 2]),
+    );
 }
