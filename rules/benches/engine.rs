@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canaryd_rules::event::MetricEvent;
-use canaryd_rules::rollout::controller::{Controller, Gating, NamedPlan, Plans};
-use canaryd_rules::rollout::{PLAYBOOK_SOAK, Plan, playbook_stages};
+use canaryd_rules::rollout::controller::{Controller, NamedPlan, Plans};
 use canaryd_rules::{
     Engine, EngineConfig, Event, Ingested, LoadOptions, RuleSet, Timestamp, load_rules,
 };
@@ -50,14 +49,7 @@ fn engine() -> Engine {
 /// Every model under the playbook's plan.
 fn controller() -> Controller {
     let plans = Plans {
-        default: Some(NamedPlan {
-            name: "default".into(),
-            plan: Plan {
-                stages: playbook_stages(),
-                soak: PLAYBOOK_SOAK,
-            },
-            gating: Gating::Every,
-        }),
+        default: Some(NamedPlan::playbook()),
         ..Plans::default()
     };
     Controller::new(Arc::new(plans), rules())

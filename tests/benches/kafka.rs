@@ -419,19 +419,11 @@ async fn consume_all_of(loaded: canaryd::config::Loaded, events: usize) -> f64 {
 fn rollout_overhead(rules: &Path) {
     /// Pairs of passes: this machine's noise needs many.
     const PAIRS: usize = 31;
-    use canaryd_rules::rollout::controller::{Controller, Gating, NamedPlan, Plans};
-    use canaryd_rules::rollout::{PLAYBOOK_SOAK, Plan, playbook_stages};
+    use canaryd_rules::rollout::controller::{Controller, NamedPlan, Plans};
     let messages: Vec<(String, Vec<u8>)> = (0..EVENTS).map(inference_every_canary).collect();
     let loaded = config("127.0.0.1:1", "x", "x", rules);
     let plans = Arc::new(Plans {
-        default: Some(NamedPlan {
-            name: "default".into(),
-            plan: Plan {
-                stages: playbook_stages(),
-                soak: PLAYBOOK_SOAK,
-            },
-            gating: Gating::Every,
-        }),
+        default: Some(NamedPlan::playbook()),
         ..Plans::default()
     });
     let pass = |rollouts: bool| {

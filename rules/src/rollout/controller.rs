@@ -55,6 +55,20 @@ pub struct NamedPlan {
     pub gating: Gating,
 }
 
+impl NamedPlan {
+    /// The playbook's plan as the default, gated by every rule.
+    pub fn playbook() -> NamedPlan {
+        NamedPlan {
+            name: "default".into(),
+            plan: Plan {
+                stages: super::playbook_stages(),
+                soak: super::PLAYBOOK_SOAK,
+            },
+            gating: Gating::Every,
+        }
+    }
+}
+
 /// Every plan: the default one and the per-model ones.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plans {
