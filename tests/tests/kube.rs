@@ -856,3 +856,39 @@ async fn shift_traffic_without_a_weight_is_refused() {
     assert!(permanent(&e).contains("without a weight"), "{e}");
     assert_eq!(vs_weights(&fixture), (95, 5));
 }
+
+#[tokio::test]
+async fn a_stage_whose_write_conflicts_is_read_again_and_written_once() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 95, 5));
+    let kube = connector(&fixture, "VirtualService").await;
+    kube.execute(&shift(10, 2)).await.unwrap();
+    // Someone else's write lands between canaryd's read and its write.
+    fixture.put_after_next("GET", VS_PATH, {
+        let mut vs = fixture.object("VirtualService", NS, VS).unwrap();
+        vs["metadata"]["labels"] = serde_json::json!({"team": "ml"});
+        vs
+    });
+    let outcome = kube.execute(&shift(25, 3)).await.unwrap();
+    assert!(outcome.detail.ends_with("(verified)"), "{}", outcome.detail);
+    assert_eq!(vs_weights(&fixture), (75, 25));
+    let writes: Vec<u16> = fixture
+        .requests_matching("PATCH", VS_PATH)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        writes,
+        [200, 409, 200],
+        "the stale write refused, then one write"
+    );
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(
+        vs["metadata"]["labels"]["team"], "ml",
+        "the other write kept"
+    );
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/canary-weight"],
+        "25"
+    );
+}
