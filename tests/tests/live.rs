@@ -75,20 +75,26 @@ async fn start(partitions: i32) -> Tansu {
     broker
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_error_spike_on_kafka_rolls_the_canary_back_in_dry_run() {
-    let broker = start(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &broker.bootstrap(), "canaryd-e2e");
+/// `canaryd run` on `cfg`, logging into `dir`, once it owns partitions.
+fn running(cfg: &Path, dir: &Path) -> Daemon {
     let daemon = Daemon::spawn(
         &["run", "--config", cfg.to_str().unwrap()],
-        dir.path().join("canaryd.log"),
+        dir.join("canaryd.log"),
     );
     assert!(
         daemon.wait_for_log("partitions assigned", WAIT),
         "{}",
         daemon.log_text()
     );
+    daemon
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_spike_on_kafka_rolls_the_canary_back_in_dry_run() {
+    let broker = start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &broker.bootstrap(), "canaryd-e2e");
+    let daemon = running(&cfg, dir.path());
 
     // Keyed by model: summarizer on partition 0, translator on 1.
     let p = producer(&broker.bootstrap());
@@ -130,15 +136,7 @@ async fn malformed_messages_are_dead_lettered_with_their_reason() {
     let broker = start(1).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &broker.bootstrap(), "canaryd-dlq");
-    let daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path().join("canaryd.log"),
-    );
-    assert!(
-        daemon.wait_for_log("partitions assigned", WAIT),
-        "{}",
-        daemon.log_text()
-    );
+    let daemon = running(&cfg, dir.path());
 
     let p = producer(&broker.bootstrap());
     let bad: [(&[u8], &str); 5] = [
@@ -176,15 +174,7 @@ async fn a_lone_future_stamped_event_is_dead_lettered_and_does_not_blind_the_eng
     let broker = start(1).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &broker.bootstrap(), "canaryd-future");
-    let daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path().join("canaryd.log"),
-    );
-    assert!(
-        daemon.wait_for_log("partitions assigned", WAIT),
-        "{}",
-        daemon.log_text()
-    );
+    let daemon = running(&cfg, dir.path());
     let p = producer(&broker.bootstrap());
     let future = br#"{"type":"metric","ts":"2099-01-01T00:00:00Z","name":"canary_error_rate","value":0.001,"labels":{"model":"summarizer"}}"#;
     send(&p, "events", 0, "summarizer", future).await;
@@ -251,15 +241,7 @@ async fn ten_thousand_malformed_messages_change_no_decision_and_offsets_advance(
     let dir = tempfile::tempdir().unwrap();
     let group = "canaryd-noise";
     let cfg = config(dir.path(), &broker.bootstrap(), group);
-    let mut daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path().join("canaryd.log"),
-    );
-    assert!(
-        daemon.wait_for_log("partitions assigned", WAIT),
-        "{}",
-        daemon.log_text()
-    );
+    let mut daemon = running(&cfg, dir.path());
 
     let valid = incident_lines();
     let mut rng = Lcg(42);
@@ -478,15 +460,7 @@ kafka:
         ),
     )
     .unwrap();
-    let daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path().join("canaryd.log"),
-    );
-    assert!(
-        daemon.wait_for_log("partitions assigned", WAIT),
-        "{}",
-        daemon.log_text()
-    );
+    let daemon = running(&cfg, dir.path());
     let p = producer(&broker.bootstrap());
     let lines: Vec<(String, Vec<u8>)> = incident_lines()
         .into_iter()
@@ -590,15 +564,7 @@ kafka:
     );
     // Every receiver is down when the incident starts.
     http.set_down(true);
-    let daemon = Daemon::spawn(
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path().join("canaryd.log"),
-    );
-    assert!(
-        daemon.wait_for_log("partitions assigned", WAIT),
-        "{}",
-        daemon.log_text()
-    );
+    let daemon = running(&cfg, dir.path());
     let p = producer(&broker.bootstrap());
     let mut lines: Vec<(String, Vec<u8>)> = incident_lines()
         .into_iter()

@@ -263,14 +263,11 @@ impl<'c> ConsumeLoop<'c> {
         shutdown: &CancellationToken,
     ) -> Result<bool, Closed> {
         self.count(message.topic());
-        self.partitions
-            .state(message.topic(), message.partition(), &self.loaded)
-            .seen(now);
-        if self.changelog.is_some()
-            && let Some(state) = self
-                .partitions
-                .get_mut(message.topic(), message.partition())
-        {
+        let state = self
+            .partitions
+            .state(message.topic(), message.partition(), &self.loaded);
+        state.seen(now);
+        if self.changelog.is_some() {
             if message.offset() < state.resume_from {
                 // Already in the state restored from the changelog.
                 return Ok(true);
