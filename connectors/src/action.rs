@@ -112,6 +112,30 @@ pub enum OutcomeKind {
     Escalated,
 }
 
+impl OutcomeKind {
+    /// Every kind, for metrics declared before the first action.
+    pub const ALL: [OutcomeKind; 6] = [
+        OutcomeKind::Accepted,
+        OutcomeKind::Succeeded,
+        OutcomeKind::Retried,
+        OutcomeKind::Failed,
+        OutcomeKind::DeadLettered,
+        OutcomeKind::Escalated,
+    ];
+
+    /// The snake_case name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Accepted => "accepted",
+            OutcomeKind::Succeeded => "succeeded",
+            OutcomeKind::Retried => "retried",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::DeadLettered => "dead_lettered",
+            OutcomeKind::Escalated => "escalated",
+        }
+    }
+}
+
 /// An outcome with the details a human needs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Outcome {
@@ -136,6 +160,19 @@ impl Outcome {
             kind: OutcomeKind::Succeeded,
             dry_run,
             detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutcomeKind;
+
+    #[test]
+    fn outcome_names_are_their_serialized_form() {
+        for kind in OutcomeKind::ALL {
+            let json = serde_json::to_value(kind).unwrap_or_default();
+            assert_eq!(json.as_str(), Some(kind.as_str()));
         }
     }
 }

@@ -11,7 +11,7 @@
 //! | `canaryd_events_dead_lettered_total` | counter | `reason` |
 //! | `canaryd_events_late_total` | counter | |
 //! | `canaryd_rule_evaluations_total` | counter | |
-//! | `canaryd_alerts` | gauge | `rule`, `state` |
+//! | `canaryd_alerts` | gauge (1 per alert) | `rule`, the subject's labels, `state` |
 //! | `canaryd_actions_total` | counter | `connector`, `outcome` |
 //! | `canaryd_connector_duration_seconds` | histogram | `connector` |
 //! | `canaryd_consumer_lag` | gauge | `topic`, `partition` |
@@ -24,14 +24,37 @@
 //! | `canaryd_rollout_stage` | gauge (1 = first; one past the last = 100%) | `model` |
 //! | `canaryd_rollout_weight` | gauge (percent) | `model` |
 //! | `canaryd_rollout_hold_remaining_seconds` | gauge | `model` |
-//! | `canaryd_rollout_transitions_total` | counter | `model`, `kind` |
+//! | `canaryd_rollout_transitions_total` | counter | `kind` |
+//! | `canaryd_model_requests_per_second` | gauge | subject, `track` |
+//! | `canaryd_model_window_requests` | gauge | subject, `track` |
+//! | `canaryd_model_error_ratio`, `canaryd_model_success_ratio` | gauge | subject, `track` |
+//! | `canaryd_model_latency_seconds` | gauge | subject, `track`, `quantile` |
+//! | `canaryd_model_cost_per_request_usd` | gauge | subject, `track` |
+//! | `canaryd_model_demographic_parity_difference` | gauge | subject, `track` |
+//! | `canaryd_model_equal_opportunity_difference` | gauge | subject, `track` |
+//! | `canaryd_model_disparate_impact_ratio` | gauge | subject, `track` |
+//! | `canaryd_model_positive_prediction_ratio` | gauge | subject, `track`, `group` |
+//! | `canaryd_model_subjects_omitted` | gauge | |
 //! | `canaryd_build_info` | gauge (always 1) | `version` |
 //!
 //! On the hot path (one call per consumed message), take a [`Counter`]
 //! handle once with [`Metrics::consumed_counter`] and increment that: it
 //! skips the label lookup and its allocation.
+//!
+//! The `canaryd_model_*` families, `canaryd_alerts` and the rollout gauges
+//! describe what the engines hold now. They are not kept up to date on the
+//! consume loop: each scrape takes a snapshot and [`Metrics::export`]
+//! replaces them with it, so a subject that went stale, was evicted or
+//! moved to another replica leaves no series behind. "subject" above means
+//! the subject's labels (`model`, and any other `group_by` label); a label
+//! that would clash with the family's own gets a `subject_` prefix.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use canaryd_rules::SubjectAnalytics;
+use canaryd_rules::analytics::TrackStats;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,20 +77,13 @@ struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ModelKindLabels {
-    model: String,
+struct KindLabels {
     kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AlertLabels {
-    rule: String,
-    state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +115,11 @@ struct VersionLabels {
 
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
+/// Label pairs known only at run time: a subject's labels and the family's.
+type DynLabels = Vec<(String, String)>;
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// Connector calls: 1 ms to about 33 s.
 fn connector_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -111,7 +132,7 @@ pub struct Metrics {
     dead_lettered: Family<ReasonLabels, Counter>,
     late: Counter,
     evaluations: Counter,
-    alerts: Family<AlertLabels, Gauge>,
+    alerts: Family<DynLabels, Gauge>,
     actions: Family<ActionLabels, Counter>,
     connector_duration: HistogramFamily<ConnectorLabels>,
     consumer_lag: Family<PartitionLabels, Gauge>,
@@ -126,7 +147,197 @@ pub struct Metrics {
     rollout_stage: Family<ModelLabels, Gauge>,
     rollout_weight: Family<ModelLabels, Gauge>,
     rollout_hold_remaining: Family<ModelLabels, Gauge>,
-    rollout_transitions: Family<ModelKindLabels, Counter>,
+    rollout_transitions: Family<KindLabels, Counter>,
+    model: ModelFamilies,
+}
+
+/// The per-subject gauges of what the engines compute, canary and stable.
+struct ModelFamilies {
+    request_rate: Family<DynLabels, FloatGauge>,
+    window_requests: Family<DynLabels, FloatGauge>,
+    error_ratio: Family<DynLabels, FloatGauge>,
+    success_ratio: Family<DynLabels, FloatGauge>,
+    latency: Family<DynLabels, FloatGauge>,
+    cost: Family<DynLabels, FloatGauge>,
+    demographic_parity: Family<DynLabels, FloatGauge>,
+    equal_opportunity: Family<DynLabels, FloatGauge>,
+    disparate_impact: Family<DynLabels, FloatGauge>,
+    positive_rate: Family<DynLabels, FloatGauge>,
+    omitted: Gauge,
+}
+
+impl ModelFamilies {
+    fn register(registry: &mut Registry) -> ModelFamilies {
+        let mut family = |name: &str, help: &str| {
+            let f = Family::<DynLabels, FloatGauge>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let families = ModelFamilies {
+            request_rate: family(
+                "model_requests_per_second",
+                "Requests per second over the analytics window, by subject and track (canary, stable)",
+            ),
+            window_requests: family(
+                "model_window_requests",
+                "Requests in the analytics window: the sample behind the other model_ gauges",
+            ),
+            error_ratio: family(
+                "model_error_ratio",
+                "Errors / requests over the analytics window",
+            ),
+            success_ratio: family(
+                "model_success_ratio",
+                "1 - error ratio over the analytics window",
+            ),
+            latency: family(
+                "model_latency_seconds",
+                "Latency quantiles (0.5, 0.95, 0.99) over the analytics window, within 1 %",
+            ),
+            cost: family(
+                "model_cost_per_request_usd",
+                "Mean cost_usd of the requests in the analytics window that carry one",
+            ),
+            demographic_parity: family(
+                "model_demographic_parity_difference",
+                "Max - min positive-prediction rate across fairness groups",
+            ),
+            equal_opportunity: family(
+                "model_equal_opportunity_difference",
+                "Max - min true-positive rate across fairness groups",
+            ),
+            disparate_impact: family(
+                "model_disparate_impact_ratio",
+                "Min / max positive-prediction rate across fairness groups",
+            ),
+            positive_rate: family(
+                "model_positive_prediction_ratio",
+                "Positive predictions / predictions, per fairness group",
+            ),
+            omitted: Gauge::default(),
+        };
+        registry.register(
+            "model_subjects_omitted",
+            "Subjects with data left out of the model_ families at the last scrape, over metrics.max_subjects",
+            families.omitted.clone(),
+        );
+        families
+    }
+
+    fn clear(&self) {
+        for f in [
+            &self.request_rate,
+            &self.window_requests,
+            &self.error_ratio,
+            &self.success_ratio,
+            &self.latency,
+            &self.cost,
+            &self.demographic_parity,
+            &self.equal_opportunity,
+            &self.disparate_impact,
+            &self.positive_rate,
+        ] {
+            f.clear();
+        }
+    }
+
+    /// One track's gauges; a figure the window cannot give yet has no sample.
+    fn set(&self, subject: &DynLabels, track: &str, stats: &TrackStats) {
+        let labels = |extra: &[(&str, &str)]| {
+            let mut l = subject.clone();
+            l.push(("track".to_string(), track.to_string()));
+            l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            l
+        };
+        let base = labels(&[]);
+        let put = |family: &Family<DynLabels, FloatGauge>, value: Option<f64>| {
+            if let Some(v) = value.filter(|v| v.is_finite()) {
+                family.get_or_create(&base).set(v);
+            }
+        };
+        put(&self.request_rate, Some(stats.request_rate));
+        put(&self.window_requests, Some(stats.requests as f64));
+        put(&self.error_ratio, stats.error_rate);
+        put(&self.success_ratio, stats.success_rate);
+        put(&self.cost, stats.cost_per_request);
+        put(&self.demographic_parity, stats.demographic_parity);
+        put(&self.equal_opportunity, stats.equal_opportunity);
+        put(&self.disparate_impact, stats.disparate_impact);
+        for (quantile, ms) in [
+            ("0.5", stats.p50_latency),
+            ("0.95", stats.p95_latency),
+            ("0.99", stats.p99_latency),
+        ] {
+            if let Some(ms) = ms.filter(|v| v.is_finite()) {
+                self.latency
+                    .get_or_create(&labels(&[("quantile", quantile)]))
+                    .set(ms / 1000.0);
+            }
+        }
+    }
+}
+
+/// Label names the families themselves use: a subject label of the same
+/// name is exported as `subject_<name>`.
+const RESERVED_LABELS: [&str; 5] = ["rule", "state", "track", "quantile", "group"];
+
+/// A subject's labels as Prometheus label pairs: names made valid
+/// (`[a-zA-Z_][a-zA-Z0-9_]*`, never `__`-prefixed) and kept clear of the
+/// families' own.
+pub fn subject_labels(subject: &BTreeMap<String, String>) -> DynLabels {
+    subject
+        .iter()
+        .map(|(k, v)| {
+            let mut name: String = k
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                name.insert(0, '_');
+            }
+            if name.starts_with("__") || RESERVED_LABELS.contains(&name.as_str()) {
+                name.insert_str(0, "subject_");
+            }
+            (name, v.clone())
+        })
+        .collect()
+}
+
+/// One active alert, as `canaryd_alerts` exports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertSeries {
+    /// The rule's name.
+    pub rule: String,
+    /// The subject's labels.
+    pub subject: BTreeMap<String, String>,
+    /// `pending` or `firing`.
+    pub state: &'static str,
+}
+
+/// One rollout, as the rollout gauges export it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutSeries {
+    /// The model.
+    pub model: String,
+    /// 1 is the plan's first stage; one past its last is 100 %.
+    pub stage: usize,
+    /// The canary's weight, percent.
+    pub weight: u8,
+    /// Clean event time the stage (or the soak) still needs.
+    pub hold_remaining: Duration,
+}
+
+/// What a scrape exports of the engines: taken from a snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Exported<'a> {
+    /// Subjects with data, up to the cap.
+    pub subjects: &'a [SubjectAnalytics],
+    /// Subjects with data left out by the cap.
+    pub omitted: usize,
+    /// Active alerts.
+    pub alerts: &'a [AlertSeries],
+    /// Rollouts this replica carries.
+    pub rollouts: &'a [RolloutSeries],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,10 +382,10 @@ impl Metrics {
             "Rule condition evaluations",
             evaluations.clone(),
         );
-        let alerts = Family::<AlertLabels, Gauge>::default();
+        let alerts = Family::<DynLabels, Gauge>::default();
         registry.register(
             "alerts",
-            "Alerts by rule and state (pending, firing)",
+            "Active alerts, 1 each, by rule, subject and state (pending, firing)",
             alerts.clone(),
         );
         let actions = Family::<ActionLabels, Counter>::default();
@@ -277,12 +488,17 @@ impl Metrics {
             "Clean event time the current stage (or the soak) still needs",
             rollout_hold_remaining.clone(),
         );
-        let rollout_transitions = Family::<ModelKindLabels, Counter>::default();
+        let rollout_transitions = Family::<KindLabels, Counter>::default();
         registry.register(
             "rollout_transitions",
             "Rollout changes, by kind: stage, paused, resumed, stepped_back, rolled_back, promoted, complete",
             rollout_transitions.clone(),
         );
+        for kind in canaryd_rules::rollout::controller::ChangeKind::ALL {
+            rollout_transitions.get_or_create_owned(&KindLabels {
+                kind: kind.as_str().to_string(),
+            });
+        }
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -294,6 +510,7 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })
             .set(1);
+        let model = ModelFamilies::register(&mut registry);
         Metrics {
             registry,
             consumed,
@@ -316,6 +533,7 @@ impl Metrics {
             rollout_weight,
             rollout_hold_remaining,
             rollout_transitions,
+            model,
         }
     }
 
@@ -368,19 +586,83 @@ impl Metrics {
         self.evaluations.inc_by(n);
     }
 
-    /// `n` alerts of `rule` are in `state` (`pending`, `firing`).
-    pub fn set_alerts(&self, rule: &str, state: &str, n: i64) {
-        self.alerts
-            .get_or_create(&AlertLabels {
-                rule: rule.to_string(),
-                state: state.to_string(),
-            })
-            .set(n);
+    /// Replaces what describes the engines now (the `model_` families,
+    /// `canaryd_alerts` and the rollout gauges) with `view`.
+    pub fn export(&self, view: &Exported<'_>) {
+        self.model.clear();
+        for s in view.subjects {
+            let labels = subject_labels(&s.labels);
+            for (track, (stats, groups)) in ["canary", "stable"]
+                .into_iter()
+                .zip(s.tracks.iter().zip(&s.groups))
+            {
+                self.model.set(&labels, track, stats);
+                for g in groups {
+                    let mut l = labels.clone();
+                    l.push(("track".to_string(), track.to_string()));
+                    l.push(("group".to_string(), g.group.clone()));
+                    self.model
+                        .positive_rate
+                        .get_or_create(&l)
+                        .set(g.positive_rate);
+                }
+            }
+        }
+        self.model
+            .omitted
+            .set(i64::try_from(view.omitted).unwrap_or(i64::MAX));
+        self.alerts.clear();
+        for a in view.alerts {
+            let mut l = vec![("rule".to_string(), a.rule.clone())];
+            l.extend(subject_labels(&a.subject));
+            l.push(("state".to_string(), a.state.to_string()));
+            self.alerts.get_or_create(&l).set(1);
+        }
+        for f in [
+            &self.rollout_stage,
+            &self.rollout_weight,
+            &self.rollout_hold_remaining,
+        ] {
+            f.clear();
+        }
+        for r in view.rollouts {
+            let labels = ModelLabels {
+                model: r.model.clone(),
+            };
+            self.rollout_stage
+                .get_or_create(&labels)
+                .set(i64::try_from(r.stage).unwrap_or(i64::MAX));
+            self.rollout_weight
+                .get_or_create(&labels)
+                .set(i64::from(r.weight));
+            self.rollout_hold_remaining
+                .get_or_create(&labels)
+                .set(i64::try_from(r.hold_remaining.as_secs()).unwrap_or(i64::MAX));
+        }
     }
 
-    /// Forgets every `alerts` series, e.g. after a reload removed rules.
-    pub fn clear_alerts(&self) {
-        self.alerts.clear();
+    /// Declares the series of what is known at start, at 0, so that
+    /// dashboards and `rate()` see them before the first increment: every
+    /// action outcome and call duration of each receiver, and every
+    /// dead-letter reason.
+    pub fn declare<'a>(&self, receivers: impl IntoIterator<Item = &'a str>) {
+        for receiver in receivers {
+            for outcome in canaryd_connectors::OutcomeKind::ALL {
+                self.actions.get_or_create_owned(&ActionLabels {
+                    connector: receiver.to_string(),
+                    outcome: outcome.as_str().to_string(),
+                });
+            }
+            self.connector_duration
+                .get_or_create_owned(&ConnectorLabels {
+                    connector: receiver.to_string(),
+                });
+        }
+        for reason in crate::run::DEAD_LETTER_REASONS {
+            self.dead_lettered.get_or_create_owned(&ReasonLabels {
+                reason: reason.to_string(),
+            });
+        }
     }
 
     /// One action outcome (`accepted`, `succeeded`, `failed`, …) from `connector`.
@@ -491,33 +773,13 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// A change of `model`'s rollout, of `kind`, leaving it at `stage` and
-    /// `weight`.
-    pub fn record_rollout_change(&self, model: &str, kind: &str, stage: usize, weight: u8) {
-        let labels = ModelLabels {
-            model: model.to_string(),
-        };
-        self.rollout_stage
-            .get_or_create(&labels)
-            .set(i64::try_from(stage).unwrap_or(i64::MAX));
-        self.rollout_weight
-            .get_or_create(&labels)
-            .set(i64::from(weight));
+    /// A change of a rollout, of `kind` (`stage`, `paused`, …).
+    pub fn inc_rollout_transition(&self, kind: &str) {
         self.rollout_transitions
-            .get_or_create_owned(&ModelKindLabels {
-                model: model.to_string(),
+            .get_or_create_owned(&KindLabels {
                 kind: kind.to_string(),
             })
             .inc();
-    }
-
-    /// How much clean event time `model`'s current stage still needs.
-    pub fn set_rollout_hold_remaining(&self, model: &str, remaining: Duration) {
-        self.rollout_hold_remaining
-            .get_or_create(&ModelLabels {
-                model: model.to_string(),
-            })
-            .set(i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX));
     }
 }
 
@@ -590,7 +852,14 @@ mod tests {
         m.inc_late();
         m.add_late(2);
         m.add_rule_evaluations(7);
-        m.set_alerts("Canary Error Rate High", "firing", 2);
+        m.export(&Exported {
+            alerts: &[AlertSeries {
+                rule: "Canary Error Rate High".into(),
+                subject: [("model".to_string(), "summarizer".to_string())].into(),
+                state: "firing",
+            }],
+            ..Exported::default()
+        });
         m.inc_action("kube", "succeeded");
         m.observe_connector_duration("kube", Duration::from_millis(3));
         m.set_consumer_lag("canary-events", 3, 42);
@@ -613,8 +882,8 @@ mod tests {
             ("canaryd_events_late_total", 3.0),
             ("canaryd_rule_evaluations_total", 7.0),
             (
-                r#"canaryd_alerts{rule="Canary Error Rate High",state="firing"}"#,
-                2.0,
+                r#"canaryd_alerts{rule="Canary Error Rate High",model="summarizer",state="firing"}"#,
+                1.0,
             ),
             (
                 r#"canaryd_actions_total{connector="kube",outcome="succeeded"}"#,
@@ -728,15 +997,174 @@ mod tests {
         assert_eq!(sample(&text, "canaryd_outbox_actions"), Some(3.0));
     }
 
+    fn subject(labels: &[(&str, &str)], stats: TrackStats) -> SubjectAnalytics {
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let group = |name: &str, rate: f64| canaryd_rules::analytics::GroupRate {
+            group: name.into(),
+            positive_rate: rate,
+            predictions: 100,
+        };
+        SubjectAnalytics {
+            labels: std::sync::Arc::new(labels),
+            tracks: [stats.clone(), TrackStats::default()],
+            groups: [vec![group("a", 0.4), group("b", 0.5)], Vec::new()],
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn a_subjects_figures_are_exported_per_track_in_base_units() {
+        let m = Metrics::new();
+        let stats = TrackStats {
+            requests: 200,
+            request_rate: 2.5,
+            error_rate: Some(0.02),
+            success_rate: Some(0.98),
+            p50_latency: Some(120.0),
+            p95_latency: Some(450.0),
+            p99_latency: None,
+            cost_per_request: Some(0.003),
+            disparate_impact: Some(0.8),
+            ..TrackStats::default()
+        };
+        m.export(&Exported {
+            subjects: &[subject(&[("model", "fraud"), ("track", "x")], stats)],
+            omitted: 3,
+            ..Exported::default()
+        });
+        let text = m.encode();
+        let s =
+            |labels: &str| format!(r#"{{model="fraud",subject_track="x",track="canary"{labels}}}"#);
+        for (series, value) in [
+            (format!("canaryd_model_requests_per_second{}", s("")), 2.5),
+            (format!("canaryd_model_window_requests{}", s("")), 200.0),
+            (format!("canaryd_model_error_ratio{}", s("")), 0.02),
+            (format!("canaryd_model_success_ratio{}", s("")), 0.98),
+            (
+                format!("canaryd_model_latency_seconds{}", s(r#",quantile="0.5""#)),
+                0.12,
+            ),
+            (
+                format!("canaryd_model_latency_seconds{}", s(r#",quantile="0.95""#)),
+                0.45,
+            ),
+            (
+                format!("canaryd_model_cost_per_request_usd{}", s("")),
+                0.003,
+            ),
+            (
+                format!("canaryd_model_disparate_impact_ratio{}", s("")),
+                0.8,
+            ),
+            (
+                format!(
+                    "canaryd_model_positive_prediction_ratio{}",
+                    s(r#",group="b""#)
+                ),
+                0.5,
+            ),
+            ("canaryd_model_subjects_omitted".to_string(), 3.0),
+        ] {
+            assert_eq!(sample(&text, &series), Some(value), "{series} in\n{text}");
+        }
+        // No figure, no sample: a missing p99 is not exported as 0.
+        assert!(!text.contains(r#"quantile="0.99""#), "{text}");
+        // The stable track had no requests: its rate is there, its ratios are not.
+        assert!(text.contains(
+            r#"canaryd_model_window_requests{model="fraud",subject_track="x",track="stable"} 0"#
+        ));
+        assert!(!text.contains(
+            r#"canaryd_model_error_ratio{model="fraud",subject_track="x",track="stable"}"#
+        ));
+    }
+
+    #[test]
+    fn each_export_replaces_the_last_so_gone_subjects_leave_no_series() {
+        let m = Metrics::new();
+        let stats = TrackStats {
+            requests: 1,
+            ..TrackStats::default()
+        };
+        m.export(&Exported {
+            subjects: &[subject(&[("model", "old")], stats.clone())],
+            alerts: &[AlertSeries {
+                rule: "gone".into(),
+                subject: [("model".to_string(), "old".to_string())].into(),
+                state: "pending",
+            }],
+            rollouts: &[RolloutSeries {
+                model: "old".into(),
+                stage: 2,
+                weight: 10,
+                hold_remaining: Duration::from_secs(60),
+            }],
+            omitted: 0,
+        });
+        assert!(m.encode().contains(r#"model="old""#));
+        m.export(&Exported {
+            subjects: &[subject(&[("model", "new")], stats)],
+            ..Exported::default()
+        });
+        let text = m.encode();
+        assert!(!text.contains(r#"model="old""#), "{text}");
+        assert!(!text.contains(r#"rule="gone""#), "{text}");
+        assert!(text.contains(r#"model="new""#), "{text}");
+    }
+
+    #[test]
+    fn subject_labels_are_made_valid_prometheus_label_names() {
+        let labels: BTreeMap<String, String> = [
+            ("model", "m"),
+            ("k8s.cluster-name", "a"),
+            ("9lives", "b"),
+            ("__meta", "c"),
+            ("rule", "d"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let names: Vec<String> = subject_labels(&labels)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "_9lives",
+                "subject___meta",
+                "k8s_cluster_name",
+                "model",
+                "subject_rule"
+            ]
+        );
+    }
+
+    #[test]
+    fn known_label_values_are_declared_at_zero() {
+        let m = Metrics::new();
+        m.declare(["kube", "slack"]);
+        let text = m.encode();
+        for series in [
+            r#"canaryd_actions_total{connector="kube",outcome="succeeded"}"#,
+            r#"canaryd_actions_total{connector="slack",outcome="dead_lettered"}"#,
+            r#"canaryd_connector_duration_seconds_count{connector="kube"}"#,
+            r#"canaryd_events_dead_lettered_total{reason="not_json"}"#,
+            r#"canaryd_events_dead_lettered_total{reason="future_time"}"#,
+            r#"canaryd_rollout_transitions_total{kind="rolled_back"}"#,
+        ] {
+            assert_eq!(sample(&text, series), Some(0.0), "{series} in\n{text}");
+        }
+    }
+
     #[test]
     fn cleared_and_removed_series_disappear() {
         let m = Metrics::new();
-        m.set_alerts("gone", "pending", 1);
         m.set_consumer_lag("t", 0, 5);
-        m.clear_alerts();
         m.remove_consumer_lag("t", 0);
         let text = m.encode();
-        assert!(!text.contains(r#"rule="gone""#), "{text}");
         assert!(!text.contains(r#"topic="t""#), "{text}");
     }
 }

@@ -1,22 +1,58 @@
-//! What the HTTP server sees of the running daemon: a snapshot the consume
-//! loop refreshes every second, the metrics, recent action outcomes, the
+//! What the HTTP server sees of the running daemon: snapshots the consume
+//! loop takes when asked, the metrics, recent action outcomes, the
 //! silences, and a channel into the loop for Alertmanager's alerts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use canaryd_rules::analytics::TrackStats;
 use canaryd_rules::event::AlertEvent;
-use canaryd_rules::{RuleSet, Timestamp};
+use canaryd_rules::{RuleSet, SubjectAnalytics, Timestamp};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::Metrics;
+use crate::metrics::{AlertSeries, Exported, Metrics, RolloutSeries};
 use crate::server::{Backend, BoxFuture, DirectAction, PayloadResult, Silence};
 
 /// Outcomes kept for `GET /api/v1/actions`.
 const RECENT_ACTIONS: usize = 500;
+
+/// Requests this close together share one snapshot: a status page polling
+/// every second and a scrape cost the consume loop one between them.
+const SNAPSHOT_REUSE: Duration = Duration::from_millis(500);
+
+/// How long a request waits for the consume loop (busy restoring a
+/// partition, say) before it is answered from the last snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
+/// What the HTTP side shows of the engines and rollouts: taken by the
+/// consume loop when a request asks, never kept up to date on it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// `GET /api/v1/alerts`: `{"alerts":[…],"subjects":[…]}`.
+    pub alerts: Value,
+    /// `GET /api/v1/subjects/{model}`, by model.
+    pub subjects: HashMap<String, Value>,
+    /// `GET /api/v1/rollouts`, sorted by model.
+    pub rollouts: Vec<Value>,
+    /// The per-model metrics: fresh subjects with data, up to the cap.
+    pub analytics: Vec<SubjectAnalytics>,
+    /// Fresh subjects with data over the cap.
+    pub omitted: usize,
+    /// `canaryd_alerts`.
+    pub alert_series: Vec<AlertSeries>,
+    /// The rollout gauges.
+    pub rollout_series: Vec<RolloutSeries>,
+}
+
+/// The last snapshot and when it was taken.
+#[derive(Default)]
+struct Cached {
+    at: Option<Instant>,
+    snapshot: Arc<Snapshot>,
+}
 
 /// Work the HTTP side hands to the consume loop, with where to answer.
 pub enum Command {
@@ -26,6 +62,8 @@ pub enum Command {
     Act(Vec<DirectAction>, oneshot::Sender<Result<(), String>>),
     /// Reload the rules from the config file.
     Reload(oneshot::Sender<Result<Value, Vec<String>>>),
+    /// Take a snapshot of the engines and rollouts.
+    Snapshot(oneshot::Sender<Snapshot>),
     /// A person's command for a model's rollout; answers the rollout as it
     /// stands after it, or the HTTP status and why nothing changed.
     Rollout {
@@ -44,11 +82,13 @@ pub struct Shared {
     pub metrics: Metrics,
     ready: AtomicBool,
     rules: RwLock<Value>,
-    alerts: RwLock<Value>,
-    subjects: RwLock<HashMap<String, Value>>,
+    /// Held while a snapshot is asked for, so that concurrent requests
+    /// wait for one and share it.
+    snapshot: tokio::sync::Mutex<Cached>,
+    /// One scrape at a time replaces the snapshot-fed families and encodes.
+    scrape: Mutex<()>,
     recent: Mutex<VecDeque<Value>>,
     silences: RwLock<Vec<Silence>>,
-    rollouts: RwLock<Vec<Value>>,
     hand_edits: Mutex<Vec<(String, String)>>,
     commands: mpsc::Sender<Command>,
 }
@@ -60,11 +100,10 @@ impl Shared {
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
             rules: RwLock::new(rules_json(rules)),
-            alerts: RwLock::new(json!({"alerts": [], "subjects": []})),
-            subjects: RwLock::new(HashMap::new()),
+            snapshot: tokio::sync::Mutex::new(Cached::default()),
+            scrape: Mutex::new(()),
             recent: Mutex::new(VecDeque::new()),
             silences: RwLock::new(Vec::new()),
-            rollouts: RwLock::new(Vec::new()),
             hand_edits: Mutex::new(Vec::new()),
             commands,
         }
@@ -80,15 +119,33 @@ impl Shared {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Replaces the alert snapshot.
-    pub fn set_alerts(&self, alerts: Vec<Value>, subjects: Vec<String>) {
-        let value = json!({"alerts": alerts, "subjects": subjects});
-        *self.alerts.write().unwrap_or_else(|p| p.into_inner()) = value;
-    }
-
-    /// Replaces the rollouts snapshot.
-    pub fn set_rollouts(&self, rollouts: Vec<Value>) {
-        *self.rollouts.write().unwrap_or_else(|p| p.into_inner()) = rollouts;
+    /// A snapshot no older than [`SNAPSHOT_REUSE`], taken by the consume
+    /// loop; the last one (or an empty one) if the loop does not answer
+    /// within [`SNAPSHOT_WAIT`].
+    pub async fn snapshot(&self) -> Arc<Snapshot> {
+        let mut cached = self.snapshot.lock().await;
+        if cached.at.is_some_and(|at| at.elapsed() < SNAPSHOT_REUSE) {
+            return cached.snapshot.clone();
+        }
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            self.commands.send(Command::Snapshot(tx)).await.ok()?;
+            rx.await.ok()
+        };
+        match tokio::time::timeout(SNAPSHOT_WAIT, asked).await {
+            Ok(Some(fresh)) => {
+                *cached = Cached {
+                    at: Some(Instant::now()),
+                    snapshot: Arc::new(fresh),
+                };
+            }
+            Ok(None) => tracing::debug!("no snapshot: the consume loop has stopped"),
+            Err(_) => tracing::warn!(
+                wait_s = SNAPSHOT_WAIT.as_secs(),
+                "the consume loop did not answer for a snapshot in time: showing the last one"
+            ),
+        }
+        cached.snapshot.clone()
     }
 
     /// A rollout step for `model` found weights a person changed: the
@@ -104,11 +161,6 @@ impl Shared {
     /// The hand edits noted since the last call.
     pub fn take_hand_edits(&self) -> Vec<(String, String)> {
         std::mem::take(&mut *self.hand_edits.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Replaces the analytics snapshot.
-    pub fn set_subjects(&self, subjects: HashMap<String, Value>) {
-        *self.subjects.write().unwrap_or_else(|p| p.into_inner()) = subjects;
     }
 
     /// Remembers an action outcome for the API and counts it.
@@ -187,23 +239,16 @@ impl Backend for std::sync::Arc<Shared> {
         })
     }
 
-    fn alerts(&self) -> Value {
-        self.alerts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn alerts(&self) -> BoxFuture<'_, Value> {
+        Box::pin(async move { self.snapshot().await.alerts.clone() })
     }
 
     fn rules(&self) -> Value {
         self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn subject(&self, model: &str) -> Option<Value> {
-        self.subjects
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(model)
-            .cloned()
+    fn subject(&self, model: String) -> BoxFuture<'_, Option<Value>> {
+        Box::pin(async move { self.snapshot().await.subjects.get(&model).cloned() })
     }
 
     fn actions(&self) -> Value {
@@ -223,13 +268,8 @@ impl Backend for std::sync::Arc<Shared> {
         })
     }
 
-    fn rollouts(&self) -> Value {
-        Value::Array(
-            self.rollouts
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+    fn rollouts(&self) -> BoxFuture<'_, Value> {
+        Box::pin(async move { Value::Array(self.snapshot().await.rollouts.clone()) })
     }
 
     fn rollout_command(
@@ -256,8 +296,18 @@ impl Backend for std::sync::Arc<Shared> {
         self.ready.load(Ordering::Relaxed)
     }
 
-    fn metrics(&self) -> String {
-        self.metrics.encode()
+    fn metrics(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move {
+            let snapshot = self.snapshot().await;
+            let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+            self.metrics.export(&Exported {
+                subjects: &snapshot.analytics,
+                omitted: snapshot.omitted,
+                alerts: &snapshot.alert_series,
+                rollouts: &snapshot.rollout_series,
+            });
+            self.metrics.encode()
+        })
     }
 
     fn silenced(&self, silences: &[Silence]) {

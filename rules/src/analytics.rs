@@ -362,6 +362,29 @@ impl TrackWindow {
         }
     }
 
+    /// The positive-prediction rate of each group with at least
+    /// `min_group_samples` predictions in the window, by group name: what
+    /// demographic parity and disparate impact are computed from. Call
+    /// after [`stats`](Self::stats), which moves the window to `now`.
+    pub fn positive_rates(&self) -> Vec<GroupRate> {
+        let min = self.min_group_samples.max(1);
+        self.groups
+            .iter()
+            .zip(self.fairness.chunks(SUB_BUCKETS))
+            .filter_map(|(name, row)| {
+                let mut c = GroupCounts::default();
+                for b in row {
+                    c.add(b);
+                }
+                (u64::from(c.predicted) >= min).then(|| GroupRate {
+                    group: name.to_string(),
+                    positive_rate: f64::from(c.predicted_positive) / f64::from(c.predicted),
+                    predictions: u64::from(c.predicted),
+                })
+            })
+            .collect()
+    }
+
     fn fairness_into(&self, stats: &mut TrackStats) {
         let min = self.min_group_samples.max(1);
         let mut selection: Option<(f64, f64)> = None; // (min, max) positive-prediction rate
@@ -408,6 +431,17 @@ fn widen(range: Option<(f64, f64)>, x: f64) -> (f64, f64) {
 fn ring_slot(number: i64) -> usize {
     // rem_euclid of a positive modulus is in 0..SUB_BUCKETS.
     number.rem_euclid(SUB_BUCKETS as i64) as usize
+}
+
+/// One fairness group's positive-prediction rate over a track's window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupRate {
+    /// The group's name, as the events carry it.
+    pub group: String,
+    /// Positive predictions / predictions.
+    pub positive_rate: f64,
+    /// Predictions behind the rate.
+    pub predictions: u64,
 }
 
 /// A track's statistics over its window.

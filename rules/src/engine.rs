@@ -134,6 +134,20 @@ pub struct EngineStats {
     pub out_of_window: u64,
 }
 
+/// One subject's canary and stable statistics, as [`Engine::analytics`]
+/// reports them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubjectAnalytics {
+    /// The subject.
+    pub labels: Labels,
+    /// Canary, then stable.
+    pub tracks: [crate::analytics::TrackStats; 2],
+    /// Each track's positive-prediction rate per fairness group.
+    pub groups: [Vec<crate::analytics::GroupRate>; 2],
+    /// No fresh data for `stale_after`.
+    pub stale: bool,
+}
+
 /// A read-only view of one alert.
 #[derive(Clone, Debug, Serialize)]
 pub struct AlertView<'a> {
@@ -1006,20 +1020,31 @@ impl Engine {
     }
 
     /// Canary and stable statistics of up to `limit` subjects whose windows
-    /// hold data, as of the watermark; for status pages and the JSON API.
-    pub fn analytics(&mut self, limit: usize) -> Vec<(Labels, [crate::analytics::TrackStats; 2])> {
+    /// hold data, as of the watermark; for status pages, the JSON API and
+    /// the per-model metrics. [`active_subjects`](Self::active_subjects)
+    /// says how many there are in all.
+    pub fn analytics(&mut self, limit: usize) -> Vec<SubjectAnalytics> {
         let now = self.now();
         let mut out = Vec::new();
         for &(g, s) in self.active.iter().take(limit) {
             let subject = &mut self.groups[g].subjects[s];
             if let Some(tracks) = subject.tracks.as_mut() {
-                out.push((
-                    subject.labels.clone(),
-                    [tracks[0].stats(now, 1), tracks[1].stats(now, 1)],
-                ));
+                let stats = [tracks[0].stats(now, 1), tracks[1].stats(now, 1)];
+                out.push(SubjectAnalytics {
+                    labels: subject.labels.clone(),
+                    groups: [tracks[0].positive_rates(), tracks[1].positive_rates()],
+                    tracks: stats,
+                    stale: subject.stale,
+                });
             }
         }
         out
+    }
+
+    /// Subjects whose windows hold data: what [`analytics`](Self::analytics)
+    /// would return without a limit.
+    pub fn active_subjects(&self) -> usize {
+        self.active.len()
     }
 
     /// The state of one rule for one subject, if that subject exists.

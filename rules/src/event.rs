@@ -144,6 +144,15 @@ pub enum DecodeErrorKind {
 }
 
 impl DecodeErrorKind {
+    /// Every kind.
+    pub const ALL: [DecodeErrorKind; 5] = [
+        DecodeErrorKind::NotJson,
+        DecodeErrorKind::MissingField,
+        DecodeErrorKind::WrongType,
+        DecodeErrorKind::BadTime,
+        DecodeErrorKind::BadValue,
+    ];
+
     /// The snake_case name used in headers and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

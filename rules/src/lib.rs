@@ -38,7 +38,9 @@ pub mod vocabulary;
 mod yaml;
 
 pub use engine::checkpoint::{EngineCheckpoint, SubjectState};
-pub use engine::{Engine, EngineConfig, Ingested, Labels, Output, ReloadReport, Transition};
+pub use engine::{
+    Engine, EngineConfig, Ingested, Labels, Output, ReloadReport, SubjectAnalytics, Transition,
+};
 pub use event::{Event, decode};
 pub use load::{LoadOptions, load_rules};
 pub use policy::{ActionName, DecisionMatrix, Severity};

@@ -327,6 +327,19 @@ fn groups_below_min_group_samples_are_ignored() {
     assert_eq!(two_groups.demographic_parity, Some(0.5));
     assert_eq!(two_groups.disparate_impact, Some(0.5));
     assert_eq!(two_groups.equal_opportunity, Some(0.5));
+    // The per-group rates behind them: C is below min_group_samples.
+    let rates: Vec<(String, f64, u64)> = w
+        .positive_rates()
+        .into_iter()
+        .map(|g| (g.group, g.positive_rate, g.predictions))
+        .collect();
+    assert_eq!(
+        rates,
+        [("A".to_string(), 0.5, 30), ("B".to_string(), 1.0, 30)]
+    );
+    // Once the window has moved past them, no group qualifies.
+    w.stats(Timestamp(T0 + 10 * 3_600_000), 1);
+    assert!(w.positive_rates().is_empty());
 }
 
 #[test]

@@ -1133,12 +1133,51 @@ fn exported_series() -> BTreeSet<String> {
     m.inc_dead_lettered("not_json");
     m.inc_late();
     m.add_rule_evaluations(1);
-    m.set_alerts("r", "firing", 1);
     m.inc_action("kube", "failed");
     m.observe_connector_duration("kube", std::time::Duration::from_millis(1));
     m.set_consumer_lag("t", 0, 1);
-    m.record_rollout_change("m", "stage", 1, 5);
-    m.set_rollout_hold_remaining("m", std::time::Duration::ZERO);
+    m.inc_rollout_transition("stage");
+    let full = canaryd_rules::analytics::TrackStats {
+        requests: 10,
+        request_rate: 1.0,
+        error_rate: Some(0.1),
+        success_rate: Some(0.9),
+        p50_latency: Some(1.0),
+        p95_latency: Some(2.0),
+        p99_latency: Some(3.0),
+        cost_per_request: Some(0.01),
+        demographic_parity: Some(0.0),
+        equal_opportunity: Some(0.0),
+        disparate_impact: Some(1.0),
+        ..Default::default()
+    };
+    let group = canaryd_rules::analytics::GroupRate {
+        group: "a".into(),
+        positive_rate: 0.5,
+        predictions: 10,
+    };
+    let subject: std::collections::BTreeMap<String, String> =
+        [("model".to_string(), "m".to_string())].into();
+    m.export(&canaryd::metrics::Exported {
+        subjects: &[canaryd_rules::SubjectAnalytics {
+            labels: std::sync::Arc::new(subject.clone()),
+            tracks: [full.clone(), full],
+            groups: [vec![group.clone()], vec![group]],
+            stale: false,
+        }],
+        omitted: 0,
+        alerts: &[canaryd::metrics::AlertSeries {
+            rule: "r".into(),
+            subject,
+            state: "firing",
+        }],
+        rollouts: &[canaryd::metrics::RolloutSeries {
+            model: "m".into(),
+            stage: 1,
+            weight: 5,
+            hold_remaining: std::time::Duration::ZERO,
+        }],
+    });
     m.record_reload(
         true,
         std::time::Duration::ZERO,
@@ -1161,13 +1200,31 @@ fn exported_series() -> BTreeSet<String> {
             }
         }
     }
-    // One `# TYPE` per family registered in daemon/src/metrics.rs: a new
-    // family must be given a sample above.
-    let registered = read("daemon/src/metrics.rs")
-        .matches("registry.register(")
-        .count();
-    let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    assert_eq!(families, registered, "{text}");
+    // The families documented in daemon/src/metrics.rs's table are the
+    // ones encoded: a new family must be documented and given a sample above.
+    let documented: BTreeSet<String> = read("daemon/src/metrics.rs")
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! | "))
+        .filter_map(|l| l.split(" | ").next())
+        .flat_map(|names| names.split(", "))
+        .filter_map(|n| n.strip_prefix('`')?.strip_suffix('`'))
+        .filter(|n| n.starts_with("canaryd_"))
+        .map(String::from)
+        .collect();
+    let encoded: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|n| {
+            // Counters are typed under their name without `_total`.
+            if documented.contains(&format!("{n}_total")) {
+                format!("{n}_total")
+            } else {
+                n.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(encoded, documented, "{text}");
     names
 }
 

@@ -94,8 +94,6 @@ pub(super) struct ConsumeLoop<'c> {
     pub(super) idle_after: Duration,
     /// Asks the broker whether idle partitions are caught up.
     pub(super) end_probe: EndProbe,
-    /// Whether the HTTP server runs: only then is a snapshot built.
-    pub(super) serving: bool,
     pub(super) partitions: Partitions,
     /// Watches that this replica owns something, or rejoins.
     pub(super) membership: Membership,
@@ -463,29 +461,14 @@ impl<'c> ConsumeLoop<'c> {
                     .map_err(|Closed| Ended::PipelineClosed)?;
             }
         }
-        for (_, _, state) in self.partitions.iter_all_mut() {
-            for (model, remaining) in state.rollouts.iter().flat_map(|c| c.holds_remaining()) {
-                let millis = u64::try_from(remaining.millis()).unwrap_or(0);
-                self.shared
-                    .metrics
-                    .set_rollout_hold_remaining(model, Duration::from_millis(millis));
-            }
-        }
-        // Only the HTTP server reads the snapshot; without it, the consume
-        // loop does not pay for building one.
-        if self.serving {
-            let engines = self
-                .partitions
+        snapshot::count_evaluations(
+            &self.shared,
+            self.partitions
                 .engines_mut()
-                .chain(std::iter::once(&mut self.alertmanager));
-            snapshot::refresh(&self.shared, engines, &mut self.evaluations_seen);
-            snapshot::refresh_rollouts(
-                &self.shared,
-                self.partitions
-                    .iter_all_mut()
-                    .filter_map(|(_, _, s)| s.rollouts.as_ref()),
-            );
-        }
+                .map(|e| &*e)
+                .chain(std::iter::once(&self.alertmanager)),
+            &mut self.evaluations_seen,
+        );
         if Instant::now() >= self.next_checkpoint {
             self.next_checkpoint = Instant::now() + self.checkpoint_every;
             self.checkpoint();
@@ -772,6 +755,22 @@ impl<'c> ConsumeLoop<'c> {
                 let _ = reply.send(result);
                 Ok(())
             }
+            Command::Snapshot(reply) => {
+                let max_subjects = self
+                    .loaded
+                    .config
+                    .http
+                    .as_ref()
+                    .map_or(0, |h| h.metrics.max_subjects);
+                let parts = self
+                    .partitions
+                    .iter_all_mut()
+                    .map(|(_, _, s)| (&mut s.engine, s.rollouts.as_ref()))
+                    .chain(std::iter::once((&mut self.alertmanager, None)));
+                let taken = snapshot::take(&self.shared, parts, max_subjects);
+                let _ = reply.send(taken);
+                Ok(())
+            }
             Command::Alerts(alerts, reply) => {
                 let result = self.alertmanager_alerts(alerts).await;
                 answer(reply, &result);
@@ -885,6 +884,9 @@ impl<'c> ConsumeLoop<'c> {
                 _ => state.rollouts = loaded.rollout_controller(),
             }
         }
+        self.shared
+            .metrics
+            .declare(loaded.config.receivers.keys().map(String::as_str));
         self.loaded = loaded;
         Ok(report)
     }

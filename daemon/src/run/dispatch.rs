@@ -96,12 +96,9 @@ impl Dispatcher {
     ) -> Result<(), Closed> {
         for change in changes.drain(..) {
             tracing::info!(model = %change.model, version = %change.version, event = change.kind.as_str(), weight = change.weight, stage = change.stage, ts = %change.ts, reason = %change.reason, "rollout");
-            self.shared.metrics.record_rollout_change(
-                &change.model,
-                change.kind.as_str(),
-                change.stage,
-                change.weight,
-            );
+            self.shared
+                .metrics
+                .inc_rollout_transition(change.kind.as_str());
             let record = json!({
                 "kind": "rollout", "ts": change.ts, "subject": {"model": change.model},
                 "version": change.version, "event": change.kind, "weight": change.weight,

@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::changelog::Changelog;
 use self::consume::{ConsumeLoop, Ended, Inputs};
+pub use self::dead_letter::DEAD_LETTER_REASONS;
 use self::dead_letter::DeadLetters;
 use self::dispatch::Dispatcher;
 use self::idle::EndProbe;
@@ -126,6 +127,9 @@ impl Live {
         shared
             .metrics
             .record_initial_load(std::time::SystemTime::now());
+        shared
+            .metrics
+            .declare(loaded.config.receivers.keys().map(String::as_str));
         Ok(Live {
             loaded: Arc::new(loaded),
             config_path: None,
@@ -309,7 +313,6 @@ impl Live {
                 u64::try_from(kafka.idle_after.millis()).unwrap_or(5_000),
             ),
             end_probe,
-            serving,
             partitions: Default::default(),
             membership: Membership::new(
                 kafka.topics.clone(),

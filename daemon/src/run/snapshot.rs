@@ -1,7 +1,9 @@
-//! What the HTTP side shows of the engines: alerts, analytics and the
-//! alert and evaluation metrics, refreshed once a second while serving.
+//! What the HTTP side shows of the engines and rollouts: a [`Snapshot`],
+//! taken when a request asks for one (see [`Shared::snapshot`]), and the
+//! evaluation counter, brought up to date once a tick.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use canaryd_rules::Engine;
 use canaryd_rules::Span;
@@ -10,30 +12,34 @@ use canaryd_rules::rollout::{Phase, Rollout};
 use serde_json::{Value, json};
 
 use crate::clock::wall_clock;
-use crate::shared::{Shared, subject_json};
+use crate::metrics::{AlertSeries, RolloutSeries};
+use crate::shared::{Shared, Snapshot, subject_json};
 
 /// Subjects whose analytics one engine contributes to a snapshot, at most.
 const ANALYTICS_PER_ENGINE: usize = 10_000;
 
-/// Replaces the snapshot in `shared` with the state of `engines`.
-/// `evaluations_seen` carries the evaluation count between calls, so the
-/// counter only grows (engines dropped on revocation take theirs along).
-pub(super) fn refresh<'a>(
+/// A snapshot of each partition's engine and rollouts; at most
+/// `max_subjects` fresh subjects (in label order) go to the per-model
+/// metrics.
+pub(super) fn take<'a>(
     shared: &Shared,
-    engines: impl Iterator<Item = &'a mut Engine>,
-    evaluations_seen: &mut u64,
-) {
+    partitions: impl Iterator<Item = (&'a mut Engine, Option<&'a Controller>)>,
+    max_subjects: usize,
+) -> Snapshot {
     let now = wall_clock();
     let mut alerts = Vec::new();
-    let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    let mut alert_series = Vec::new();
     let mut subjects = HashMap::new();
-    let mut evaluations = 0;
-    for engine in engines {
-        evaluations += engine.stats().evaluations;
+    let mut analytics = Vec::new();
+    let mut rollouts = Vec::new();
+    let mut rollout_series = Vec::new();
+    for (engine, controller) in partitions {
         for a in engine.alerts() {
-            *counts
-                .entry((a.rule.to_string(), a.state.phase.as_str()))
-                .or_default() += 1;
+            alert_series.push(AlertSeries {
+                rule: a.rule.to_string(),
+                subject: (**a.subject).clone(),
+                state: a.state.phase.as_str(),
+            });
             alerts.push(json!({
                 "rule": a.rule,
                 "subject": a.subject,
@@ -43,20 +49,53 @@ pub(super) fn refresh<'a>(
                 "silenced": shared.is_silenced(a.rule, a.subject, now),
             }));
         }
-        for (labels, stats) in engine.analytics(ANALYTICS_PER_ENGINE) {
-            if let Some(model) = labels.get("model") {
-                subjects.insert(model.clone(), subject_json(model, &stats));
+        for subject in engine.analytics(ANALYTICS_PER_ENGINE) {
+            if let Some(model) = subject.labels.get("model") {
+                subjects.insert(model.clone(), subject_json(model, &subject.tracks));
+            }
+            if !subject.stale {
+                analytics.push(subject);
             }
         }
+        for (model, rollout, plan) in controller.iter().flat_map(|c| c.rollouts()) {
+            let (json, remaining) = rollout_view(model, rollout, plan);
+            rollout_series.push(RolloutSeries {
+                model: model.to_string(),
+                stage: rollout.stage + 1,
+                weight: rollout.weight(&plan.plan),
+                hold_remaining: Duration::from_millis(
+                    u64::try_from(remaining.millis()).unwrap_or(0),
+                ),
+            });
+            rollouts.push(json);
+        }
     }
+    analytics.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+    let omitted = analytics.len().saturating_sub(max_subjects);
+    analytics.truncate(max_subjects);
     let mut names: Vec<String> = subjects.keys().cloned().collect();
     names.sort();
-    shared.set_alerts(alerts, names);
-    shared.set_subjects(subjects);
-    shared.metrics.clear_alerts();
-    for ((rule, state), n) in counts {
-        shared.metrics.set_alerts(&rule, state, n);
+    rollouts.sort_by(|a, b| a["model"].as_str().cmp(&b["model"].as_str()));
+    Snapshot {
+        alerts: json!({"alerts": alerts, "subjects": names}),
+        subjects,
+        rollouts,
+        analytics,
+        omitted,
+        alert_series,
+        rollout_series,
     }
+}
+
+/// Brings `canaryd_rule_evaluations_total` up to the engines' count.
+/// `evaluations_seen` carries the count between calls, so the counter only
+/// grows (engines dropped on revocation take theirs along).
+pub(super) fn count_evaluations<'a>(
+    shared: &Shared,
+    engines: impl Iterator<Item = &'a Engine>,
+    evaluations_seen: &mut u64,
+) {
+    let evaluations: u64 = engines.map(|e| e.stats().evaluations).sum();
     if evaluations > *evaluations_seen {
         shared
             .metrics
@@ -67,6 +106,11 @@ pub(super) fn refresh<'a>(
 
 /// One rollout as the API and the status page show it.
 pub(super) fn rollout_json(model: &str, rollout: &Rollout, plan: &NamedPlan) -> Value {
+    rollout_view(model, rollout, plan).0
+}
+
+/// [`rollout_json`], and the clean event time its stage still needs.
+fn rollout_view(model: &str, rollout: &Rollout, plan: &NamedPlan) -> (Value, Span) {
     let stages: Vec<u8> = plan
         .plan
         .stages
@@ -82,8 +126,9 @@ pub(super) fn rollout_json(model: &str, rollout: &Rollout, plan: &NamedPlan) -> 
             .get(rollout.stage)
             .map_or(plan.plan.soak, |s| s.hold),
     };
+    let remaining = Span(hold.millis().saturating_sub(rollout.held.millis()).max(0));
     let state = serde_json::to_value(&rollout.phase).unwrap_or(Value::Null);
-    json!({
+    let json = json!({
         "model": model,
         "version": rollout.version,
         "plan": plan.name,
@@ -95,23 +140,8 @@ pub(super) fn rollout_json(model: &str, rollout: &Rollout, plan: &NamedPlan) -> 
         "stage_started": rollout.stage_started,
         "hold_s": hold.millis() / 1000,
         "held_s": rollout.held.millis() / 1000,
-        "hold_remaining_s": hold.millis().saturating_sub(rollout.held.millis()).max(0) / 1000,
+        "hold_remaining_s": remaining.millis() / 1000,
         "requests": rollout.requests,
-    })
-}
-
-/// Replaces the rollouts the API shows.
-pub(super) fn refresh_rollouts<'a>(
-    shared: &Shared,
-    controllers: impl Iterator<Item = &'a Controller>,
-) {
-    let mut all: Vec<Value> = controllers
-        .flat_map(|c| {
-            c.rollouts()
-                .into_iter()
-                .map(|(model, rollout, plan)| rollout_json(model, rollout, plan))
-        })
-        .collect();
-    all.sort_by(|a, b| a["model"].as_str().cmp(&b["model"].as_str()));
-    shared.set_rollouts(all);
+    });
+    (json, remaining)
 }

@@ -98,6 +98,24 @@ pub struct HttpConfig {
     pub body_limit: usize,
     /// How Alertmanager alerts ask for an action directly.
     pub alertmanager: AlertmanagerMapping,
+    /// What `/metrics` exports of the engines.
+    pub metrics: MetricsExport,
+}
+
+/// Bounds on the per-subject series `/metrics` exports.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsExport {
+    /// Most subjects (by their labels, in order) exported in the
+    /// `canaryd_model_*` families; the rest are counted in
+    /// `canaryd_model_subjects_omitted`. About 30 series per subject.
+    pub max_subjects: usize,
+}
+
+impl Default for MetricsExport {
+    fn default() -> Self {
+        MetricsExport { max_subjects: 1000 }
+    }
 }
 
 impl Default for HttpConfig {
@@ -107,6 +125,7 @@ impl Default for HttpConfig {
             auth: None,
             body_limit: 1024 * 1024,
             alertmanager: AlertmanagerMapping::default(),
+            metrics: MetricsExport::default(),
         }
     }
 }
@@ -138,7 +157,8 @@ impl HttpConfig {
 /// What the server needs from the running daemon.
 ///
 /// Every method is called from request handlers on the tokio runtime: the
-/// synchronous ones must answer quickly and never block.
+/// synchronous ones must answer quickly and never block. What shows the
+/// engines (alerts, subjects, rollouts, metrics) is asked for per request.
 pub trait Backend: Send + Sync + 'static {
     /// Feeds Alertmanager alerts into the engine as alert events; resolves
     /// once they are accepted, and the webhook then answers 200. `Err`
@@ -152,14 +172,14 @@ pub trait Backend: Send + Sync + 'static {
     fn act(&self, requests: Vec<DirectAction>) -> BoxFuture<'_, Result<(), String>>;
 
     /// `GET /api/v1/alerts`: `{"alerts":[{"rule","subject","state","since","values","silenced"}…],"subjects":["summarizer",…]}`.
-    fn alerts(&self) -> serde_json::Value;
+    fn alerts(&self) -> BoxFuture<'_, serde_json::Value>;
 
     /// `GET /api/v1/rules`: `[{"name","condition","duration","severity","actions":[…]}…]`.
     fn rules(&self) -> serde_json::Value;
 
     /// `GET /api/v1/subjects/{model}`: `{"model","canary":{…},"stable":{…}}`,
     /// or `None` for a model the daemon does not know (404).
-    fn subject(&self, model: &str) -> Option<serde_json::Value>;
+    fn subject(&self, model: String) -> BoxFuture<'_, Option<serde_json::Value>>;
 
     /// `GET /api/v1/actions`: recent actions and their outcomes,
     /// `[{"ts","rule","subject","action","connector","outcome","detail","dry_run"}…]`.
@@ -173,7 +193,7 @@ pub trait Backend: Send + Sync + 'static {
     fn ready(&self) -> bool;
 
     /// `GET /metrics`: the body, in the Prometheus text format 0.0.4.
-    fn metrics(&self) -> String;
+    fn metrics(&self) -> BoxFuture<'_, String>;
 
     /// Told the active silences whenever they change: one created or
     /// deleted, or one expired.
@@ -181,8 +201,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `GET /api/v1/rollouts`: every rollout this replica carries,
     /// `[{"model","version","plan","stage","stages","weight","state","phase","hold_s","held_s","hold_remaining_s",…}…]`.
-    fn rollouts(&self) -> serde_json::Value {
-        serde_json::Value::Array(Vec::new())
+    fn rollouts(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(async { serde_json::Value::Array(Vec::new()) })
     }
 
     /// `POST /api/v1/rollouts/{model}/{pause|resume|promote|abort}`: the
@@ -511,7 +531,7 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        app.backend.metrics(),
+        app.backend.metrics().await,
     )
         .into_response()
 }
@@ -551,7 +571,7 @@ async fn log_level(State(app): State<Arc<App>>, headers: HeaderMap, body: String
 }
 
 async fn alerts(State(app): State<Arc<App>>) -> Response {
-    axum::Json(app.backend.alerts()).into_response()
+    axum::Json(app.backend.alerts().await).into_response()
 }
 
 async fn rules(State(app): State<Arc<App>>) -> Response {
@@ -563,18 +583,18 @@ async fn actions(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn subject(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
-    match app.backend.subject(&model) {
+    match app.backend.subject(model.clone()).await {
         Some(v) => axum::Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown model `{model}`")),
     }
 }
 
 async fn rollouts(State(app): State<Arc<App>>) -> Response {
-    axum::Json(app.backend.rollouts()).into_response()
+    axum::Json(app.backend.rollouts().await).into_response()
 }
 
 async fn rollout(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
-    let all = app.backend.rollouts();
+    let all = app.backend.rollouts().await;
     match all
         .as_array()
         .and_then(|a| a.iter().find(|r| r["model"] == model.as_str()))

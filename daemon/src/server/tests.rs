@@ -130,17 +130,21 @@ impl Backend for Fake {
         })
     }
 
-    fn alerts(&self) -> Json {
-        json!({"alerts": [{"rule": "Canary Error Rate High", "subject": {"model": "summarizer"}, "state": "firing", "since": "2026-03-01T12:06:00.000Z", "values": {"canary_error_rate": 0.1}, "silenced": false}], "subjects": ["summarizer"]})
+    fn alerts(&self) -> BoxFuture<'_, Json> {
+        Box::pin(async {
+            json!({"alerts": [{"rule": "Canary Error Rate High", "subject": {"model": "summarizer"}, "state": "firing", "since": "2026-03-01T12:06:00.000Z", "values": {"canary_error_rate": 0.1}, "silenced": false}], "subjects": ["summarizer"]})
+        })
     }
 
     fn rules(&self) -> Json {
         json!([{"name": "Canary Error Rate High", "condition": "canary_error_rate > 0.05", "duration": "5m", "severity": "critical", "actions": ["auto_rollback"]}])
     }
 
-    fn subject(&self, model: &str) -> Option<Json> {
-        (model == "summarizer").then(|| {
-            json!({"model": "summarizer", "canary": {"error_rate": 0.1, "p95_latency": null}, "stable": {"error_rate": 0.004}})
+    fn subject(&self, model: String) -> BoxFuture<'_, Option<Json>> {
+        Box::pin(async move {
+            (model == "summarizer").then(|| {
+                json!({"model": "summarizer", "canary": {"error_rate": 0.1, "p95_latency": null}, "stable": {"error_rate": 0.004}})
+            })
         })
     }
 
@@ -162,12 +166,14 @@ impl Backend for Fake {
         !self.not_ready.load(Ordering::SeqCst)
     }
 
-    fn metrics(&self) -> String {
-        let metrics = crate::metrics::Metrics::new();
-        for result in self.payloads.lock().unwrap().iter() {
-            metrics.inc_alertmanager_payload(*result);
-        }
-        metrics.encode()
+    fn metrics(&self) -> BoxFuture<'_, String> {
+        Box::pin(async {
+            let metrics = crate::metrics::Metrics::new();
+            for result in self.payloads.lock().unwrap().iter() {
+                metrics.inc_alertmanager_payload(*result);
+            }
+            metrics.encode()
+        })
     }
 
     fn silenced(&self, silences: &[Silence]) {

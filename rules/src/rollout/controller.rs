@@ -116,6 +116,17 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
+    /// Every kind.
+    pub const ALL: [ChangeKind; 7] = [
+        ChangeKind::Stage,
+        ChangeKind::Paused,
+        ChangeKind::Resumed,
+        ChangeKind::SteppedBack,
+        ChangeKind::RolledBack,
+        ChangeKind::Promoted,
+        ChangeKind::Complete,
+    ];
+
     /// The name used in JSON and logs.
     pub fn as_str(self) -> &'static str {
         match self {
