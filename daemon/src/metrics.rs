@@ -21,6 +21,8 @@
 //! | `canaryd_alertmanager_payloads_total` | counter | `result` |
 //! | `canaryd_audit_records_total` | counter | `result` (`delivered`, `undeliverable`) |
 //! | `canaryd_audit_backpressure_total` | counter | |
+//! | `canaryd_partition_state_loads_total` | counter | `result` (`restored`, `rebuilt`, `fresh`) |
+//! | `canaryd_outbox_actions` | gauge | |
 //! | `canaryd_rollout_stage` | gauge (1 = first; one past the last = 100%) | `model` |
 //! | `canaryd_rollout_weight` | gauge (percent) | `model` |
 //! | `canaryd_rollout_hold_remaining_seconds` | gauge | `model` |
@@ -28,7 +30,7 @@
 //! | `canaryd_model_requests_per_second` | gauge | subject, `track` |
 //! | `canaryd_model_window_requests` | gauge | subject, `track` |
 //! | `canaryd_model_error_ratio`, `canaryd_model_success_ratio` | gauge | subject, `track` |
-//! | `canaryd_model_latency_seconds` | gauge | subject, `track`, `quantile` |
+//! | `canaryd_model_latency_seconds` | summary (0.5, 0.95, 0.99; `_sum`, `_count`) | subject, `track` |
 //! | `canaryd_model_cost_per_request_usd` | gauge | subject, `track` |
 //! | `canaryd_model_demographic_parity_difference` | gauge | subject, `track` |
 //! | `canaryd_model_equal_opportunity_difference` | gauge | subject, `track` |
@@ -149,6 +151,8 @@ pub struct Metrics {
     rollout_hold_remaining: Family<ModelLabels, Gauge>,
     rollout_transitions: Family<KindLabels, Counter>,
     model: ModelFamilies,
+    /// The latency summary as of the last export, in the text format.
+    latency: std::sync::Mutex<String>,
 }
 
 /// The per-subject gauges of what the engines compute, canary and stable.
@@ -157,7 +161,6 @@ struct ModelFamilies {
     window_requests: Family<DynLabels, FloatGauge>,
     error_ratio: Family<DynLabels, FloatGauge>,
     success_ratio: Family<DynLabels, FloatGauge>,
-    latency: Family<DynLabels, FloatGauge>,
     cost: Family<DynLabels, FloatGauge>,
     demographic_parity: Family<DynLabels, FloatGauge>,
     equal_opportunity: Family<DynLabels, FloatGauge>,
@@ -189,10 +192,6 @@ impl ModelFamilies {
             success_ratio: family(
                 "model_success_ratio",
                 "1 - error ratio over the analytics window",
-            ),
-            latency: family(
-                "model_latency_seconds",
-                "Latency quantiles (0.5, 0.95, 0.99) over the analytics window, within 1 %",
             ),
             cost: family(
                 "model_cost_per_request_usd",
@@ -230,7 +229,6 @@ impl ModelFamilies {
             &self.window_requests,
             &self.error_ratio,
             &self.success_ratio,
-            &self.latency,
             &self.cost,
             &self.demographic_parity,
             &self.equal_opportunity,
@@ -263,18 +261,64 @@ impl ModelFamilies {
         put(&self.demographic_parity, stats.demographic_parity);
         put(&self.equal_opportunity, stats.equal_opportunity);
         put(&self.disparate_impact, stats.disparate_impact);
-        for (quantile, ms) in [
-            ("0.5", stats.p50_latency),
-            ("0.95", stats.p95_latency),
-            ("0.99", stats.p99_latency),
-        ] {
-            if let Some(ms) = ms.filter(|v| v.is_finite()) {
-                self.latency
-                    .get_or_create(&labels(&[("quantile", quantile)]))
-                    .set(ms / 1000.0);
+    }
+}
+
+/// `canaryd_model_latency_seconds`, a summary: prometheus-client has no
+/// summary type (and the linters rightly refuse a `quantile` label on a
+/// gauge), so it is written out in the text format by hand.
+fn latency_summary(subjects: &[SubjectAnalytics]) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# HELP canaryd_model_latency_seconds Latency over the analytics window: quantiles and sum within 1 %, count exact.\n\
+         # TYPE canaryd_model_latency_seconds summary\n",
+    );
+    for s in subjects {
+        let labels = subject_labels(&s.labels);
+        for (track, (stats, sum)) in ["canary", "stable"]
+            .into_iter()
+            .zip(s.tracks.iter().zip(&s.latency_sums))
+        {
+            let mut base = String::new();
+            for (k, v) in &labels {
+                let _ = write!(base, "{k}=\"{}\",", escape_label_value(v));
+            }
+            let _ = write!(base, "track=\"{track}\"");
+            for (quantile, ms) in [
+                ("0.5", stats.p50_latency),
+                ("0.95", stats.p95_latency),
+                ("0.99", stats.p99_latency),
+            ] {
+                if let Some(ms) = ms.filter(|v| v.is_finite()) {
+                    let _ = writeln!(
+                        out,
+                        "canaryd_model_latency_seconds{{{base},quantile=\"{quantile}\"}} {}",
+                        ms / 1000.0
+                    );
+                }
+            }
+            if let Some(sum) = sum.filter(|v| v.is_finite()) {
+                let _ = writeln!(
+                    out,
+                    "canaryd_model_latency_seconds_sum{{{base}}} {}",
+                    sum / 1000.0
+                );
+                let _ = writeln!(
+                    out,
+                    "canaryd_model_latency_seconds_count{{{base}}} {}",
+                    stats.requests
+                );
             }
         }
     }
+    out
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn escape_label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Label names the families themselves use: a subject label of the same
@@ -534,6 +578,7 @@ impl Metrics {
             rollout_hold_remaining,
             rollout_transitions,
             model,
+            latency: std::sync::Mutex::new(latency_summary(&[])),
         }
     }
 
@@ -546,6 +591,7 @@ impl Metrics {
             // Writing to a String cannot fail; a label that cannot be encoded would.
             tracing::error!(error = %e, "metrics could not be encoded");
         }
+        out.push_str(&self.latency.lock().unwrap_or_else(|p| p.into_inner()));
         out
     }
 
@@ -589,6 +635,7 @@ impl Metrics {
     /// Replaces what describes the engines now (the `model_` families,
     /// `canaryd_alerts` and the rollout gauges) with `view`.
     pub fn export(&self, view: &Exported<'_>) {
+        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency_summary(view.subjects);
         self.model.clear();
         for s in view.subjects {
             let labels = subject_labels(&s.labels);
@@ -1011,6 +1058,7 @@ mod tests {
             labels: std::sync::Arc::new(labels),
             tracks: [stats.clone(), TrackStats::default()],
             groups: [vec![group("a", 0.4), group("b", 0.5)], Vec::new()],
+            latency_sums: [Some(200.0 * 130.0), None],
             stale: false,
         }
     }
@@ -1067,11 +1115,17 @@ mod tests {
                 0.5,
             ),
             ("canaryd_model_subjects_omitted".to_string(), 3.0),
+            (format!("canaryd_model_latency_seconds_sum{}", s("")), 26.0),
+            (
+                format!("canaryd_model_latency_seconds_count{}", s("")),
+                200.0,
+            ),
         ] {
             assert_eq!(sample(&text, &series), Some(value), "{series} in\n{text}");
         }
         // No figure, no sample: a missing p99 is not exported as 0.
         assert!(!text.contains(r#"quantile="0.99""#), "{text}");
+        assert!(text.contains("# TYPE canaryd_model_latency_seconds summary\n"));
         // The stable track had no requests: its rate is there, its ratios are not.
         assert!(text.contains(
             r#"canaryd_model_window_requests{model="fraud",subject_track="x",track="stable"} 0"#

@@ -362,6 +362,15 @@ impl TrackWindow {
         }
     }
 
+    /// The sum of the latencies in the window, ms, within
+    /// [`RELATIVE_ACCURACY`]; `None` without requests. Not part of
+    /// [`stats`](Self::stats), which rules evaluate often: a full pass over
+    /// the sketch, for the metrics' summary only. Call after `stats`.
+    pub fn latency_sum(&self) -> Option<f64> {
+        let requests: u64 = self.buckets.iter().map(|b| u64::from(b.requests)).sum();
+        (requests > 0).then(|| self.latency.sum())
+    }
+
     /// The positive-prediction rate of each group with at least
     /// `min_group_samples` predictions in the window, by group name: what
     /// demographic parity and disparate impact are computed from. Call
@@ -713,6 +722,21 @@ impl Bins {
         match self {
             Bins::Narrow(v) => quantiles(v, n, qs),
             Bins::Wide(v) => quantiles(v, n, qs),
+        }
+    }
+
+    /// The sum of the values, each within [`RELATIVE_ACCURACY`], so the
+    /// sum is too.
+    fn sum(&self) -> f64 {
+        fn sum<W: Word>(words: &[W]) -> f64 {
+            words
+                .iter()
+                .map(|w| f64::from(w.count()) * latency_value(w.key()))
+                .sum()
+        }
+        match self {
+            Bins::Narrow(v) => sum(v),
+            Bins::Wide(v) => sum(v),
         }
     }
 }

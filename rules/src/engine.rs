@@ -144,6 +144,8 @@ pub struct SubjectAnalytics {
     pub tracks: [crate::analytics::TrackStats; 2],
     /// Each track's positive-prediction rate per fairness group.
     pub groups: [Vec<crate::analytics::GroupRate>; 2],
+    /// Each track's sum of latencies in the window, ms, within 1 %.
+    pub latency_sums: [Option<f64>; 2],
     /// No fresh data for `stale_after`.
     pub stale: bool,
 }
@@ -1033,6 +1035,7 @@ impl Engine {
                 out.push(SubjectAnalytics {
                     labels: subject.labels.clone(),
                     groups: [tracks[0].positive_rates(), tracks[1].positive_rates()],
+                    latency_sums: [tracks[0].latency_sum(), tracks[1].latency_sum()],
                     tracks: stats,
                     stale: subject.stale,
                 });

@@ -173,6 +173,7 @@ fn every_statistic_matches_a_computation_from_the_raw_events() {
     assert_within_accuracy(stats.p50_latency, exact_quantile(&latencies, 0.50), "p50");
     assert_within_accuracy(stats.p95_latency, exact_quantile(&latencies, 0.95), "p95");
     assert_within_accuracy(stats.p99_latency, exact_quantile(&latencies, 0.99), "p99");
+    assert_within_accuracy(w.latency_sum(), latencies.iter().sum(), "latency sum");
 
     let costs: Vec<f64> = inside.iter().filter_map(|e| e.cost_usd).collect();
     let mean_cost = costs.iter().sum::<f64>() / costs.len() as f64;

@@ -1163,6 +1163,7 @@ fn exported_series() -> BTreeSet<String> {
             labels: std::sync::Arc::new(subject.clone()),
             tracks: [full.clone(), full],
             groups: [vec![group.clone()], vec![group]],
+            latency_sums: [Some(10.0), Some(10.0)],
             stale: false,
         }],
         omitted: 0,
@@ -1196,6 +1197,11 @@ fn exported_series() -> BTreeSet<String> {
         names.insert(name.to_string());
         if kind == "histogram" {
             for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+        if kind == "summary" {
+            for suffix in ["_sum", "_count"] {
                 names.insert(format!("{name}{suffix}"));
             }
         }
@@ -1418,6 +1424,20 @@ fn the_grafana_dashboard_uses_canaryds_metrics() {
     );
     assert_eq!(cm["data"]["grafana-dashboard.json"], text.as_str());
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    // So are the playbook's two (their queries are checked against a live
+    // daemon's /metrics in tests/tests/monitoring.rs).
+    for (name, file) in [
+        (
+            "canaryd-model-performance-dashboard",
+            "model-performance-dashboard.json",
+        ),
+        ("canaryd-fairness-dashboard", "fairness-dashboard.json"),
+    ] {
+        let cm = one_of("deploy/monitoring", "ConfigMap", name);
+        let text = read(&format!("deploy/monitoring/{file}"));
+        assert_eq!(cm["data"][file], text.as_str(), "{file}");
+        assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -238,7 +238,7 @@ async fn alertmanager_alerts_act_once_and_the_api_health_and_metrics_tell_the_tr
         "canaryd_alertmanager_payloads_total{result=\"duplicate\"} 1",
         "canaryd_alertmanager_payloads_total{result=\"unauthorized\"} 2",
         "canaryd_events_consumed_total{topic=\"events\"} 714",
-        "canaryd_alerts{rule=\"Canary Error Rate High\",state=\"firing\"} 1",
+        "canaryd_alerts{rule=\"Canary Error Rate High\",model=\"summarizer\",state=\"firing\"} 1",
         "canaryd_build_info",
         // The configuration it started with counts as loaded.
         "canaryd_config_last_reload_successful 1",

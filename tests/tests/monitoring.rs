@@ -1,0 +1,700 @@
+//! What Prometheus and Grafana see of a live daemon: its `/metrics` lint
+//! clean, per-model figures equal to what was fed, the shipped dashboards'
+//! queries name series and labels the daemon exports, the PrometheusRule
+//! passes `promtool test rules`, and the series count stays flat while
+//! thousands of short-lived models come and go.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use canaryd_tests::kafka::{producer, send_all};
+use canaryd_tests::kube_fixture::KubeFixture;
+use canaryd_tests::tansu::{Tansu, free_port};
+use canaryd_tests::{Daemon, repo};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The body of a GET, or "" when the daemon does not answer.
+fn get(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", url])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// One sample of a scrape: name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// The samples of a Prometheus text-format scrape.
+fn parse_scrape(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}').unwrap())),
+            None => (series, BTreeMap::new()),
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value: value.parse().unwrap_or(f64::NAN),
+        });
+    }
+    out
+}
+
+/// `a="x",b="y\"z"` into pairs.
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while let Some((name, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, e)) = chars.next() {
+                        value.push(match e {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.insert(name.trim_start_matches(',').to_string(), value);
+        rest = &after[end..];
+    }
+    labels
+}
+
+/// The value of the one sample of `name` whose labels include `want`.
+fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && want
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v))
+        })
+        .collect();
+    assert!(found.len() <= 1, "{name} {want:?}: {found:?}");
+    found.first().map(|s| s.value)
+}
+
+fn close(got: Option<f64>, want: f64, tolerance: f64, what: &str) {
+    let got = got.unwrap_or_else(|| panic!("{what}: no sample"));
+    assert!(
+        (got - want).abs() <= tolerance * want.abs().max(1e-12),
+        "{what}: {got}, want {want}"
+    );
+}
+
+/// A label matcher of a PromQL selector.
+#[derive(Debug)]
+struct Matcher {
+    label: String,
+    op: String,
+    value: String,
+}
+
+/// Every `canaryd_…` selector in a PromQL expression, with its matchers.
+fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+    let mut out = Vec::new();
+    for (i, _) in expr.match_indices("canaryd_") {
+        if expr[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        let rest = &expr[i..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let name = rest[..end].to_string();
+        let mut matchers = Vec::new();
+        if let Some(body) = rest[end..].strip_prefix('{') {
+            let body = &body[..body.find('}').unwrap()];
+            for m in split_matchers(body) {
+                let op_at = m.find(['=', '!']).unwrap();
+                let op_len = if m[op_at..].starts_with("=~")
+                    || m[op_at..].starts_with("!~")
+                    || m[op_at..].starts_with("!=")
+                {
+                    2
+                } else {
+                    1
+                };
+                matchers.push(Matcher {
+                    label: m[..op_at].trim().to_string(),
+                    op: m[op_at..op_at + op_len].to_string(),
+                    value: m[op_at + op_len..]
+                        .trim()
+                        .trim_matches('"')
+                        .replace("\\\"", "\""),
+                });
+            }
+        }
+        out.push((name, matchers));
+    }
+    out
+}
+
+/// Matchers split at the commas outside quotes.
+fn split_matchers(body: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in body.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                current.push(c);
+            }
+            ',' if !quoted => out.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Labels whose every value a live daemon exports from the start.
+const CLOSED: [&str; 7] = [
+    "track",
+    "quantile",
+    "outcome",
+    "connector",
+    "reason",
+    "kind",
+    "result",
+];
+
+/// What is wrong with `expr` against the scrape: a series it names that
+/// is not exported, a label it matches on that the series lacks, or a
+/// literal value of a [`CLOSED`] label no series has. Template variables
+/// (`$model`) match any.
+fn problems(what: &str, expr: &str, samples: &[Sample]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, matchers) in selectors(expr) {
+        let series: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
+        if series.is_empty() {
+            out.push(format!("{what}: {name} is not in /metrics: {expr}"));
+            continue;
+        }
+        for m in &matchers {
+            if !series.iter().any(|s| s.labels.contains_key(&m.label)) {
+                out.push(format!("{what}: {name} has no label {}: {expr}", m.label));
+                continue;
+            }
+            // Values are checked where the daemon's set of them is closed
+            // and always exported; rule names are checked against the rule
+            // files offline (tests/tests/deploy.rs), and alerts come and go.
+            if m.value.contains('$') || m.op.starts_with('!') || !CLOSED.contains(&m.label.as_str())
+            {
+                continue;
+            }
+            let alternatives: Vec<&str> = if m.op == "=~" {
+                m.value.split('|').collect()
+            } else {
+                vec![m.value.as_str()]
+            };
+            for alternative in alternatives {
+                if !series
+                    .iter()
+                    .any(|s| s.labels.get(&m.label).map(String::as_str) == Some(alternative))
+                {
+                    out.push(format!(
+                        "{what}: no {name} has {}=\"{alternative}\": {expr}",
+                        m.label
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The PromQL a Grafana dashboard runs: panel targets, annotations and
+/// the template variables' queries (`label_values(metric, label)` is
+/// checked as `metric{label=~"$any"}`).
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            out.push((
+                format!("panel {:?}", panel["title"].as_str().unwrap_or("")),
+                t["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    for a in dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(expr) = a["expr"].as_str() {
+            out.push((format!("annotation {:?}", a["name"]), expr.to_string()));
+        }
+    }
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(q) = v["query"]["query"].as_str()
+            && let Some(args) = q
+                .strip_prefix("label_values(")
+                .and_then(|a| a.strip_suffix(')'))
+        {
+            let (metric, label) = args.split_once(',').unwrap();
+            out.push((
+                format!("variable {:?}", v["name"]),
+                format!("{}{{{}=~\"$any\"}}", metric.trim(), label.trim()),
+            ));
+        }
+    }
+    out
+}
+
+/// The broker, the Kubernetes API fixture, and a daemon serving HTTP.
+struct Rig {
+    broker: Tansu,
+    _kube: KubeFixture,
+    daemon: Daemon,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A daemon with the playbook's example rules, a rollout plan whose
+    /// first stage holds for an hour, and `extra` config appended.
+    async fn start(group: &str, extra: &str) -> Rig {
+        let broker = Tansu::start();
+        broker
+            .create_topics(&[("events", 1), ("events-dlq", 1), ("canaryd-audit", 1)])
+            .await;
+        let kube = KubeFixture::start();
+        kube.put(KubeFixture::virtual_service(
+            "ml-serving",
+            "model-fraud",
+            100,
+            0,
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("canaryd.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "rules: [{rules}]
+receivers:
+  kube:
+    type: kube
+    kubeconfig: {kubeconfig}
+    target: {{kind: VirtualService, namespace: ml-serving, name: 'model-{{{{ model }}}}'}}
+routes:
+  auto_rollback: {{receivers: [kube]}}
+  reduce_traffic: {{receivers: [kube]}}
+rollouts:
+  receiver: kube
+  default:
+    stages:
+      - {{ weight: 5, hold: 1h }}
+      - {{ weight: 50, hold: 1h }}
+http:
+  listen: 127.0.0.1:{port}
+kafka:
+  brokers: {bootstrap}
+  group_id: {group}
+  topics: [events]
+  dead_letter_topic: events-dlq
+  audit_topic: canaryd-audit
+{extra}",
+                rules = repo("deploy/examples/canary-alerts.yaml").display(),
+                kubeconfig = kube.kubeconfig().display(),
+                bootstrap = broker.bootstrap(),
+            ),
+        )
+        .unwrap();
+        let daemon = Daemon::spawn(
+            &["run", "--config", config.to_str().unwrap()],
+            dir.path().join("canaryd.log"),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        assert!(
+            wait_until(WAIT, || get(&format!("{base}/-/ready")).contains("ready")
+                && !get(&format!("{base}/-/ready")).contains("not")),
+            "{}",
+            daemon.log_text()
+        );
+        Rig {
+            broker,
+            _kube: kube,
+            daemon,
+            base,
+            _dir: dir,
+        }
+    }
+
+    fn scrape(&self) -> String {
+        get(&format!("{}/metrics", self.base))
+    }
+}
+
+/// An inference event for `model` at `at` (ms since the epoch).
+#[allow(clippy::too_many_arguments)]
+fn inference(
+    model: &str,
+    track: &str,
+    at: i64,
+    latency_ms: f64,
+    error: bool,
+    cost: f64,
+    group: &str,
+    prediction: bool,
+    label: bool,
+) -> (String, Vec<u8>) {
+    let ts = chrono::DateTime::from_timestamp_millis(at)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let line = json!({"type": "inference", "ts": ts, "model": model, "version": "v2", "track": track,
+        "latency_ms": latency_ms, "error": error, "cost_usd": cost,
+        "group": group, "prediction": prediction, "label": label});
+    (model.to_string(), line.to_string().into_bytes())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Runs `promtool` with `args` in `dir`; its output, and whether it passed.
+fn promtool(dir: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by tests/run (Debian's prometheus)");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// One model's canary and stable traffic, with known figures: the scrape
+/// must show exactly them, lint clean, and carry every series and label
+/// value the shipped dashboards query.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_scrape_lints_clean_shows_what_was_fed_and_serves_every_dashboard_query() {
+    let rig = Rig::start("canaryd-monitoring", "").await;
+    // 400 requests per track over the last 40 s. Canary: 1 in 40 fails,
+    // 300 ms, $0.004; group A predicts positive 1 in 2, group B 1 in 4.
+    // Stable: no errors, 200 ms, $0.002, both groups 1 in 2.
+    let start = now_ms() - 40_000;
+    let mut lines = Vec::new();
+    for i in 0..400i64 {
+        let at = start + i * 100;
+        let group = if i % 2 == 0 { "A" } else { "B" };
+        let canary_positive = if group == "A" { i % 4 == 0 } else { i % 8 == 1 };
+        lines.push(inference(
+            "fraud",
+            "canary",
+            at,
+            300.0,
+            i % 40 == 0,
+            0.004,
+            group,
+            canary_positive,
+            i % 3 == 0,
+        ));
+        lines.push(inference(
+            "fraud",
+            "stable",
+            at,
+            200.0,
+            false,
+            0.002,
+            group,
+            (i / 2) % 2 == 0,
+            i % 3 == 0,
+        ));
+    }
+    send_all(&producer(&rig.broker.bootstrap()), "events", 0, &lines).await;
+    let fed = |text: &str| {
+        value(
+            &parse_scrape(text),
+            "canaryd_model_window_requests",
+            &[("model", "fraud"), ("track", "stable")],
+        ) == Some(400.0)
+    };
+    assert!(
+        wait_until(WAIT, || fed(&rig.scrape())),
+        "{}\n{}",
+        rig.scrape(),
+        rig.daemon.log_text()
+    );
+    // The rollout started at its first stage: its gauges are in the scrape.
+    assert!(
+        wait_until(WAIT, || rig
+            .scrape()
+            .contains("canaryd_rollout_weight{model=\"fraud\"} 5")),
+        "{}",
+        rig.scrape()
+    );
+    // Consumer lag comes with librdkafka's statistics, every 5 s.
+    assert!(
+        wait_until(WAIT, || rig.scrape().contains("canaryd_consumer_lag{")),
+        "{}",
+        rig.scrape()
+    );
+    let text = rig.scrape();
+    let samples = parse_scrape(&text);
+
+    // What was fed.
+    let canary = |name: &str, extra: &[(&str, &str)]| {
+        let mut want = vec![("model", "fraud"), ("track", "canary")];
+        want.extend_from_slice(extra);
+        value(&samples, name, &want)
+    };
+    let stable = |name: &str, extra: &[(&str, &str)]| {
+        let mut want = vec![("model", "fraud"), ("track", "stable")];
+        want.extend_from_slice(extra);
+        value(&samples, name, &want)
+    };
+    close(
+        canary("canaryd_model_window_requests", &[]),
+        400.0,
+        0.0,
+        "canary requests",
+    );
+    close(
+        canary("canaryd_model_error_ratio", &[]),
+        10.0 / 400.0,
+        1e-9,
+        "canary errors",
+    );
+    close(
+        canary("canaryd_model_success_ratio", &[]),
+        390.0 / 400.0,
+        1e-9,
+        "canary success",
+    );
+    close(
+        stable("canaryd_model_error_ratio", &[]),
+        0.0,
+        0.0,
+        "stable errors",
+    );
+    for (q, canary_s, stable_s) in [("0.5", 0.3, 0.2), ("0.95", 0.3, 0.2), ("0.99", 0.3, 0.2)] {
+        close(
+            canary("canaryd_model_latency_seconds", &[("quantile", q)]),
+            canary_s,
+            0.01,
+            &format!("canary p{q}"),
+        );
+        close(
+            stable("canaryd_model_latency_seconds", &[("quantile", q)]),
+            stable_s,
+            0.01,
+            &format!("stable p{q}"),
+        );
+    }
+    close(
+        canary("canaryd_model_cost_per_request_usd", &[]),
+        0.004,
+        1e-9,
+        "canary cost",
+    );
+    close(
+        stable("canaryd_model_cost_per_request_usd", &[]),
+        0.002,
+        1e-9,
+        "stable cost",
+    );
+    close(
+        canary("canaryd_model_positive_prediction_ratio", &[("group", "A")]),
+        0.5,
+        1e-9,
+        "canary A",
+    );
+    close(
+        canary("canaryd_model_positive_prediction_ratio", &[("group", "B")]),
+        0.25,
+        1e-9,
+        "canary B",
+    );
+    close(
+        canary("canaryd_model_demographic_parity_difference", &[]),
+        0.25,
+        1e-9,
+        "DP",
+    );
+    close(
+        canary("canaryd_model_disparate_impact_ratio", &[]),
+        0.5,
+        1e-9,
+        "DI",
+    );
+    close(
+        stable("canaryd_model_disparate_impact_ratio", &[]),
+        1.0,
+        1e-9,
+        "stable DI",
+    );
+    assert!(canary("canaryd_model_equal_opportunity_difference", &[]).is_some());
+    assert!(stable("canaryd_model_requests_per_second", &[]).unwrap() > 0.0);
+    // A fresh daemon: loaded fine, and the families a dashboard rates over
+    // exist before their first increment.
+    assert_eq!(
+        value(&samples, "canaryd_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    for (name, labels) in [
+        (
+            "canaryd_actions_total",
+            vec![("connector", "kube"), ("outcome", "failed")],
+        ),
+        (
+            "canaryd_events_dead_lettered_total",
+            vec![("reason", "not_json")],
+        ),
+        (
+            "canaryd_connector_duration_seconds_count",
+            vec![("connector", "kube")],
+        ),
+    ] {
+        assert!(
+            value(&samples, name, &labels).is_some(),
+            "{name} {labels:?} in\n{text}"
+        );
+    }
+
+    // Prometheus' own linter finds nothing wrong with the names.
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, lint) = promtool(dir.path(), &["check", "metrics"], Some(&text));
+    assert!(ok, "promtool check metrics:\n{lint}");
+
+    // Every query of every shipped dashboard.
+    let mut errors = Vec::new();
+    let mut checked = 0;
+    for file in [
+        "model-performance-dashboard.json",
+        "fairness-dashboard.json",
+        "grafana-dashboard.json",
+    ] {
+        let dashboard: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo(&format!("deploy/monitoring/{file}"))).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("{file} parses: {e}"));
+        for (what, expr) in dashboard_queries(&dashboard) {
+            checked += 1;
+            errors.extend(problems(&format!("{file} {what}"), &expr, &samples));
+        }
+    }
+    assert!(checked > 20, "{checked} queries");
+    assert!(
+        errors.is_empty(),
+        "{}\n\nscrape:\n{text}",
+        errors.join("\n")
+    );
+    // The checker itself catches a wrong label and a wrong value.
+    assert!(!problems("x", r#"canaryd_model_error_ratio{modle="fraud"}"#, &samples).is_empty());
+    assert!(
+        !problems(
+            "x",
+            r#"canaryd_model_latency_seconds{quantile="0.9"}"#,
+            &samples
+        )
+        .is_empty()
+    );
+    assert!(!problems("x", r#"canaryd_model_error_rate{model="fraud"}"#, &samples).is_empty());
+}
+
+/// The PrometheusRule's alerts, unit-tested by Prometheus' own promtool.
+#[test]
+fn the_prometheus_rule_passes_promtool_test_rules() {
+    let rule: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo("deploy/monitoring/prometheusrule.yaml")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let groups = serde_yaml_ng::to_string(&serde_yaml_ng::Mapping::from_iter([(
+        "groups".into(),
+        rule["spec"]["groups"].clone(),
+    )]))
+    .unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), groups).unwrap();
+    let test: PathBuf = repo("deploy/monitoring/prometheusrule.test.yaml");
+    std::fs::copy(&test, dir.path().join("test.yaml")).unwrap();
+    let (ok, out) = promtool(dir.path(), &["check", "rules", "rules.yaml"], None);
+    assert!(ok, "{out}");
+    let (ok, out) = promtool(dir.path(), &["test", "rules", "test.yaml"], None);
+    assert!(ok, "{out}");
+    // Every alert of the rule is tested.
+    let tests = std::fs::read_to_string(&test).unwrap();
+    let alerts: BTreeSet<&str> = rule["spec"]["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "{alert} has no promtool test"
+        );
+    }
+}
