@@ -112,6 +112,13 @@ impl Loaded {
         if let Some(http) = &self.config.http {
             out.extend(http.problems().into_iter().map(|p| format!("http: {p}")));
         }
+        let engine = &self.config.engine;
+        if engine.evict_after <= engine.stale_after {
+            out.push(format!(
+                "engine.evict_after ({}) must be longer than engine.stale_after ({}): a subject goes stale before it is forgotten",
+                engine.evict_after, engine.stale_after
+            ));
+        }
         if let Some(rollouts) = &self.config.rollouts {
             let live = self.config.kafka.is_some();
             out.extend(rollouts.problems(&self.config.receivers, &self.rules, live));

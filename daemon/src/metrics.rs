@@ -37,6 +37,8 @@
 //! | `canaryd_model_disparate_impact_ratio` | gauge | subject, `track` |
 //! | `canaryd_model_positive_prediction_ratio` | gauge | subject, `track`, `group` |
 //! | `canaryd_model_subjects_omitted` | gauge | |
+//! | `canaryd_subjects` | gauge | |
+//! | `canaryd_subjects_evicted_total` | counter | |
 //! | `canaryd_build_info` | gauge (always 1) | `version` |
 //!
 //! On the hot path (one call per consumed message), take a [`Counter`]
@@ -151,6 +153,8 @@ pub struct Metrics {
     rollout_hold_remaining: Family<ModelLabels, Gauge>,
     rollout_transitions: Family<KindLabels, Counter>,
     model: ModelFamilies,
+    subjects: Gauge,
+    evicted: Counter,
     /// The latency summary as of the last export, in the text format.
     latency: std::sync::Mutex<String>,
 }
@@ -382,6 +386,8 @@ pub struct Exported<'a> {
     pub alerts: &'a [AlertSeries],
     /// Rollouts this replica carries.
     pub rollouts: &'a [RolloutSeries],
+    /// Subjects the engines hold.
+    pub held: usize,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -555,6 +561,18 @@ impl Metrics {
             })
             .set(1);
         let model = ModelFamilies::register(&mut registry);
+        let subjects = Gauge::default();
+        registry.register(
+            "subjects",
+            "Subjects the engines hold state for (as of the last scrape)",
+            subjects.clone(),
+        );
+        let evicted = Counter::default();
+        registry.register(
+            "subjects_evicted",
+            "Subjects forgotten after engine.evict_after without events; their alerts ended quietly",
+            evicted.clone(),
+        );
         Metrics {
             registry,
             consumed,
@@ -578,6 +596,8 @@ impl Metrics {
             rollout_hold_remaining,
             rollout_transitions,
             model,
+            subjects,
+            evicted,
             latency: std::sync::Mutex::new(latency_summary(&[])),
         }
     }
@@ -658,6 +678,8 @@ impl Metrics {
         self.model
             .omitted
             .set(i64::try_from(view.omitted).unwrap_or(i64::MAX));
+        self.subjects
+            .set(i64::try_from(view.held).unwrap_or(i64::MAX));
         self.alerts.clear();
         for a in view.alerts {
             let mut l = vec![("rule".to_string(), a.rule.clone())];
@@ -705,7 +727,7 @@ impl Metrics {
                     connector: receiver.to_string(),
                 });
         }
-        for reason in crate::run::DEAD_LETTER_REASONS {
+        for reason in DEAD_LETTER_REASONS {
             self.dead_lettered.get_or_create_owned(&ReasonLabels {
                 reason: reason.to_string(),
             });
@@ -820,6 +842,11 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// One subject evicted.
+    pub fn inc_evicted(&self) {
+        self.evicted.inc();
+    }
+
     /// A change of a rollout, of `kind` (`stage`, `paused`, …).
     pub fn inc_rollout_transition(&self, kind: &str) {
         self.rollout_transitions
@@ -829,6 +856,19 @@ impl Metrics {
             .inc();
     }
 }
+
+/// The `reason` label values of `canaryd_events_dead_lettered_total`:
+/// every reason a message is dead-lettered for: the decoder's kinds, a
+/// message without a payload, and an event stamped too far ahead.
+pub const DEAD_LETTER_REASONS: [&str; 7] = [
+    "not_json",
+    "missing_field",
+    "wrong_type",
+    "bad_time",
+    "bad_value",
+    "missing_payload",
+    "future_time",
+];
 
 /// The `result` label values of `canaryd_partition_state_loads_total`.
 const STATE_LOADS: [&str; 3] = ["restored", "rebuilt", "fresh"];
@@ -1156,6 +1196,7 @@ mod tests {
                 hold_remaining: Duration::from_secs(60),
             }],
             omitted: 0,
+            held: 1,
         });
         assert!(m.encode().contains(r#"model="old""#));
         m.export(&Exported {

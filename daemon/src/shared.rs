@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub alert_series: Vec<AlertSeries>,
     /// The rollout gauges.
     pub rollout_series: Vec<RolloutSeries>,
+    /// Subjects the engines hold.
+    pub held: usize,
 }
 
 /// The last snapshot and when it was taken.
@@ -305,6 +307,7 @@ impl Backend for std::sync::Arc<Shared> {
                 omitted: snapshot.omitted,
                 alerts: &snapshot.alert_series,
                 rollouts: &snapshot.rollout_series,
+                held: snapshot.held,
             });
             self.metrics.encode()
         })

@@ -34,6 +34,11 @@ pub struct EngineConfig {
     pub stale_after: Span,
     /// Events older than the watermark by more than this are dropped as late.
     pub allowed_lateness: Span,
+    /// A subject with no events for this long (in event time) is forgotten:
+    /// memory stays bounded however many short-lived models come and go.
+    /// Its alerts end quietly, with no resolution notice. Longer than
+    /// `stale_after`.
+    pub evict_after: Span,
     /// Windows over inference events; set from the config's `analytics:`.
     #[serde(skip)]
     pub analytics: AnalyticsConfig,
@@ -44,6 +49,7 @@ impl Default for EngineConfig {
         EngineConfig {
             stale_after: Span::seconds(600),
             allowed_lateness: Span::seconds(30),
+            evict_after: Span::seconds(3600),
             analytics: AnalyticsConfig::default(),
         }
     }
@@ -61,6 +67,25 @@ pub enum Output {
         /// Which subject.
         subject: Labels,
     },
+    /// A subject had no events for `evict_after` and is forgotten; its
+    /// alerts ended without a resolution.
+    Evicted {
+        /// When it was noticed.
+        ts: Timestamp,
+        /// Which subject.
+        subject: Labels,
+        /// Its alerts that were pending or firing.
+        alerts: Vec<EndedAlert>,
+    },
+}
+
+/// An alert that ended with its subject's eviction, without a resolution.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndedAlert {
+    /// The rule's name.
+    pub rule: String,
+    /// Its phase when it ended.
+    pub state: Phase,
 }
 
 /// An alert's change of phase, with the evidence behind it.
@@ -132,6 +157,9 @@ pub struct EngineStats {
     pub eval_errors: u64,
     /// Inference events older than their window.
     pub out_of_window: u64,
+    /// Subjects forgotten after `evict_after` without events.
+    #[serde(default)]
+    pub evicted: u64,
 }
 
 /// One subject's canary and stable statistics, as [`Engine::analytics`]
@@ -506,6 +534,8 @@ impl Engine {
         }
         self.next_stale_scan = Some(now.plus(every));
         let stale_after = self.config.stale_after;
+        let evict_after = self.config.evict_after;
+        let mut evict = false;
         for group in &mut self.groups {
             for subject in &mut group.subjects {
                 if !subject.stale && now.since(subject.last_seen) > stale_after {
@@ -516,7 +546,85 @@ impl Engine {
                         subject: subject.labels.clone(),
                     });
                 }
+                evict |= now.since(subject.last_seen) > evict_after;
             }
+        }
+        if evict {
+            self.evict(now, out);
+        }
+    }
+
+    /// Forgets the subjects without events for `evict_after`, and renumbers
+    /// the rest: the index, the active list and the timers follow.
+    fn evict(&mut self, now: Timestamp, out: &mut Vec<Output>) {
+        let evict_after = self.config.evict_after;
+        for g in 0..self.groups.len() {
+            let group = &mut self.groups[g];
+            if !group
+                .subjects
+                .iter()
+                .any(|s| now.since(s.last_seen) > evict_after)
+            {
+                continue;
+            }
+            // remap[old] = Some(new), or None when evicted.
+            let mut remap = Vec::with_capacity(group.subjects.len());
+            let mut kept = Vec::with_capacity(group.subjects.len());
+            for subject in std::mem::take(&mut group.subjects) {
+                if now.since(subject.last_seen) > evict_after {
+                    let alerts = subject
+                        .alerts
+                        .iter()
+                        .map(|(r, state)| {
+                            let rule = &self.rules.rules()[group.rules[r].rule];
+                            EndedAlert {
+                                rule: rule.name.clone(),
+                                state: state.phase,
+                            }
+                        })
+                        .collect();
+                    out.push(Output::Evicted {
+                        ts: now,
+                        subject: subject.labels.clone(),
+                        alerts,
+                    });
+                    self.stats.evicted += 1;
+                    remap.push(None);
+                } else {
+                    remap.push(Some(kept.len()));
+                    kept.push(subject);
+                }
+            }
+            group.subjects = kept;
+            group.index.retain(|_, s| match remap[*s] {
+                Some(new) => {
+                    *s = new;
+                    true
+                }
+                None => false,
+            });
+            self.active.retain_mut(|(ag, s)| {
+                if *ag != g {
+                    return true;
+                }
+                match remap[*s] {
+                    Some(new) => {
+                        *s = new;
+                        true
+                    }
+                    None => false,
+                }
+            });
+            let timers = std::mem::take(&mut self.timers).into_vec();
+            self.timers = timers
+                .into_iter()
+                .filter_map(|Reverse(t)| {
+                    if t.group != g {
+                        return Some(Reverse(t));
+                    }
+                    remap[t.subject].map(|subject| Reverse(Timer { subject, ..t }))
+                })
+                .collect();
         }
     }
 

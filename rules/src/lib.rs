@@ -39,7 +39,8 @@ mod yaml;
 
 pub use engine::checkpoint::{EngineCheckpoint, SubjectState};
 pub use engine::{
-    Engine, EngineConfig, Ingested, Labels, Output, ReloadReport, SubjectAnalytics, Transition,
+    EndedAlert, Engine, EngineConfig, Ingested, Labels, Output, ReloadReport, SubjectAnalytics,
+    Transition,
 };
 pub use event::{Event, decode};
 pub use load::{LoadOptions, load_rules};

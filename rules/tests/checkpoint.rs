@@ -154,6 +154,7 @@ fn describe(o: &Output) -> String {
             t.values
         ),
         Output::Stale { ts, subject } => format!("{} stale {subject:?}", ts.millis()),
+        Output::Evicted { ts, subject, .. } => format!("{} evicted {subject:?}", ts.millis()),
     }
 }
 
@@ -214,6 +215,34 @@ proptest! {
         prop_assert_eq!(by_time(run(&mut from_full, rest, at)), by_time(run(&mut from_log, rest, at)));
         prop_assert!(engine.take_changed().is_empty(), "taken once");
     }
+}
+
+/// The changelog keeps an evicted subject's last record: a restore past
+/// its eviction time leaves it out, alerts and all.
+#[test]
+fn a_restore_leaves_out_subjects_due_for_eviction() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let metric = |ts: i64, model: &str| {
+        Event::Metric(MetricEvent {
+            ts: Timestamp(ts),
+            name: "canary_error_rate".into(),
+            value: 0.9,
+            labels: BTreeMap::from([("model".to_string(), model.to_string())]),
+        })
+    };
+    e.ingest(&metric(0, "old"), &mut out);
+    let old_record = e.take_changed();
+    // An hour and more later only "new" reports; "old" is evicted.
+    e.ingest(&metric(3_700_000, "new"), &mut out);
+    assert_eq!(e.subject_count(), 1);
+    let mut subjects = old_record;
+    subjects.extend(e.take_changed());
+    let r = restore(e.checkpoint(), subjects);
+    assert_eq!(r.subject_count(), 1);
+    let old = BTreeMap::from([("model".to_string(), "old".to_string())]);
+    assert_eq!(r.alert("errors", &old), None);
+    assert!(r.stats().evicted >= 1);
 }
 
 #[test]

@@ -92,6 +92,22 @@ fn run(engine: &mut Engine, events: &[Event]) -> Vec<String> {
                         subject.values().cloned().collect::<Vec<_>>().join("/")
                     )
                 }
+                Output::Evicted {
+                    ts,
+                    subject,
+                    alerts,
+                } => {
+                    let alerts: Vec<String> = alerts
+                        .iter()
+                        .map(|a| format!("{}={}", a.rule, a.state))
+                        .collect();
+                    format!(
+                        "{} evicted {} [{}]",
+                        ts.millis() / 1000,
+                        subject.values().cloned().collect::<Vec<_>>().join("/"),
+                        alerts.join(",")
+                    )
+                }
             });
         }
     }
@@ -274,4 +290,85 @@ fn transitions_carry_the_evidence() {
     assert_eq!(t.values["canary_p95_latency"], 1500.0);
     assert_eq!(t.values["stable_p95_latency"], 1000.0);
     assert_eq!(t.active_since, Some(Timestamp(5000)));
+}
+
+fn evicting() -> EngineConfig {
+    EngineConfig {
+        stale_after: Span::seconds(60),
+        evict_after: Span::seconds(600),
+        ..EngineConfig::default()
+    }
+}
+
+/// A silent subject is forgotten after evict_after, its firing alert
+/// ended quietly (no resolution), while the subjects after it in storage
+/// keep their state and their timers.
+#[test]
+fn a_silent_subject_is_evicted_quietly_and_the_others_keep_their_timers() {
+    let mut e = engine(evicting());
+    let got = run(
+        &mut e,
+        &[
+            // summarizer fires at 300 s, then falls silent.
+            metric(0, "canary_error_rate", 0.07, S),
+            metric(300, "canary_error_rate", 0.07, S),
+            // translator (stored after it) goes pending at 700 s and keeps
+            // reporting; its timer is due at 1000 s.
+            metric(700, "canary_error_rate", 0.08, T),
+            metric(950, "canary_error_rate", 0.08, T),
+            metric(990, "canary_error_rate", 0.08, T),
+            metric(1010, "canary_error_rate", 0.08, T),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            "0 Error Rate summarizer inactive->pending",
+            "300 Error Rate summarizer pending->firing",
+            "700 Error Rate translator inactive->pending",
+            "700 stale summarizer",
+            "950 evicted summarizer [Error Rate=firing]",
+            "1000 Error Rate translator pending->firing",
+        ]
+    );
+    assert_eq!(e.subject_count(), 1);
+    assert_eq!(e.stats().evicted, 1);
+    assert_eq!(
+        e.alert("Error Rate", &labels(S)),
+        None,
+        "an evicted subject is unknown"
+    );
+    // It comes back with no memory of the old episode.
+    let back = run(&mut e, &[metric(1020, "canary_error_rate", 0.01, S)]);
+    assert!(back.is_empty(), "{back:?}");
+    assert_eq!(
+        e.alert("Error Rate", &labels(S)).map(|a| a.phase),
+        Some(Phase::Inactive)
+    );
+}
+
+/// Memory stays bounded however many short-lived models come and go.
+#[test]
+fn ten_thousand_short_lived_models_leave_a_bounded_engine() {
+    let mut e = engine(evicting());
+    let mut out = Vec::new();
+    let mut most = 0;
+    for i in 0..10_000i64 {
+        // One model every second, each seen once.
+        let model = format!("m{i}");
+        e.ingest(
+            &metric(i, "canary_error_rate", 0.01, &[("model", model.as_str())]),
+            &mut out,
+        );
+        most = most.max(e.subject_count());
+    }
+    // At most evict_after's worth (600 s, one model a second) plus a scan
+    // interval (stale_after / 4) are held at once.
+    assert!(most <= 600 + 15 + 1, "{most} subjects held at once");
+    assert!(e.stats().evicted >= 10_000 - 616, "{:?}", e.stats());
+    let evicted = out
+        .iter()
+        .filter(|o| matches!(o, Output::Evicted { .. }))
+        .count() as u64;
+    assert_eq!(evicted, e.stats().evicted);
 }

@@ -1178,6 +1178,7 @@ fn exported_series() -> BTreeSet<String> {
             weight: 5,
             hold_remaining: std::time::Duration::ZERO,
         }],
+        held: 1,
     });
     m.record_reload(
         true,

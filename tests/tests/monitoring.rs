@@ -293,6 +293,15 @@ fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// Rollouts through the kube receiver, staying in their first stage.
+const ROLLOUTS: &str = "rollouts:
+  receiver: kube
+  default:
+    stages:
+      - { weight: 5, hold: 1h }
+      - { weight: 50, hold: 1h }
+";
+
 /// The broker, the Kubernetes API fixture, and a daemon serving HTTP.
 struct Rig {
     broker: Tansu,
@@ -303,9 +312,14 @@ struct Rig {
 }
 
 impl Rig {
-    /// A daemon with the playbook's example rules, a rollout plan whose
-    /// first stage holds for an hour, and `extra` config appended.
+    /// A daemon with the playbook's example rules, a kube receiver, and
+    /// `extra` config appended.
     async fn start(group: &str, extra: &str) -> Rig {
+        Rig::start_with(group, extra, "").await
+    }
+
+    /// [`Rig::start`], with `http_extra` added to the `http:` section.
+    async fn start_with(group: &str, extra: &str, http_extra: &str) -> Rig {
         let broker = Tansu::start();
         broker
             .create_topics(&[("events", 1), ("events-dlq", 1), ("canaryd-audit", 1)])
@@ -332,15 +346,9 @@ receivers:
 routes:
   auto_rollback: {{receivers: [kube]}}
   reduce_traffic: {{receivers: [kube]}}
-rollouts:
-  receiver: kube
-  default:
-    stages:
-      - {{ weight: 5, hold: 1h }}
-      - {{ weight: 50, hold: 1h }}
 http:
   listen: 127.0.0.1:{port}
-kafka:
+{http_extra}kafka:
   brokers: {bootstrap}
   group_id: {group}
   topics: [events]
@@ -438,7 +446,8 @@ fn promtool(dir: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
 /// value the shipped dashboards query.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_scrape_lints_clean_shows_what_was_fed_and_serves_every_dashboard_query() {
-    let rig = Rig::start("canaryd-monitoring", "").await;
+    // A rollout plan whose first stage holds for an hour: its gauges too.
+    let rig = Rig::start("canaryd-monitoring", ROLLOUTS).await;
     // 400 requests per track over the last 40 s. Canary: 1 in 40 fails,
     // 300 ms, $0.004; group A predicts positive 1 in 2, group B 1 in 4.
     // Stable: no errors, 200 ms, $0.002, both groups 1 in 2.
@@ -697,4 +706,128 @@ fn the_prometheus_rule_passes_promtool_test_rules() {
             "{alert} has no promtool test"
         );
     }
+}
+
+/// The number of samples of families whose name starts with `prefix`.
+fn series_count(samples: &[Sample], prefix: &str) -> usize {
+    samples
+        .iter()
+        .filter(|s| s.name.starts_with(prefix))
+        .count()
+}
+
+/// 10,000 short-lived models, then 10,000 others, then one: the exported
+/// series stay capped at `http.metrics.max_subjects` subjects, the models
+/// gone (evicted) leave none behind, and the engines hold only the living.
+#[tokio::test(flavor = "multi_thread")]
+async fn series_and_engine_memory_stay_flat_while_ten_thousand_models_come_and_go() {
+    // The export capped well below the churn.
+    let rig = Rig::start_with(
+        "canaryd-churn",
+        "engine: {stale_after: 60s, evict_after: 120s}\n",
+        "  metrics: {max_subjects: 50}\n",
+    )
+    .await;
+    let p = producer(&rig.broker.bootstrap());
+    // Event time well in the past, so every batch is in order and on time.
+    let t0 = now_ms() - 50 * 60_000;
+    let batch = |prefix: &str, at: i64| -> Vec<(String, Vec<u8>)> {
+        (0..10_000i64)
+            .map(|i| {
+                inference(
+                    &format!("{prefix}-{i:05}"),
+                    "canary",
+                    at + i,
+                    100.0,
+                    false,
+                    0.001,
+                    "A",
+                    true,
+                    true,
+                )
+            })
+            .collect()
+    };
+    let scrape_when = |ok: &dyn Fn(&[Sample]) -> bool| -> Vec<Sample> {
+        let mut samples = parse_scrape(&rig.scrape());
+        let start = Instant::now();
+        while !ok(&samples) && start.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(500));
+            samples = parse_scrape(&rig.scrape());
+        }
+        samples
+    };
+    let held = |s: &[Sample]| value(s, "canaryd_subjects", &[]);
+    let omitted = |s: &[Sample]| value(s, "canaryd_model_subjects_omitted", &[]);
+    let evicted = |s: &[Sample]| value(s, "canaryd_subjects_evicted_total", &[]);
+
+    send_all(&p, "events", 0, &batch("first", t0)).await;
+    let first = scrape_when(&|s| held(s) == Some(10_000.0));
+    assert_eq!(held(&first), Some(10_000.0), "{}", rig.daemon.log_text());
+    assert_eq!(omitted(&first), Some(9_950.0));
+    let models: BTreeSet<&str> = first
+        .iter()
+        .filter(|s| s.name == "canaryd_model_window_requests")
+        .filter_map(|s| s.labels.get("model").map(String::as_str))
+        .collect();
+    assert_eq!(models.len(), 50, "{models:?}");
+    let per_batch = series_count(&first, "canaryd_model_");
+
+    // Ten minutes of event time later, another 10,000: the first are
+    // evicted as the second arrive.
+    send_all(&p, "events", 0, &batch("second", t0 + 10 * 60_000)).await;
+    let second = scrape_when(&|s| evicted(s) == Some(10_000.0) && held(s) == Some(10_000.0));
+    assert_eq!(evicted(&second), Some(10_000.0));
+    assert_eq!(held(&second), Some(10_000.0), "memory is bounded");
+    assert_eq!(omitted(&second), Some(9_950.0));
+    assert_eq!(series_count(&second, "canaryd_model_"), per_batch, "flat");
+    assert!(
+        second.iter().all(|s| !s
+            .labels
+            .get("model")
+            .is_some_and(|m| m.starts_with("first-"))),
+        "no series of an evicted model"
+    );
+
+    // One more model later still: only it is left.
+    send_all(
+        &p,
+        "events",
+        0,
+        &[inference(
+            "last",
+            "canary",
+            t0 + 20 * 60_000,
+            100.0,
+            false,
+            0.001,
+            "A",
+            true,
+            true,
+        )],
+    )
+    .await;
+    let last = scrape_when(&|s| held(s) == Some(1.0));
+    assert_eq!(held(&last), Some(1.0));
+    assert_eq!(evicted(&last), Some(20_000.0));
+    assert_eq!(omitted(&last), Some(0.0));
+    let models: BTreeSet<&str> = last
+        .iter()
+        .filter(|s| s.name.starts_with("canaryd_model_"))
+        .filter_map(|s| s.labels.get("model").map(String::as_str))
+        .collect();
+    assert_eq!(models, BTreeSet::from(["last"]));
+    // The evictions are in the audit trail, counted as they are read: it
+    // holds tens of thousands of records.
+    let counted = std::cell::Cell::new((0usize, 0usize)); // (records seen, evictions)
+    canaryd_tests::kafka::read_until(&rig.broker.bootstrap(), "canaryd-audit", WAIT, |r| {
+        let (seen, mut evictions) = counted.get();
+        evictions += r[seen..]
+            .iter()
+            .filter(|r| r.json()["kind"] == "evicted")
+            .count();
+        counted.set((r.len(), evictions));
+        evictions >= 20_000
+    });
+    assert_eq!(counted.get().1, 20_000, "{} audit records", counted.get().0);
 }

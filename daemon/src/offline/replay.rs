@@ -23,6 +23,10 @@ pub enum Format {
     Text,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What a replay saw.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Summary {
@@ -43,6 +47,9 @@ pub struct Summary {
     pub transitions: u64,
     /// Subjects that went stale.
     pub stale: u64,
+    /// Subjects forgotten after `engine.evict_after` without events.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub evicted: u64,
     /// Actions decided, in order.
     pub actions: Vec<Action>,
     /// Rollout changes, in order (with a config that has `rollouts:`).
@@ -268,6 +275,26 @@ async fn emit<W: Write>(
                 Format::Text => {
                     writeln!(out, "{ts}  STALE     {}  no fresh data", Subject(&subject))?
                 }
+            }
+        }
+        Output::Evicted {
+            ts,
+            subject,
+            alerts,
+        } => {
+            summary.evicted += 1;
+            match format {
+                Format::Json => writeln!(
+                    out,
+                    "{}",
+                    json!({"kind": "evicted", "ts": ts, "subject": subject, "alerts_ended": alerts})
+                )?,
+                Format::Text => writeln!(
+                    out,
+                    "{ts}  EVICTED   {}  no events for engine.evict_after; {} alert(s) ended quietly",
+                    Subject(&subject),
+                    alerts.len()
+                )?,
             }
         }
         Output::Transition(t) => {

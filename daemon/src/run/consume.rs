@@ -600,11 +600,13 @@ impl<'c> ConsumeLoop<'c> {
     async fn rebalanced(&mut self) {
         let mut changed = false;
         while let Ok(change) = self.assignments.try_recv() {
-            if let (Assignment::Revoked(list), Some(pipeline)) =
-                (&change, &self.dispatcher.pipeline)
-            {
+            if let Assignment::Revoked(list) = &change {
                 for (topic, partition) in list {
-                    pipeline.outbox().forget(&Origin::new(topic, *partition));
+                    if let Some(pipeline) = &self.dispatcher.pipeline {
+                        pipeline.outbox().forget(&Origin::new(topic, *partition));
+                    }
+                    // Another replica reports it now.
+                    self.shared.metrics.remove_consumer_lag(topic, *partition);
                 }
             }
             let assigned = self.partitions.apply(change, &self.loaded, &self.instance);

@@ -14,18 +14,6 @@ use tokio_util::sync::CancellationToken;
 use super::stats::LiveStats;
 use crate::shared::Shared;
 
-/// Every reason a message is dead-lettered for: the decoder's kinds, a
-/// message without a payload, and an event stamped too far ahead.
-pub const DEAD_LETTER_REASONS: [&str; 7] = [
-    "not_json",
-    "missing_field",
-    "wrong_type",
-    "bad_time",
-    "bad_value",
-    "missing_payload",
-    "future_time",
-];
-
 /// Between tries at a dead letter: 100 ms doubling to 30 s, until
 /// delivered or shutdown.
 const RETRY: RetryPolicy = RetryPolicy {
@@ -106,7 +94,7 @@ impl DeadLetters {
 
 #[cfg(test)]
 mod tests {
-    use super::DEAD_LETTER_REASONS;
+    use crate::metrics::DEAD_LETTER_REASONS;
 
     #[test]
     fn every_decode_error_is_a_declared_reason() {

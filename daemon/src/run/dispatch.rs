@@ -60,6 +60,17 @@ impl Dispatcher {
                     let record = json!({"kind": "stale", "ts": ts, "subject": subject});
                     self.audit.publish("stale", record).await;
                 }
+                Output::Evicted {
+                    ts,
+                    subject,
+                    alerts,
+                } => {
+                    tracing::info!(subject = %Subject(&subject), %ts, alerts_ended = alerts.len(), "subject evicted: no events for engine.evict_after; its alerts ended quietly");
+                    self.shared.metrics.inc_evicted();
+                    let record = json!({"kind": "evicted", "ts": ts, "subject": subject,
+                        "alerts_ended": alerts});
+                    self.audit.publish("evicted", record).await;
+                }
                 Output::Transition(t) => {
                     self.stats.transitions.fetch_add(1, Ordering::Relaxed);
                     let Some(rule) = loaded.rules.rules().get(t.rule) else {

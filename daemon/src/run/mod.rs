@@ -52,7 +52,6 @@ use tokio_util::sync::CancellationToken;
 
 use self::changelog::Changelog;
 use self::consume::{ConsumeLoop, Ended, Inputs};
-pub use self::dead_letter::DEAD_LETTER_REASONS;
 use self::dead_letter::DeadLetters;
 use self::dispatch::Dispatcher;
 use self::idle::EndProbe;

@@ -33,7 +33,9 @@ pub(super) fn take<'a>(
     let mut analytics = Vec::new();
     let mut rollouts = Vec::new();
     let mut rollout_series = Vec::new();
+    let mut held = 0;
     for (engine, controller) in partitions {
+        held += engine.subject_count();
         for a in engine.alerts() {
             alert_series.push(AlertSeries {
                 rule: a.rule.to_string(),
@@ -84,6 +86,7 @@ pub(super) fn take<'a>(
         omitted,
         alert_series,
         rollout_series,
+        held,
     }
 }
 

@@ -193,8 +193,16 @@ impl Engine {
         engine
     }
 
-    /// Takes in one saved subject.
+    /// Takes in one saved subject, unless it is due for eviction: the
+    /// changelog keeps a subject's last record after it was evicted.
     fn adopt(&mut self, saved: SubjectState, logic: &[Vec<String>]) {
+        if self
+            .watermark
+            .is_some_and(|wm| wm.since(saved.last_seen) > self.config.evict_after)
+        {
+            self.stats.evicted += 1;
+            return;
+        }
         let Some(g) = self
             .groups
             .iter()

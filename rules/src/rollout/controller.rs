@@ -383,6 +383,13 @@ impl Controller {
                 }
                 Some(model.as_str())
             }
+            // Its alerts ended with it: they no longer hold a gate closed.
+            Output::Evicted { subject, .. } => {
+                let model = subject.get("model")?;
+                let tracked = self.models.get_mut(model.as_str())?;
+                tracked.active.retain(|(_, s), _| s != subject);
+                Some(model.as_str())
+            }
         }
     }
 
@@ -446,7 +453,7 @@ impl Controller {
             if let Some(model) = self.output(output) {
                 let at = match output {
                     Output::Transition(t) => t.ts,
-                    Output::Stale { ts, .. } => *ts,
+                    Output::Stale { ts, .. } | Output::Evicted { ts, .. } => *ts,
                 };
                 let model = model.to_string();
                 self.step(&model, at.min(now), changes);
