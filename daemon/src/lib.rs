@@ -32,6 +32,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dedup;
+pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod offline;

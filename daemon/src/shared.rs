@@ -13,6 +13,7 @@ use canaryd_rules::{RuleSet, SubjectAnalytics, Timestamp};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::history::{History, HistoryConfig};
 use crate::metrics::{AlertSeries, Exported, Metrics, RolloutSeries};
 use crate::server::{Backend, BoxFuture, DirectAction, PayloadResult, Silence};
 
@@ -82,6 +83,9 @@ pub enum Command {
 pub struct Shared {
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The status page's trends: written by the consume loop, read by the
+    /// server.
+    pub history: Mutex<History>,
     ready: AtomicBool,
     rules: RwLock<Value>,
     /// Held while a snapshot is asked for, so that concurrent requests
@@ -100,6 +104,7 @@ impl Shared {
     pub fn new(rules: &RuleSet, commands: mpsc::Sender<Command>) -> Shared {
         Shared {
             metrics: Metrics::new(),
+            history: Mutex::new(History::new(HistoryConfig::default())),
             ready: AtomicBool::new(false),
             rules: RwLock::new(rules_json(rules)),
             snapshot: tokio::sync::Mutex::new(Cached::default()),
@@ -163,6 +168,14 @@ impl Shared {
     /// The hand edits noted since the last call.
     pub fn take_hand_edits(&self) -> Vec<(String, String)> {
         std::mem::take(&mut *self.hand_edits.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Marks `model`'s charts at `ts`.
+    pub fn mark(&self, model: &str, ts: Timestamp, kind: &str, text: String) {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark(model, ts, kind, text);
     }
 
     /// Remembers an action outcome for the API and counts it.
@@ -296,6 +309,13 @@ impl Backend for std::sync::Arc<Shared> {
 
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    fn history(&self, model: &str) -> Option<Value> {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .json(model)
     }
 
     fn metrics(&self) -> BoxFuture<'_, String> {

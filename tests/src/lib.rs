@@ -194,8 +194,31 @@ impl Drop for Daemon {
 
 /// Renders a page in Debian's headless Chromium, scripts run, and returns the DOM.
 pub fn render_in_browser(url: &str) -> String {
+    let out = chromium(&["--dump-dom", url]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Saves a screenshot of `url`, as headless Chromium renders it once its
+/// scripts have run, to `target/test-artefacts/{name}.png`; returns the path.
+pub fn screenshot_in_browser(url: &str, name: &str) -> PathBuf {
+    let dir = root().join("target/test-artefacts");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let path = dir.join(format!("{name}.png"));
+    let _ = std::fs::remove_file(&path);
+    chromium(&[
+        "--window-size=1280,1600",
+        "--hide-scrollbars",
+        &format!("--screenshot={}", path.display()),
+        url,
+    ]);
+    path
+}
+
+/// Runs headless Chromium with a fresh profile and no network besides
+/// loopback's, with `args`.
+fn chromium(args: &[&str]) -> Output {
     let profile = tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary profile: {e}"));
-    let out = Command::new("chromium")
+    Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
@@ -208,8 +231,7 @@ pub fn render_in_browser(url: &str) -> String {
             "--virtual-time-budget=5000",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--dump-dom", url])
+        .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("chromium is installed by tests/run: {e}"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .unwrap_or_else(|e| panic!("chromium is installed by tests/run: {e}"))
 }

@@ -831,3 +831,117 @@ async fn series_and_engine_memory_stay_flat_while_ten_thousand_models_come_and_g
     });
     assert_eq!(counted.get().1, 20_000, "{} audit records", counted.get().0);
 }
+
+/// The status page charts a live model's canary against stable from the
+/// daemon's own history, with the rollout's first stage marked and its
+/// weight line; rendered by headless Chromium, with a screenshot kept in
+/// `target/test-artefacts/status-page-charts.png`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_charts_canary_against_stable_with_rollout_marks_in_chromium() {
+    let rig = Rig::start_with("canaryd-charts", ROLLOUTS, "  history: {every: 1s}\n").await;
+    let p = producer(&rig.broker.bootstrap());
+    // Four batches a second and a half apart, each stamped with its wall
+    // time: the history takes a point at each, in event time. The canary
+    // errs 1 in 10, stable never.
+    for batch in 0..4 {
+        let at = now_ms();
+        let mut lines = Vec::new();
+        for i in 0..100i64 {
+            let group = if i % 2 == 0 { "A" } else { "B" };
+            lines.push(inference(
+                "fraud",
+                "canary",
+                at + i,
+                320.0,
+                i % 10 == 0,
+                0.004,
+                group,
+                i % 3 == 0,
+                true,
+            ));
+            lines.push(inference(
+                "fraud",
+                "stable",
+                at + i,
+                210.0,
+                false,
+                0.002,
+                group,
+                i % 3 == 0,
+                true,
+            ));
+        }
+        send_all(&p, "events", 0, &lines).await;
+        if batch < 3 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+    let history_url = format!("{}/api/v1/history/fraud", rig.base);
+    let enough = || {
+        let h: Value = serde_json::from_str(&get(&history_url)).unwrap_or(Value::Null);
+        h["points"].as_array().is_some_and(|p| p.len() >= 3)
+            && h["marks"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["kind"] == "stage"))
+    };
+    assert!(
+        wait_until(WAIT, enough),
+        "{}\n{}",
+        get(&history_url),
+        rig.daemon.log_text()
+    );
+    let history: Value = serde_json::from_str(&get(&history_url)).unwrap();
+    let last = history["points"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    close(
+        last["canary"]["error_rate"].as_f64(),
+        0.1,
+        1e-9,
+        "canary error rate point",
+    );
+    assert_eq!(last["stable"]["error_rate"], 0.0);
+    assert_eq!(last["weight"], 5);
+
+    let dom = canaryd_tests::render_in_browser(&format!("{}/", rig.base));
+    let card = {
+        let start = dom
+            .find("class=\"charts\" data-model=\"fraud\"")
+            .unwrap_or_else(|| panic!("no charts for fraud in {dom}"));
+        let rest = &dom[start..];
+        rest[..rest.find("class=\"legend\"").unwrap_or(rest.len())].to_string()
+    };
+    let points_of = |metric: &str, track: &str| -> usize {
+        let chart_at = card
+            .find(&format!("data-metric=\"{metric}\""))
+            .unwrap_or_else(|| panic!("no {metric} chart in {card}"));
+        let chart = &card[chart_at..card[chart_at..].find("</svg>").unwrap() + chart_at];
+        let line_at = chart
+            .find(&format!("class=\"line {track}\""))
+            .unwrap_or_else(|| panic!("no {track} line in {chart}"));
+        let line = &chart[line_at..];
+        let n = line.split("data-points=\"").nth(1).unwrap();
+        n[..n.find('"').unwrap()].parse().unwrap()
+    };
+    for metric in ["error_rate", "p95_latency", "disparate_impact"] {
+        for track in ["canary", "stable"] {
+            assert!(points_of(metric, track) >= 3, "{metric} {track}: {card}");
+        }
+    }
+    assert!(points_of("weight", "weight") >= 3, "{card}");
+    assert!(
+        card.contains("class=\"mark mark-stage\""),
+        "the rollout's stage is marked: {card}"
+    );
+    let shot =
+        canaryd_tests::screenshot_in_browser(&format!("{}/", rig.base), "status-page-charts");
+    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+}

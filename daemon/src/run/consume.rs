@@ -461,6 +461,7 @@ impl<'c> ConsumeLoop<'c> {
                     .map_err(|Closed| Ended::PipelineClosed)?;
             }
         }
+        self.sample_history(now);
         snapshot::count_evaluations(
             &self.shared,
             self.partitions
@@ -481,6 +482,35 @@ impl<'c> ConsumeLoop<'c> {
         }
         self.membership.check(self.consumer);
         Ok(())
+    }
+
+    /// A point of every model's trend for the status page, when one is due.
+    fn sample_history(&mut self, now: Instant) {
+        let mut history = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !history.due(now) {
+            return;
+        }
+        let max = history.max_models();
+        for (_, _, state) in self.partitions.iter_all_mut() {
+            let Some(ts) = state.engine.watermark() else {
+                continue;
+            };
+            for subject in state.engine.analytics(max) {
+                let Some(model) = subject.labels.get("model") else {
+                    continue;
+                };
+                let weight = state
+                    .rollouts
+                    .as_ref()
+                    .and_then(|c| c.rollout(model))
+                    .map(|(r, plan)| r.weight(&plan.plan));
+                history.record(model, ts, &subject.tracks, weight);
+            }
+        }
     }
 
     /// The checkpoint stage: each partition's changed subjects, and a

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use canaryd_connectors::{Action, Evidence};
 use canaryd_rules::event::AlertStatus;
 use canaryd_rules::rollout::controller::Change;
-use canaryd_rules::{Output, Severity, Span, Subject};
+use canaryd_rules::{Output, Phase, Severity, Span, Subject};
 use serde_json::json;
 
 use super::stats::LiveStats;
@@ -84,6 +84,13 @@ impl Dispatcher {
                             "partition": partition,
                         }))
                         .await;
+                    if t.to == Phase::Firing
+                        && let Some(model) = t.subject.get("model")
+                    {
+                        let actions: Vec<&str> = rule.actions.iter().map(|a| a.as_str()).collect();
+                        let text = format!("{} fired ({})", rule.name, actions.join(", "));
+                        self.shared.mark(model, t.ts, "firing", text);
+                    }
                     for action in actions_for(&t, &loaded.rules, loaded.config.dry_run) {
                         self.submit(action, origin).await?;
                     }
@@ -110,6 +117,15 @@ impl Dispatcher {
             self.shared
                 .metrics
                 .inc_rollout_transition(change.kind.as_str());
+            let text = format!(
+                "{} {} at {}%: {}",
+                change.version,
+                change.kind.as_str(),
+                change.weight,
+                change.reason
+            );
+            self.shared
+                .mark(&change.model, change.ts, change.kind.as_str(), text);
             let record = json!({
                 "kind": "rollout", "ts": change.ts, "subject": {"model": change.model},
                 "version": change.version, "event": change.kind, "weight": change.weight,

@@ -129,6 +129,10 @@ impl Live {
         shared
             .metrics
             .declare(loaded.config.receivers.keys().map(String::as_str));
+        if let Some(http) = &loaded.config.http {
+            *shared.history.lock().unwrap_or_else(|p| p.into_inner()) =
+                crate::history::History::new(http.history.clone());
+        }
         Ok(Live {
             loaded: Arc::new(loaded),
             config_path: None,

@@ -100,6 +100,8 @@ pub struct HttpConfig {
     pub alertmanager: AlertmanagerMapping,
     /// What `/metrics` exports of the engines.
     pub metrics: MetricsExport,
+    /// The trend the status page's charts draw.
+    pub history: crate::history::HistoryConfig,
 }
 
 /// Bounds on the per-subject series `/metrics` exports.
@@ -126,6 +128,7 @@ impl Default for HttpConfig {
             body_limit: 1024 * 1024,
             alertmanager: AlertmanagerMapping::default(),
             metrics: MetricsExport::default(),
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl HttpConfig {
             out.extend(auth.problems());
         }
         out.extend(self.alertmanager.problems());
+        out.extend(self.history.problems());
         out
     }
 
@@ -198,6 +202,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Told the active silences whenever they change: one created or
     /// deleted, or one expired.
     fn silenced(&self, silences: &[Silence]);
+
+    /// `GET /api/v1/history/{model}`: the model's recent figures and
+    /// marks, `{"model","every_s","points":[…],"marks":[…]}`, or `None`
+    /// (404). None by default.
+    fn history(&self, model: &str) -> Option<serde_json::Value> {
+        let _ = model;
+        None
+    }
 
     /// `GET /api/v1/rollouts`: every rollout this replica carries,
     /// `[{"model","version","plan","stage","stages","weight","state","phase","hold_s","held_s","hold_remaining_s",…}…]`.
@@ -398,6 +410,7 @@ impl App {
             .route("/api/v1/rules", get(rules))
             .route("/api/v1/actions", get(actions))
             .route("/api/v1/subjects/{model}", get(subject))
+            .route("/api/v1/history/{model}", get(history))
             .route("/api/v1/rollouts", get(rollouts))
             .route("/api/v1/rollouts/{model}", get(rollout))
             .route("/api/v1/rollouts/{model}/{command}", post(rollout_command))
@@ -586,6 +599,16 @@ async fn subject(State(app): State<Arc<App>>, Path(model): Path<String>) -> Resp
     match app.backend.subject(model.clone()).await {
         Some(v) => axum::Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown model `{model}`")),
+    }
+}
+
+async fn history(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+    match app.backend.history(&model) {
+        Some(v) => axum::Json(v).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no history of model `{model}`"),
+        ),
     }
 }
 
