@@ -484,17 +484,26 @@ impl<'c> ConsumeLoop<'c> {
         Ok(())
     }
 
-    /// A point of every model's trend for the status page, when one is due.
+    /// A point of every model's trend for the status page, when one is
+    /// due; only the HTTP server reads them.
     fn sample_history(&mut self, now: Instant) {
-        let mut history = self
-            .shared
-            .history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if !history.due(now) {
+        if self.loaded.config.http.is_none() {
             return;
         }
-        let max = history.max_models();
+        let max = {
+            let mut history = self
+                .shared
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !history.due(now) {
+                return;
+            }
+            history.max_models()
+        };
+        // Computed before the lock is taken again, so that the server's
+        // readers never wait for the analytics.
+        let mut points = Vec::new();
         for (_, _, state) in self.partitions.iter_all_mut() {
             let Some(ts) = state.engine.watermark() else {
                 continue;
@@ -508,8 +517,16 @@ impl<'c> ConsumeLoop<'c> {
                     .as_ref()
                     .and_then(|c| c.rollout(model))
                     .map(|(r, plan)| r.weight(&plan.plan));
-                history.record(model, ts, &subject.tracks, weight);
+                points.push((model.clone(), ts, subject.tracks, weight));
             }
+        }
+        let mut history = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (model, ts, tracks, weight) in &points {
+            history.record(model, *ts, tracks, *weight);
         }
     }
 
