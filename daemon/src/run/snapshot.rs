@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use canaryd_rules::Engine;
 use canaryd_rules::Span;
+use canaryd_rules::rollout::Rollout;
 use canaryd_rules::rollout::controller::{Controller, NamedPlan};
-use canaryd_rules::rollout::{Phase, Rollout};
 use serde_json::{Value, json};
 
 use crate::clock::wall_clock;
@@ -121,15 +121,8 @@ fn rollout_view(model: &str, rollout: &Rollout, plan: &NamedPlan) -> (Value, Spa
         .map(|s| s.weight)
         .chain(std::iter::once(100))
         .collect();
-    let hold = match rollout.phase {
-        Phase::Complete | Phase::RolledBack { .. } => Span::ZERO,
-        _ => plan
-            .plan
-            .stages
-            .get(rollout.stage)
-            .map_or(plan.plan.soak, |s| s.hold),
-    };
-    let remaining = Span(hold.millis().saturating_sub(rollout.held.millis()).max(0));
+    let hold = rollout.hold(&plan.plan);
+    let remaining = rollout.hold_remaining(&plan.plan);
     let state = serde_json::to_value(&rollout.phase).unwrap_or(Value::Null);
     let json = json!({
         "model": model,

@@ -268,25 +268,6 @@ impl Controller {
         all
     }
 
-    /// Clean event time each rollout still needs in its stage (or soak),
-    /// by model; zero once it is complete, rolled back or waiting for data.
-    pub fn holds_remaining(&self) -> impl Iterator<Item = (&str, Span)> {
-        self.models.iter().filter_map(|(model, t)| {
-            let plan = &self.plans.plan_for(model)?.plan;
-            let hold = match t.rollout.phase {
-                Phase::Complete | Phase::RolledBack { .. } => Span::ZERO,
-                _ => plan
-                    .stages
-                    .get(t.rollout.stage)
-                    .map_or(plan.soak, |s| s.hold),
-            };
-            Some((
-                model.as_str(),
-                Span(hold.millis().saturating_sub(t.rollout.held.millis()).max(0)),
-            ))
-        })
-    }
-
     /// The rollout of `model`, with its plan.
     pub fn rollout(&self, model: &str) -> Option<(&Rollout, &NamedPlan)> {
         let tracked = self.models.get(model)?;

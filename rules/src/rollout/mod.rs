@@ -304,6 +304,25 @@ impl Rollout {
         }
     }
 
+    /// The clean event time the current stage (or the soak) holds for;
+    /// zero once complete or rolled back.
+    pub fn hold(&self, plan: &Plan) -> Span {
+        match self.phase {
+            Phase::Complete | Phase::RolledBack { .. } => Span::ZERO,
+            _ => plan.stages.get(self.stage).map_or(plan.soak, |s| s.hold),
+        }
+    }
+
+    /// How much of [`hold`](Self::hold) is still to go.
+    pub fn hold_remaining(&self, plan: &Plan) -> Span {
+        Span(
+            self.hold(plan)
+                .millis()
+                .saturating_sub(self.held.millis())
+                .max(0),
+        )
+    }
+
     /// One step of event time. Returns what to do, in order.
     pub fn step(&mut self, plan: &Plan, seen: Step) -> Vec<Decision> {
         let mut out = Vec::new();
@@ -604,6 +623,10 @@ mod tests {
         let (mut r, first) = Rollout::start(&p, "v2", at(0));
         assert_eq!(weights(&[first]), [5]);
         assert!(r.step(&p, clean(5, 60)).is_empty());
+        assert_eq!(
+            (r.hold(&p), r.hold_remaining(&p)),
+            (Span(10 * MIN), Span(5 * MIN))
+        );
         let out = r.step(&p, clean(10, 60));
         assert_eq!(weights(&out), [50], "{out:?}");
         assert_eq!((r.stage, r.held, r.requests), (1, Span::ZERO, 0));
@@ -612,7 +635,9 @@ mod tests {
         assert!(out.contains(&Decision::Promoted));
         assert_eq!(r.phase, Phase::Soaking);
         assert!(r.step(&p, clean(49, 0)).is_empty());
+        assert_eq!(r.hold_remaining(&p), Span(MIN), "the soak's");
         assert_eq!(r.step(&p, clean(50, 0)), [Decision::Completed]);
+        assert_eq!(r.hold_remaining(&p), Span::ZERO);
         // Complete: nothing moves any more.
         assert!(
             r.step(
