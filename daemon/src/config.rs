@@ -112,6 +112,14 @@ impl Loaded {
         if let Some(http) = &self.config.http {
             out.extend(http.problems().into_iter().map(|p| format!("http: {p}")));
         }
+        if let Some(c) = self.config.analytics.confidence
+            && !c.is_valid()
+        {
+            out.push(format!(
+                "analytics.confidence ({}) must be between 0.5 and 0.9999, or null to leave rates below min_samples as no data",
+                c.0
+            ));
+        }
         let engine = &self.config.engine;
         if engine.evict_after <= engine.stale_after {
             out.push(format!(

@@ -85,6 +85,12 @@ pub struct AnalyticsConfig {
     /// How often (in event time) the engine recomputes window variables.
     /// Default `1s`.
     pub refresh: Span,
+    /// Below `min_samples`, an error or success rate is judged on evidence
+    /// at this confidence rather than left as no data: a condition holds
+    /// when it holds across the rate's whole Wilson interval, fails when it
+    /// fails across it, and is unknown (the alert keeps its phase)
+    /// otherwise. `null` keeps such rates as no data. Default 0.95.
+    pub confidence: Option<Confidence>,
 }
 
 impl Default for AnalyticsConfig {
@@ -94,6 +100,7 @@ impl Default for AnalyticsConfig {
             min_samples: 100,
             min_group_samples: 30,
             refresh: Span::seconds(1),
+            confidence: Some(Confidence(0.95)),
         }
     }
 }
@@ -499,23 +506,103 @@ pub struct TrackStats {
 }
 
 /// z of a two-sided 95 % interval.
-const Z95: f64 = 1.959_963_984_540_054;
+pub const Z95: f64 = 1.959_963_984_540_054;
 
 /// The 95 % Wilson score interval of `successes` out of `trials`; `None`
 /// without trials. Unlike the normal approximation it stays inside 0..1
 /// and is honest at small counts: 30 of 50 gives 0.46..0.72, 2 of 30 gives
 /// 0.018..0.21.
 pub fn wilson(successes: u64, trials: u64) -> Option<(f64, f64)> {
+    wilson_z(successes, trials, Z95)
+}
+
+/// The Wilson score interval at the two-sided `z` (1.96 for 95 %).
+pub fn wilson_z(successes: u64, trials: u64, z: f64) -> Option<(f64, f64)> {
     if trials == 0 {
         return None;
     }
     let n = trials as f64;
     let p = successes.min(trials) as f64 / n;
-    let z2 = Z95 * Z95;
+    let z2 = z * z;
     let denominator = 1.0 + z2 / n;
     let center = (p + z2 / (2.0 * n)) / denominator;
-    let half = Z95 / denominator * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    let half = z / denominator * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
     Some(((center - half).max(0.0), (center + half).min(1.0)))
+}
+
+/// A two-sided confidence level, between 0.5 and 0.9999 (`0.95`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Confidence(pub f64);
+
+// Compared bit for bit: a config value, never computed.
+impl PartialEq for Confidence {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Confidence {}
+
+impl Confidence {
+    /// Whether the level is one canaryd accepts.
+    pub fn is_valid(self) -> bool {
+        (0.5..=0.9999).contains(&self.0)
+    }
+
+    /// The z of the two-sided interval: 1.96 for 0.95.
+    pub fn z(self) -> f64 {
+        probit(0.5 + self.0.clamp(0.5, 0.9999) / 2.0)
+    }
+}
+
+/// The standard normal quantile of `p` in (0, 1), by Acklam's rational
+/// approximation (relative error below 1.2e-9).
+fn probit(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    const LOW: f64 = 0.02425;
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < LOW {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - LOW {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
 }
 
 impl TrackStats {

@@ -258,6 +258,28 @@ impl AlertStates {
     }
 }
 
+/// Requests a rate judged on evidence needs at least: a new canary's
+/// first failed request alone is not an incident (1 of 1 already has a
+/// 95 % interval of 0.21..1).
+const EVIDENCE_MIN: u64 = 10;
+
+/// Interval inputs of one condition judged on evidence, at most: 2^4
+/// evaluations.
+const MAX_INTERVALS: usize = 4;
+
+/// The Wilson interval at `z` of an error or success rate sample, from its
+/// value and the requests behind it; `None` for any other metric.
+fn rate_interval(metric: &str, sample: Sample, z: f64) -> Option<(f64, f64)> {
+    let n = sample.support;
+    let errors = |rate: f64| (rate * n as f64).round().max(0.0) as u64;
+    match metric {
+        "error_rate" => crate::analytics::wilson_z(errors(sample.value), n, z),
+        "success_rate" => crate::analytics::wilson_z(errors(1.0 - sample.value), n, z)
+            .map(|(low, high)| (1.0 - high, 1.0 - low)),
+        _ => None,
+    }
+}
+
 /// Whether a firing alert counts towards an alert-derived variable.
 type Counts = fn(&AlertFlags) -> bool;
 
@@ -343,6 +365,12 @@ pub struct Engine {
     next_stale_scan: Option<Timestamp>,
     stats: EngineStats,
     scratch: Vec<f64>,
+    /// Inputs of the condition being evaluated that are known only as an
+    /// interval: (index in `scratch`, low, high).
+    intervals: Vec<(usize, f64, f64)>,
+    /// z of `analytics.confidence`, if rates below `min_samples` are judged
+    /// on evidence.
+    evidence_z: Option<f64>,
     /// Per slot: computed from inference windows, and how.
     computed: Vec<Option<Computed>>,
     /// Subjects whose windows hold data: (group, subject).
@@ -428,6 +456,7 @@ impl Engine {
                 .collect();
         }
         let alert_slots = ALERT_SLOTS.map(|(name, _)| slots.get(name).copied());
+        let evidence_z = config.analytics.confidence.map(|c| c.z());
         Engine {
             rules,
             config,
@@ -440,6 +469,8 @@ impl Engine {
             next_stale_scan: None,
             stats: EngineStats::default(),
             scratch: Vec::new(),
+            intervals: Vec::new(),
+            evidence_z,
             computed,
             active: Vec::new(),
             next_refresh: None,
@@ -892,16 +923,33 @@ impl Engine {
             .min_samples
             .unwrap_or(self.config.analytics.min_samples);
         self.scratch.clear();
+        self.intervals.clear();
         let mut complete = true;
         for &slot in &gr.inputs {
             match subject.samples[slot] {
-                // Too few requests behind a ratio or quantile is no data.
+                // Too few requests behind a ratio or quantile: a rate is
+                // known as an interval (if judged on evidence), the rest
+                // is no data.
                 Some(sample)
                     if sample.computed
                         && sample.support < min_samples
                         && self.computed[slot].is_some_and(|c| c.guarded) =>
                 {
-                    complete = false
+                    match (self.evidence_z, self.computed[slot]) {
+                        (Some(z), Some(c))
+                            if sample.support >= EVIDENCE_MIN
+                                && at.since(sample.ts) <= stale_after =>
+                        {
+                            match rate_interval(c.metric, sample, z) {
+                                Some((low, high)) => {
+                                    self.intervals.push((self.scratch.len(), low, high));
+                                    self.scratch.push(sample.value);
+                                }
+                                None => complete = false,
+                            }
+                        }
+                        _ => complete = false,
+                    }
                 }
                 Some(sample)
                     if self.slot_kinds[slot] == VarKind::AlertState
@@ -912,16 +960,32 @@ impl Engine {
                 _ => complete = false,
             }
         }
-        let obs = if !complete {
+        let obs = if !complete || self.intervals.len() > MAX_INTERVALS {
             Observation::NoData
         } else {
-            match rule.condition.evaluate(&self.scratch) {
-                Ok(true) => Observation::True,
-                Ok(false) => Observation::False,
-                Err(_) => {
-                    self.stats.eval_errors += 1;
-                    Observation::NoData
+            // Every corner of the intervals: a condition built of
+            // comparisons of sums and products of the inputs takes its
+            // extremes there, so agreement at all corners is agreement
+            // across the whole box. One corner without intervals.
+            let (mut held, mut failed, mut errors) = (false, false, false);
+            for corner in 0..(1u32 << self.intervals.len()) {
+                for (j, &(i, low, high)) in self.intervals.iter().enumerate() {
+                    self.scratch[i] = if corner >> j & 1 == 1 { high } else { low };
                 }
+                match rule.condition.evaluate(&self.scratch) {
+                    Ok(true) => held = true,
+                    Ok(false) => failed = true,
+                    Err(_) => errors = true,
+                }
+            }
+            if errors {
+                self.stats.eval_errors += 1;
+            }
+            match (held, failed, errors) {
+                (true, false, false) => Observation::True,
+                (false, true, false) => Observation::False,
+                // Unknown: the evidence does not decide yet.
+                _ => Observation::NoData,
             }
         };
         subject.changed = true;

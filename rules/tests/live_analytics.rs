@@ -12,12 +12,16 @@ use canaryd_rules::{
 };
 
 fn engine(rules: &str) -> Engine {
+    engine_with(rules, EngineConfig::default())
+}
+
+fn engine_with(rules: &str, config: EngineConfig) -> Engine {
     let options = LoadOptions::default();
     let rules = load_rules("r.yaml", rules.as_bytes(), &options).unwrap();
     Engine::new(
         Arc::new(RuleSet::new(rules).unwrap()),
         &options.vocabulary,
-        EngineConfig::default(),
+        config,
     )
 }
 
@@ -88,6 +92,67 @@ fn an_error_spike_in_raw_traffic_fires_the_playbook_rule() {
     assert!(seen.iter().all(|(_, r, _)| r != "Canary Latency High"));
 }
 
+const GUARDED: &str = r#"
+alerts:
+  - name: default guard
+    condition: canary_error_rate > 0.05
+    duration: 0s
+    severity: critical
+  - name: success guard
+    condition: canary_success_rate < 0.95
+    duration: 0s
+    severity: critical
+"#;
+
+/// `failing` of `n` canary requests, one a second, the failures spread
+/// evenly (the last request of each stretch fails).
+fn canary_requests(n: i64, failing: i64) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let fails = (i + 1) * failing / n > i * failing / n;
+            request(i * 1000, Track::Canary, fails, 100.0)
+        })
+        .collect()
+}
+
+/// Below min_samples (100 by default) a rate is judged on evidence: 30
+/// failing of 50 rolls back (95 % interval 0.46..0.72, all above 5 %), 2
+/// of 30 does not (0.018..0.21 straddles it), and a clean canary is judged
+/// healthy only once the interval is below the threshold.
+#[test]
+fn below_min_samples_a_rate_is_judged_on_evidence() {
+    let phase = |e: &Engine, rule: &str| e.alert(rule, &subject()).unwrap().phase;
+    let mut e = engine(GUARDED);
+    let seen = feed(&mut e, canary_requests(50, 30));
+    assert_eq!(phase(&e, "default guard"), Phase::Firing, "{seen:?}");
+    assert_eq!(phase(&e, "success guard"), Phase::Firing, "{seen:?}");
+
+    let mut e = engine(GUARDED);
+    let seen = feed(&mut e, canary_requests(30, 2));
+    assert!(seen.is_empty(), "2 of 30 is not evidence: {seen:?}");
+    assert_eq!(phase(&e, "default guard"), Phase::Inactive);
+
+    // Firing on evidence, then clean traffic: it does not resolve at the
+    // first clean request.
+    let mut e = engine(GUARDED);
+    feed(&mut e, canary_requests(10, 10));
+    assert_eq!(phase(&e, "default guard"), Phase::Firing);
+    let clean = (10..250).map(|i| request(i * 1000, Track::Canary, false, 100.0));
+    let seen = feed(&mut e, clean);
+    let resolved: Vec<_> = seen
+        .iter()
+        .filter(|(_, r, to)| r == "default guard" && *to == Phase::Resolved)
+        .collect();
+    assert_eq!(resolved.len(), 1, "{seen:?}");
+    // Not at the first clean request: the interval of 10 failed of the
+    // first n stays above 5 % until min_samples; from there the point
+    // estimate 10 / n decides: no longer above 5 % at the 200th request
+    // (t = 199 s).
+    assert_eq!(resolved[0].0, 199, "{seen:?}");
+}
+
+/// Without `analytics.confidence`, too few requests are no data, unless
+/// the rule lowers its own `min_samples`.
 #[test]
 fn too_few_canary_requests_are_no_data_unless_the_rule_says_otherwise() {
     let rules = r#"
@@ -102,7 +167,9 @@ alerts:
     severity: critical
     min_samples: 10
 "#;
-    let mut e = engine(rules);
+    let mut config = EngineConfig::default();
+    config.analytics.confidence = None;
+    let mut e = engine_with(rules, config);
     // 20 canary requests in the window, half failing: far below the default 100.
     let events = (0..20).map(|i| request(i * 1000, Track::Canary, i % 2 == 0, 100.0));
     let mut seen = feed(&mut e, events);

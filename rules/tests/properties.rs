@@ -202,3 +202,44 @@ fn oracle_step(
     }
     out
 }
+
+proptest! {
+    /// A Wilson interval holds the observed rate, stays within 0..1, is
+    /// no looser at a higher count of the same rate, and a higher
+    /// confidence only widens it.
+    #[test]
+    fn confidence_bounds_hold_the_rate_and_tighten_with_the_count(
+        trials in 1u64..5_000,
+        share in 0.0f64..=1.0,
+        scale in 2u64..10,
+        level in 0.5f64..0.999,
+    ) {
+        use canaryd_rules::analytics::{Confidence, wilson_z};
+        let successes = (share * trials as f64).round() as u64;
+        let p = successes as f64 / trials as f64;
+        let z = Confidence(level).z();
+        let (low, high) = wilson_z(successes, trials, z).unwrap();
+        prop_assert!(0.0 <= low && low <= p + 1e-12 && p <= high + 1e-12 && high <= 1.0);
+        let (low_n, high_n) = wilson_z(successes * scale, trials * scale, z).unwrap();
+        prop_assert!(high_n - low_n <= high - low + 1e-12, "{trials}x{scale}");
+        let (low_w, high_w) = wilson_z(successes, trials, Confidence((level + 1.0) / 2.0).z()).unwrap();
+        prop_assert!(low_w <= low + 1e-12 && high <= high_w + 1e-12);
+    }
+}
+
+#[test]
+fn confidence_levels_have_their_normal_quantiles() {
+    use canaryd_rules::analytics::Confidence;
+    for (level, z) in [
+        (0.95, 1.959_963_985),
+        (0.99, 2.575_829_304),
+        (0.5, 0.674_489_750),
+        (0.9999, 3.890_591_886),
+    ] {
+        assert!(
+            (Confidence(level).z() - z).abs() < 1e-7,
+            "{level}: {}",
+            Confidence(level).z()
+        );
+    }
+}
