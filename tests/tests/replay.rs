@@ -466,3 +466,82 @@ fn the_recorded_incident_rolls_the_rollout_back_at_the_firing_and_never_promotes
         .collect();
     assert_eq!(translator, ["stage"]);
 }
+
+/// Twenty minutes of a low-traffic canary (one request every 10 s, far
+/// below `min_samples` in the 5-minute window) beside a busy stable: the
+/// canary fails `canary_fails(i)` of its requests.
+fn low_traffic(dir: &std::path::Path, name: &str, canary_fails: impl Fn(i64) -> bool) -> String {
+    let mut lines = Vec::new();
+    for s in 0..20 * 60i64 {
+        let ts = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(1_772_366_400_000 + ms)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        for k in 0..5 {
+            lines.push(format!(
+                r#"{{"type":"inference","ts":"{}","model":"quiet","version":"v1","track":"stable","latency_ms":180,"error":false}}"#,
+                ts(s * 1000 + k * 200)
+            ));
+        }
+        if s % 10 == 0 {
+            let i = s / 10;
+            lines.push(format!(
+                r#"{{"type":"inference","ts":"{}","model":"quiet","version":"v2","track":"canary","latency_ms":190,"error":{}}}"#,
+                ts(s * 1000 + 100),
+                canary_fails(i)
+            ));
+        }
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Low traffic, decided on evidence: a canary failing 6 in 10 of its few
+/// requests is rolled back by the playbook's rule (its window never holds
+/// `min_samples` requests); one failing 1 in 25, noise around the 5 %
+/// line, is not. Without `analytics.confidence` the failing one would
+/// never be rolled back.
+#[test]
+fn a_failing_canary_at_very_low_traffic_is_rolled_back_and_noise_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = low_traffic(dir.path(), "failing.jsonl", |i| i % 10 < 6);
+    let out = canaryd(&["replay", "--rules", RULES, "--events", &failing]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_golden("low-traffic-failing.txt", &stdout(&out));
+    assert!(
+        stdout(&out).contains("ACTION    auto_rollback"),
+        "{}",
+        stdout(&out)
+    );
+
+    let noise = low_traffic(dir.path(), "noise.jsonl", |i| i % 25 == 24);
+    let out = canaryd(&["replay", "--rules", RULES, "--events", &noise]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_golden("low-traffic-noise.txt", &stdout(&out));
+    assert!(!stdout(&out).contains("auto_rollback"), "{}", stdout(&out));
+
+    let config = dir.path().join("count-guard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules: [{}]\nanalytics: {{confidence: null}}\n",
+            repo(RULES).display()
+        ),
+    )
+    .unwrap();
+    let out = canaryd(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--events",
+        &failing,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stdout(&out).contains("auto_rollback"),
+        "a fixed count guard never sees enough requests: {}",
+        stdout(&out)
+    );
+}
