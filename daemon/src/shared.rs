@@ -146,11 +146,19 @@ impl Shared {
                     snapshot: Arc::new(fresh),
                 };
             }
-            Ok(None) => tracing::debug!("no snapshot: the consume loop has stopped"),
-            Err(_) => tracing::warn!(
-                wait_s = SNAPSHOT_WAIT.as_secs(),
-                "the consume loop did not answer for a snapshot in time: showing the last one"
-            ),
+            // The last one stands in for a while, so that requests queued
+            // behind this one do not each wait again.
+            Ok(None) => {
+                tracing::debug!("no snapshot: the consume loop has stopped");
+                cached.at = Some(Instant::now());
+            }
+            Err(_) => {
+                tracing::warn!(
+                    wait_s = SNAPSHOT_WAIT.as_secs(),
+                    "the consume loop did not answer for a snapshot in time: showing the last one"
+                );
+                cached.at = Some(Instant::now());
+            }
         }
         cached.snapshot.clone()
     }

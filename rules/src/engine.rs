@@ -258,6 +258,13 @@ impl AlertStates {
     }
 }
 
+/// Whether `subject` has had no events for `evict_after` by `now`. One
+/// with a firing external alert is kept however quiet: the alert stands
+/// until it is resolved, and Alertmanager repeats it only every few hours.
+fn evictable(subject: &Subject, now: Timestamp, evict_after: Span) -> bool {
+    now.since(subject.last_seen) > evict_after && subject.firing.is_empty()
+}
+
 /// Requests a rate judged on evidence needs at least: a new canary's
 /// first failed request alone is not an incident (1 of 1 already has a
 /// 95 % interval of 0.21..1).
@@ -577,7 +584,7 @@ impl Engine {
                         subject: subject.labels.clone(),
                     });
                 }
-                evict |= now.since(subject.last_seen) > evict_after;
+                evict |= evictable(subject, now, evict_after);
             }
         }
         if evict {
@@ -594,7 +601,7 @@ impl Engine {
             if !group
                 .subjects
                 .iter()
-                .any(|s| now.since(s.last_seen) > evict_after)
+                .any(|s| evictable(s, now, evict_after))
             {
                 continue;
             }
@@ -602,7 +609,7 @@ impl Engine {
             let mut remap = Vec::with_capacity(group.subjects.len());
             let mut kept = Vec::with_capacity(group.subjects.len());
             for subject in std::mem::take(&mut group.subjects) {
-                if now.since(subject.last_seen) > evict_after {
+                if evictable(&subject, now, evict_after) {
                     let alerts = subject
                         .alerts
                         .iter()

@@ -372,3 +372,34 @@ fn ten_thousand_short_lived_models_leave_a_bounded_engine() {
         .count() as u64;
     assert_eq!(evicted, e.stats().evicted);
 }
+
+/// A subject with a firing external alert (Alertmanager repeats one only
+/// every few hours) is kept however quiet; once resolved, it can go.
+#[test]
+fn a_subject_with_a_firing_external_alert_is_not_evicted() {
+    let mut e = engine(evicting());
+    let got = run(
+        &mut e,
+        &[
+            alert(0, AlertStatus::Firing, S),
+            // Much later, another subject moves event time on.
+            metric(2_000, "canary_error_rate", 0.01, T),
+        ],
+    );
+    assert!(got.iter().all(|l| !l.contains("evicted")), "{got:?}");
+    assert_eq!(
+        e.alert("Critical Errors", &labels(S)).map(|a| a.phase),
+        Some(Phase::Firing)
+    );
+    let got = run(
+        &mut e,
+        &[
+            alert(2_010, AlertStatus::Resolved, S),
+            metric(3_000, "canary_error_rate", 0.01, T),
+        ],
+    );
+    assert!(
+        got.iter().any(|l| l.starts_with("3000 evicted summarizer")),
+        "{got:?}"
+    );
+}

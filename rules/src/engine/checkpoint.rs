@@ -196,9 +196,10 @@ impl Engine {
     /// Takes in one saved subject, unless it is due for eviction: the
     /// changelog keeps a subject's last record after it was evicted.
     fn adopt(&mut self, saved: SubjectState, logic: &[Vec<String>]) {
-        if self
-            .watermark
-            .is_some_and(|wm| wm.since(saved.last_seen) > self.config.evict_after)
+        if saved.firing.is_empty()
+            && self
+                .watermark
+                .is_some_and(|wm| wm.since(saved.last_seen) > self.config.evict_after)
         {
             self.stats.evicted += 1;
             return;
