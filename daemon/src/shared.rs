@@ -40,7 +40,8 @@ pub struct Snapshot {
     pub rollouts: Vec<Value>,
     /// The per-model metrics: fresh subjects with data, up to the cap.
     pub analytics: Vec<SubjectAnalytics>,
-    /// Fresh subjects with data over the cap.
+    /// Subjects with data left out: over the cap, or beyond what one
+    /// engine contributes to a snapshot.
     pub omitted: usize,
     /// `canaryd_alerts`.
     pub alert_series: Vec<AlertSeries>,
@@ -263,7 +264,13 @@ impl Backend for std::sync::Arc<Shared> {
     }
 
     fn alerts(&self) -> BoxFuture<'_, Value> {
-        Box::pin(async move { self.snapshot().await.alerts.clone() })
+        Box::pin(async move {
+            match &self.snapshot().await.alerts {
+                // No snapshot yet: the loop has not answered one.
+                Value::Null => json!({"alerts": [], "subjects": []}),
+                alerts => alerts.clone(),
+            }
+        })
     }
 
     fn rules(&self) -> Value {

@@ -34,6 +34,7 @@ pub(super) fn take<'a>(
     let mut rollouts = Vec::new();
     let mut rollout_series = Vec::new();
     let mut held = 0;
+    let mut beyond = 0;
     for (engine, controller) in partitions {
         held += engine.subject_count();
         for a in engine.alerts() {
@@ -51,7 +52,10 @@ pub(super) fn take<'a>(
                 "silenced": shared.is_silenced(a.rule, a.subject, now),
             }));
         }
-        for subject in engine.analytics(ANALYTICS_PER_ENGINE) {
+        let taken = engine.analytics(ANALYTICS_PER_ENGINE);
+        // Beyond the per-engine limit: left out of the metrics too.
+        beyond += engine.active_subjects().saturating_sub(taken.len());
+        for subject in taken {
             if let Some(model) = subject.labels.get("model") {
                 subjects.insert(model.clone(), subject_json(model, &subject.tracks));
             }
@@ -73,7 +77,7 @@ pub(super) fn take<'a>(
         }
     }
     analytics.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
-    let omitted = analytics.len().saturating_sub(max_subjects);
+    let omitted = analytics.len().saturating_sub(max_subjects) + beyond;
     analytics.truncate(max_subjects);
     let mut names: Vec<String> = subjects.keys().cloned().collect();
     names.sort();
