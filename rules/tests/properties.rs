@@ -243,3 +243,29 @@ fn confidence_levels_have_their_normal_quantiles() {
         );
     }
 }
+
+proptest! {
+    /// The watermark is never past the latest time the engine was shown,
+    /// by an event or by `advance`, and never goes back.
+    #[test]
+    fn the_watermark_never_passes_what_was_seen_nor_goes_back(
+        steps in prop::collection::vec((-60i64..120, 0u8..3, any::<bool>()), 0..120),
+    ) {
+        let mut e = engine(30);
+        let mut out = Vec::new();
+        let (mut ts, mut seen, mut last) = (1_000i64, i64::MIN, None);
+        for (gap, model, tick) in steps {
+            ts = (ts + gap).max(0);
+            if tick {
+                e.advance(Timestamp(ts * 1000), &mut out);
+            } else {
+                e.ingest(&event(ts, model, 0.5), &mut out);
+            }
+            seen = seen.max(ts * 1000);
+            let wm = e.watermark().map(|w| w.millis());
+            prop_assert!(wm.is_some_and(|w| w <= seen), "{wm:?} > {seen}");
+            prop_assert!(last <= wm, "went back from {last:?} to {wm:?}");
+            last = wm;
+        }
+    }
+}
