@@ -772,6 +772,14 @@ async fn series_and_engine_memory_stay_flat_while_ten_thousand_models_come_and_g
         .collect();
     assert_eq!(models.len(), 50, "{models:?}");
     let per_batch = series_count(&first, "canaryd_model_");
+    // The status page draws a bounded number of cards, and says so.
+    let dom = canaryd_tests::render_in_browser(&format!("{}/", rig.base));
+    assert!(
+        dom.contains("showing 24 of 10000 models"),
+        "{}",
+        &dom[..dom.len().min(3000)]
+    );
+    assert_eq!(dom.matches("<article class=\"subject\"").count(), 24);
 
     // Ten minutes of event time later, another 10,000: the first are
     // evicted as the second arrive.
