@@ -436,6 +436,16 @@ async fn a_corrupt_or_deleted_changelog_is_rebuilt_from_the_input() {
         )
         .await;
         let (first, feed, breach) = rig.incident("first").await;
+        // A malformed message inside what the rebuild will read again.
+        let garbage = format!("not json ({lost} drill)");
+        send(
+            &producer(&rig.broker.bootstrap()),
+            "events",
+            0,
+            "summarizer",
+            garbage.as_bytes(),
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         first.signal("KILL");
         drop(first);
@@ -493,6 +503,24 @@ async fn a_corrupt_or_deleted_changelog_is_rebuilt_from_the_input() {
             &logs,
         );
         fired_once_on_time(&rig, &audit, breach, &logs);
+        let letters = read_until(
+            &rig.broker.bootstrap(),
+            "events-dlq",
+            Duration::from_secs(5),
+            |_| false,
+        );
+        let copies = letters
+            .iter()
+            .filter(|r| r.payload == garbage.as_bytes())
+            .count();
+        check(
+            &format!(
+                "{lost}: the malformed message is dead-lettered once, not again by the rebuild"
+            ),
+            copies == 1,
+            copies,
+            &logs,
+        );
     }
 }
 
