@@ -85,6 +85,12 @@ const STATUS_PAGE: &str = include_str!("../status.html");
 ///   alertmanager:
 ///     action_label: canary_action   # default
 ///     subject_labels: [model]       # default
+///   metrics:
+///     max_subjects: 1000            # default
+///   history:
+///     every: 30s                    # default
+///     keep: 1h                      # default
+///     max_models: 200               # default
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
