@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use canaryd_rules::event::{InferenceEvent, MetricEvent, Track};
 use canaryd_rules::rollout::controller::{
-    Change, ChangeKind, Controller, Gating, NamedPlan, Plans,
+    Change, ChangeKind, Controller, Found, Gating, NamedPlan, Plans,
 };
 use canaryd_rules::rollout::{Plan, Stage};
 use canaryd_rules::{
@@ -429,4 +429,273 @@ fn a_person_pauses_resumes_promotes_and_aborts_and_each_says_who() {
             .command("other", Command::Pause { by: by() }, now)
             .is_err()
     );
+}
+
+/// A new owner with read-back on: nothing restored, the traffic object to
+/// be read first.
+fn reading_run() -> Run {
+    let mut run = Run::new(Gating::Every);
+    run.controller = run.controller.clone().with_read_back(true);
+    run
+}
+
+impl Run {
+    fn read_back(&mut self, found: Found) {
+        let now = self.engine.watermark().unwrap();
+        let changes = self
+            .controller
+            .read_back("m", found, self.engine.alerts(), now);
+        self.changes.extend(changes);
+    }
+}
+
+/// What the object would record after `first` ran: its state, as
+/// canaryd's annotation carries it.
+fn recorded(first: &Run) -> Found {
+    let (_, rollout) = first.controller.state().pop().unwrap();
+    Found::Recorded {
+        plan: "default".into(),
+        rollout,
+        hand_edit: None,
+    }
+}
+
+#[test]
+fn with_read_back_a_model_first_seen_waits_for_its_object_and_is_looked_up_once() {
+    let mut run = reading_run();
+    run.healthy(0, 3);
+    assert!(run.changes.is_empty(), "nothing before the object is read");
+    assert_eq!(run.controller.take_lookups(), ["m"]);
+    run.healthy(3, 5);
+    assert!(run.controller.take_lookups().is_empty(), "asked once");
+    assert_eq!(run.controller.reading(), 1);
+    // Nothing recorded: a new rollout, from the first canary event seen.
+    run.read_back(Found::Nothing);
+    assert_eq!(run.timeline(), [(4, Stage, 5)]);
+    assert_eq!(run.changes[0].state.stage_started, Timestamp(0));
+    run.healthy(5, 12);
+    assert_eq!(
+        run.timeline(),
+        [(4, Stage, 5), (10, Stage, 50)],
+        "its hold counted from the first event"
+    );
+    assert_eq!(run.controller.reading(), 0);
+}
+
+#[test]
+fn a_new_owner_reads_the_stage_back_and_carries_on_its_hold_without_restarting_it() {
+    let mut first = Run::new(Gating::Every);
+    first.healthy(0, 16);
+    assert_eq!(first.timeline(), [(0, Stage, 5), (10, Stage, 50)]);
+    // The object records stage 2, entered at 10; periodic records carry
+    // the hold so far (here: as stepped at 15).
+    first
+        .controller
+        .step("m", Timestamp(15_000), &mut Vec::new());
+    let found = recorded(&first);
+
+    // A new owner with no changelog: a fresh engine from 17 (one second
+    // of input nobody watched).
+    let mut second = reading_run();
+    second.healthy(17, 18);
+    assert_eq!(second.controller.take_lookups(), ["m"]);
+    second.read_back(found);
+    assert!(second.changes.is_empty(), "no step is applied again");
+    let (rollout, _) = second.controller.rollout("m").unwrap();
+    assert_eq!((rollout.stage, rollout.held), (1, Span::seconds(5)));
+    second.healthy(18, 40);
+    // 5 s held before, 5 s more from 17 (15..17 not credited): 22.
+    assert_eq!(
+        second.timeline(),
+        [(22, Promoted, 100), (32, Complete, 100)],
+        "{:?}",
+        second.changes
+    );
+}
+
+#[test]
+fn a_rolled_back_version_read_back_stays_at_zero() {
+    let mut first = Run::new(Gating::Every);
+    first.healthy(0, 12);
+    for s in 12..16 {
+        first.metric(s, "canary_error_rate", 0.2);
+    }
+    assert_eq!(first.timeline().last().unwrap().1, RolledBack);
+    let found = recorded(&first);
+    let mut second = reading_run();
+    second.healthy(20, 21);
+    second.read_back(found);
+    second.healthy(21, 80);
+    assert!(second.changes.is_empty(), "{:?}", second.changes);
+    assert_eq!(
+        second
+            .controller
+            .rollout("m")
+            .unwrap()
+            .0
+            .weight(&plans(Gating::Every).default.unwrap().plan),
+        0
+    );
+}
+
+#[test]
+fn another_version_recorded_gives_way_to_a_new_rollout_of_the_one_seen() {
+    let mut first = Run::new(Gating::Every);
+    first.healthy(0, 12);
+    let Found::Recorded { mut rollout, .. } = recorded(&first) else {
+        unreachable!()
+    };
+    rollout.version = "v1".into();
+    let mut second = reading_run();
+    let inference = Event::Inference(InferenceEvent {
+        ts: Timestamp(20_000),
+        model: "m".into(),
+        version: "v2".into(),
+        track: Track::Canary,
+        latency_ms: 10.0,
+        error: false,
+        cost_usd: None,
+        group: None,
+        prediction: None,
+        label: None,
+        labels: BTreeMap::new(),
+    });
+    second.event(inference);
+    second.read_back(Found::Recorded {
+        plan: "default".into(),
+        rollout,
+        hand_edit: None,
+    });
+    assert_eq!(second.timeline(), [(20, Stage, 5)]);
+    assert_eq!(second.changes[0].version, "v2");
+}
+
+#[test]
+fn foreign_corrupt_or_hand_edited_records_pause_the_rollout_with_the_reason() {
+    let first = {
+        let mut r = Run::new(Gating::Every);
+        r.healthy(0, 12);
+        r
+    };
+    let Found::Recorded { rollout, .. } = recorded(&first) else {
+        unreachable!()
+    };
+    let mut beyond = rollout.clone();
+    beyond.stage = 7;
+    let cases = [
+        (
+            Found::Recorded {
+                plan: "fast".into(),
+                rollout: rollout.clone(),
+                hand_edit: None,
+            },
+            "plan `fast`",
+        ),
+        (
+            Found::Recorded {
+                plan: "default".into(),
+                rollout: beyond,
+                hand_edit: None,
+            },
+            "stage 8",
+        ),
+        (
+            Found::Refused("canaryd.io/rollout is not JSON: expected value at line 1".into()),
+            "not JSON",
+        ),
+        (
+            Found::Recorded {
+                plan: "default".into(),
+                rollout,
+                hand_edit: Some("canary weight 30, canaryd set 50".into()),
+            },
+            "hand edit",
+        ),
+    ];
+    for (found, says) in cases {
+        let mut second = reading_run();
+        second.healthy(20, 21);
+        second.read_back(found);
+        assert_eq!(second.timeline(), [(20, Paused, second.changes[0].weight)]);
+        assert!(!second.changes[0].traffic);
+        assert!(
+            second.changes[0].reason.contains(says),
+            "{:?}",
+            second.changes
+        );
+        second.healthy(21, 60);
+        assert_eq!(second.changes.len(), 1, "paused: {:?}", second.changes);
+        // A person decides.
+        let resumed = second
+            .controller
+            .command(
+                "m",
+                canaryd_rules::rollout::Command::Resume {
+                    by: "oncall".into(),
+                },
+                Timestamp(60_000),
+            )
+            .unwrap();
+        assert!(resumed[0].traffic, "{resumed:?}");
+    }
+}
+
+#[test]
+fn a_gating_alert_raised_while_the_object_was_read_holds_the_adopted_stage() {
+    let mut first = Run::new(Gating::Every);
+    first.healthy(0, 12);
+    let found = recorded(&first);
+    let mut second = reading_run();
+    for s in 20..23 {
+        second.metric(s, "canary_cost_per_request", 0.9);
+    }
+    second.read_back(found);
+    for s in 23..60 {
+        second.metric(s, "canary_cost_per_request", 0.9);
+        second.metric(s, "canary_error_rate", 0.001);
+    }
+    assert!(
+        !second.timeline().iter().any(|(_, k, _)| *k == Promoted),
+        "{:?}",
+        second.timeline()
+    );
+}
+
+#[test]
+fn with_read_back_a_finished_rollout_is_forgotten_when_its_model_is_evicted() {
+    let options = LoadOptions::default();
+    let rules =
+        Arc::new(RuleSet::new(load_rules("t.yaml", RULES.as_bytes(), &options).unwrap()).unwrap());
+    let config = EngineConfig {
+        stale_after: Span::seconds(5),
+        evict_after: Span::seconds(60),
+        ..EngineConfig::default()
+    };
+    for read_back in [false, true] {
+        let mut run = Run::new(Gating::Every);
+        run.engine = Engine::new(rules.clone(), &options.vocabulary, config.clone());
+        run.controller = Controller::new(Arc::new(plans(Gating::Every)), rules.clone())
+            .with_read_back(read_back);
+        if read_back {
+            run.healthy(0, 1);
+            run.controller.take_lookups();
+            run.read_back(Found::Nothing);
+        }
+        run.healthy(1, 35);
+        assert_eq!(run.timeline().last().unwrap().1, Complete);
+        // Silent for longer than evict_after: another model's events
+        // move event time on.
+        for s in (40..200).step_by(5) {
+            let mut e = metric(s, "stable_error_rate", 0.001);
+            if let Event::Metric(m) = &mut e {
+                m.labels.insert("model".into(), "other".into());
+            }
+            run.event(e);
+        }
+        assert_eq!(
+            run.controller.len(),
+            usize::from(!read_back),
+            "read_back {read_back}"
+        );
+    }
 }

@@ -11,6 +11,12 @@
 //!   pending, then unknown (its data went stale), else clean.
 //! - A gating rule firing with `reduce_traffic` among its actions steps
 //!   the rollout back one stage.
+//! - With read-back on (live mode, a traffic receiver that records the
+//!   rollout's state on its object), a model first seen here, with no
+//!   state restored from a changelog, is not started: it waits until the
+//!   caller has read the traffic object ([`Controller::take_lookups`],
+//!   [`Controller::read_back`]), and then carries on where the object says
+//!   it stood. A new owner never restarts a hold or a rolled-back version.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -164,6 +170,36 @@ pub struct Change {
     pub state: Rollout,
 }
 
+/// What the traffic object says of a model's rollout, as read back by the
+/// caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// No rollout recorded: a new one starts.
+    Nothing,
+    /// canaryd's own record, of this model's plan.
+    Recorded {
+        /// The plan's name as recorded.
+        plan: String,
+        /// The state.
+        rollout: Rollout,
+        /// The weights were changed by someone else since canaryd wrote
+        /// them: what was found.
+        hand_edit: Option<String>,
+    },
+    /// Unreadable, foreign or unreachable for good: the rollout pauses
+    /// with this, and a person decides (resume starts it again from the
+    /// first stage, abort rolls back). Guessing is not allowed.
+    Refused(String),
+}
+
+/// A model waiting for its traffic object to be read.
+#[derive(Clone, Debug)]
+struct Reading {
+    version: String,
+    first_seen: Timestamp,
+    requests: u64,
+}
+
 /// The gating alerts of one model that are not inactive, by rule name and
 /// subject.
 type Active = BTreeMap<(String, Labels), (AlertPhase, Severity)>;
@@ -196,6 +232,12 @@ pub struct Controller {
     changed: bool,
     /// How many models' data is stale.
     stale: usize,
+    /// Whether a model first seen waits for its traffic object to be read.
+    read_back: bool,
+    /// Models waiting for that, by model.
+    reading: hashbrown::HashMap<String, Reading>,
+    /// Models to read, for the caller.
+    lookups: Vec<String>,
 }
 
 /// The model and canary version an event is about, if it is a canary's.
@@ -233,13 +275,190 @@ impl Controller {
             next_due: None,
             changed: false,
             stale: 0,
+            read_back: false,
+            reading: hashbrown::HashMap::new(),
+            lookups: Vec::new(),
         }
+    }
+
+    /// Turns read-back on: a model first seen without a restored state
+    /// waits for [`Controller::read_back`] instead of starting at the first
+    /// stage. Off in replay, where there is no object to read.
+    pub fn with_read_back(mut self, on: bool) -> Controller {
+        self.read_back = on;
+        self
+    }
+
+    /// Models whose traffic object the caller must read now, each once.
+    pub fn take_lookups(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.lookups)
+    }
+
+    /// Models waiting for their traffic object to be read.
+    pub fn reading(&self) -> usize {
+        self.reading.len()
+    }
+
+    /// What the traffic object of `model` says, read at the caller's
+    /// request, at event time `now`. A recorded rollout of the version seen
+    /// carries on where it stood: its stage, its hold so far, its pause or
+    /// rollback. The time between the record and the first event seen here
+    /// is not credited: nobody watched the gate then. Anything else that
+    /// was recorded (another version) gives way to a new rollout; nothing
+    /// readable pauses it.
+    pub fn read_back<'a>(
+        &mut self,
+        model: &str,
+        found: Found,
+        alerts: impl Iterator<Item = AlertView<'a>>,
+        now: Timestamp,
+    ) -> Vec<Change> {
+        let out = self.read_back_inner(model, found, now);
+        // The model's gating alerts went on while its object was read: the
+        // gate starts from them, as after a restore.
+        if let Some(tracked) = self.models.get_mut(model) {
+            seed_active(&self.plans, &self.rules, model, tracked, alerts);
+        }
+        out
+    }
+
+    fn read_back_inner(&mut self, model: &str, found: Found, now: Timestamp) -> Vec<Change> {
+        let mut out = Vec::new();
+        let Some(reading) = self.reading.remove(model) else {
+            return out;
+        };
+        let Some(named) = self.plans.plan_for(model) else {
+            return out;
+        };
+        let refuse = |why: String| {
+            let mut rollout = Rollout::start(&named.plan, &reading.version, reading.first_seen).0;
+            rollout.phase = Phase::Paused {
+                by: format!(
+                    "canaryd: {why}; resume starts it again from stage 1, abort rolls it back"
+                ),
+            };
+            rollout
+        };
+        let (tracked, kind, traffic, reason) = match found {
+            Found::Nothing => {
+                self.start(model, &reading, now, &mut out);
+                return out;
+            }
+            Found::Recorded { plan, .. } if plan != named.name => {
+                let why = format!(
+                    "the traffic object records a rollout of plan `{plan}`, but plan `{}` carries this model",
+                    named.name
+                );
+                let rollout = refuse(why.clone());
+                (rollout, ChangeKind::Paused, false, why)
+            }
+            Found::Recorded { rollout, .. }
+                if !reading.version.is_empty() && rollout.version != reading.version =>
+            {
+                // Another version was carried: this one starts afresh.
+                self.start(model, &reading, now, &mut out);
+                return out;
+            }
+            Found::Recorded { rollout, .. } if rollout.stage > named.plan.stages.len() => {
+                let why = format!(
+                    "the traffic object records stage {} of plan `{}`, which has {} stages",
+                    rollout.stage + 1,
+                    named.name,
+                    named.plan.stages.len()
+                );
+                (refuse(why.clone()), ChangeKind::Paused, false, why)
+            }
+            Found::Recorded {
+                mut rollout,
+                hand_edit,
+                ..
+            } => {
+                rollout.last_step = rollout.last_step.max(reading.first_seen);
+                rollout.requests = rollout.requests.saturating_add(reading.requests);
+                let running = !matches!(
+                    rollout.phase,
+                    Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. }
+                );
+                match hand_edit {
+                    Some(edit) if running => {
+                        let why = format!("hand edit: {edit}");
+                        rollout.phase = Phase::Paused {
+                            by: format!("canaryd on a hand edit ({edit})"),
+                        };
+                        (rollout, ChangeKind::Paused, false, why)
+                    }
+                    _ => {
+                        self.adopt(model, rollout);
+                        return out;
+                    }
+                }
+            }
+            Found::Refused(why) => (refuse(why.clone()), ChangeKind::Paused, false, why),
+        };
+        let tracked = Tracked {
+            rollout: tracked,
+            requests: 0,
+            reduce: false,
+            stale: false,
+            active: Active::new(),
+        };
+        out.push(change_of(
+            model,
+            &tracked,
+            &named.plan,
+            kind,
+            traffic,
+            reason,
+            now,
+        ));
+        self.models.insert(model.to_string(), tracked);
+        self.changed = true;
+        out
+    }
+
+    /// Carries `rollout` on, as read back, with the alerts the engine has
+    /// for the model left to come (they step it as they change).
+    fn adopt(&mut self, model: &str, rollout: Rollout) {
+        let Some(named) = self.plans.plan_for(model) else {
+            return;
+        };
+        let tracked = Tracked {
+            rollout,
+            requests: 0,
+            reduce: false,
+            stale: false,
+            active: Active::new(),
+        };
+        self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
+        self.models.insert(model.to_string(), tracked);
+        self.changed = true;
+    }
+
+    /// A new rollout of what `reading` saw, from its first canary event.
+    fn start(&mut self, model: &str, reading: &Reading, now: Timestamp, out: &mut Vec<Change>) {
+        let Some(named) = self.plans.plan_for(model) else {
+            return;
+        };
+        let (rollout, decision) = Rollout::start(&named.plan, &reading.version, reading.first_seen);
+        let tracked = Tracked {
+            rollout,
+            requests: reading.requests,
+            reduce: false,
+            stale: false,
+            active: Active::new(),
+        };
+        changes(model, &tracked, &named.plan, vec![decision], now, out);
+        self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
+        self.models.insert(model.to_string(), tracked);
+        self.changed = true;
     }
 
     /// After a reload: new plans and rules. Rollouts carry on where they
     /// stand; a model whose plan is gone keeps its weight and is dropped.
     pub fn reload(&mut self, plans: Arc<Plans>, rules: Arc<RuleSet>) {
         self.models
+            .retain(|model, _| plans.plan_for(model).is_some());
+        self.reading
             .retain(|model, _| plans.plan_for(model).is_some());
         self.stale = self.models.values().filter(|t| t.stale).count();
         self.plans = plans;
@@ -293,7 +512,9 @@ impl Controller {
             None if self.stale == 0 || !applied => return None,
             None => model_of(event)?,
         };
-        if let Some(tracked) = self.models.get_mut(model) {
+        let known = self.models.get_mut(model);
+        let is_known = known.is_some();
+        if let Some(tracked) = known {
             let fresh_again = applied && tracked.stale;
             if fresh_again {
                 tracked.stale = false;
@@ -312,6 +533,31 @@ impl Controller {
         }
         let (_, version) = canary?;
         let named = self.plans.plan_for(model)?;
+        if self.read_back && !is_known {
+            // What the traffic object says comes first.
+            match self.reading.get_mut(model) {
+                Some(r) if version.is_empty() || r.version == version => r.requests += 1,
+                Some(r) => {
+                    *r = Reading {
+                        version: version.to_string(),
+                        first_seen: now,
+                        requests: 1,
+                    }
+                }
+                None => {
+                    self.reading.insert(
+                        model.to_string(),
+                        Reading {
+                            version: version.to_string(),
+                            first_seen: now,
+                            requests: 1,
+                        },
+                    );
+                    self.lookups.push(model.to_string());
+                }
+            }
+            return None;
+        }
         let (rollout, decision) = Rollout::start(&named.plan, version, now);
         let tracked = Tracked {
             rollout,
@@ -368,6 +614,20 @@ impl Controller {
             Output::Evicted { subject, .. } => {
                 let model = subject.get("model")?;
                 let tracked = self.models.get_mut(model.as_str())?;
+                // Done with, and recorded on its object: read back if the
+                // model comes again, so that the controller stays bounded.
+                if self.read_back
+                    && matches!(
+                        tracked.rollout.phase,
+                        Phase::Complete | Phase::RolledBack { .. }
+                    )
+                {
+                    if tracked.stale {
+                        self.stale -= 1;
+                    }
+                    self.models.remove(model.as_str());
+                    return None;
+                }
                 tracked.active.retain(|(_, s), _| s != subject);
                 Some(model.as_str())
             }
@@ -492,17 +752,13 @@ impl Controller {
             let Some(model) = alert.subject.get("model") else {
                 continue;
             };
-            let (Some(tracked), Some(named), Some(rule)) = (
-                self.models.get_mut(model.as_str()),
-                self.plans.plan_for(model),
-                self.rules.get(alert.rule),
-            ) else {
-                continue;
-            };
-            if named.gating.gates(rule) && alert.state.phase != AlertPhase::Inactive {
-                tracked.active.insert(
-                    (rule.name.clone(), alert.subject.clone()),
-                    (alert.state.phase, rule.severity),
+            if let Some(tracked) = self.models.get_mut(model.as_str()) {
+                seed_active(
+                    &self.plans,
+                    &self.rules,
+                    model,
+                    tracked,
+                    std::iter::once(alert),
                 );
             }
         }
@@ -677,6 +933,34 @@ fn step_one(
             ),
             now,
         ));
+    }
+}
+
+/// Takes `model`'s gating alerts among `alerts` into its gate.
+fn seed_active<'a>(
+    plans: &Plans,
+    rules: &RuleSet,
+    model: &str,
+    tracked: &mut Tracked,
+    alerts: impl Iterator<Item = AlertView<'a>>,
+) {
+    let Some(named) = plans.plan_for(model) else {
+        return;
+    };
+    for alert in alerts {
+        if alert.subject.get("model").map(String::as_str) != Some(model)
+            || alert.state.phase == AlertPhase::Inactive
+        {
+            continue;
+        }
+        if let Some(rule) = rules.get(alert.rule)
+            && named.gating.gates(rule)
+        {
+            tracked.active.insert(
+                (rule.name.clone(), alert.subject.clone()),
+                (alert.state.phase, rule.severity),
+            );
+        }
     }
 }
 
