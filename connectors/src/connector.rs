@@ -1,5 +1,6 @@
 //! The trait every action target implements.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -59,6 +60,16 @@ pub trait Connector: Send + Sync {
     /// Carries out `action` once. Retries and deadlines are the pipeline's job.
     fn execute<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<Outcome, ConnectorError>>;
 
+    /// Reads what the receiver's object holds for `subject`'s rollout, for
+    /// a new owner with no other record of it. `None` when the receiver
+    /// keeps no such state.
+    fn read_traffic<'a>(
+        &'a self,
+        _subject: &'a BTreeMap<String, String>,
+    ) -> Option<BoxFuture<'a, Result<TrafficState, ConnectorError>>> {
+        None
+    }
+
     /// Tells the receiver that the alert behind `action` has resolved. `None` when the receiver has no notion of resolution.
     fn resolve<'a>(
         &'a self,
@@ -66,4 +77,17 @@ pub trait Connector: Send + Sync {
     ) -> Option<BoxFuture<'a, Result<Outcome, ConnectorError>>> {
         None
     }
+}
+
+/// What a traffic object holds for a rollout, as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrafficState {
+    /// The object, for people: `VirtualService ml-serving/model-fraud`.
+    pub target: String,
+    /// The rollout state canaryd recorded on it (JSON), if any.
+    pub rollout: Option<String>,
+    /// The canary's weight on it now (the first route's).
+    pub canary_weight: Option<i64>,
+    /// The canary weight canaryd last wrote there, if it recorded one.
+    pub written_weight: Option<i64>,
 }

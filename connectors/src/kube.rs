@@ -57,7 +57,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::action::{Action, Outcome};
-use crate::connector::{BoxFuture, Connector, ConnectorError};
+use crate::connector::{BoxFuture, Connector, ConnectorError, TrafficState};
 use crate::retry::RetryPolicy;
 
 /// How many times a write is tried when the object keeps changing under it
@@ -428,19 +428,26 @@ impl KubeConnector {
 
     /// The target for this action's subject: the rendered namespace and name.
     fn target(&self, action: &Action) -> Result<Target, ConnectorError> {
+        self.target_for(&action.subject)
+    }
+
+    fn target_for(
+        &self,
+        subject: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Target, ConnectorError> {
         let env = template_env();
-        let context = minijinja::Value::from(minijinja::value::Serde(&action.subject));
+        let context = minijinja::Value::from(minijinja::value::Serde(subject));
         let render = |field: &str, source: &str| -> Result<String, ConnectorError> {
             let text = env.render_str(source, &context).map_err(|e| {
                 ConnectorError::Permanent(format!(
                     "{field}: cannot render `{source}` for {}: {e}",
-                    Subject(&action.subject)
+                    Subject(subject)
                 ))
             })?;
             check_name(&text).map_err(|why| {
                 ConnectorError::Permanent(format!(
                     "{field}: `{source}` rendered `{text}` for {}, which {why}",
-                    Subject(&action.subject)
+                    Subject(subject)
                 ))
             })?;
             Ok(text)
@@ -543,7 +550,18 @@ impl KubeConnector {
                     "{HAND_EDIT} {target} has canary weight {now}, but canaryd last set {written}: not changing it; the rollout pauses until a person resumes it"
                 )));
             }
-            if plan.is_noop() {
+            // A rollout's record with its weight already in place: only the
+            // state is written, so that a new owner reads back where it stood.
+            let record = action
+                .traffic
+                .as_ref()
+                .and_then(|t| t.state.as_deref())
+                .filter(|state| {
+                    plan.is_noop()
+                        && matches!(plan, Plan::Weights { .. })
+                        && annotation(&current, ROLLOUT_ANNOTATION) != Some(*state)
+                });
+            if plan.is_noop() && record.is_none() {
                 let detail = format!("{target}: {}; nothing to do", plan.already());
                 tracing::info!(%detail, "already at target");
                 return Ok(Outcome::succeeded(
@@ -554,12 +572,19 @@ impl KubeConnector {
                 ));
             }
             if action.dry_run {
-                let detail = format!("would set {target}: {}", plan.describe());
+                let detail = match record {
+                    Some(_) => format!("would record the rollout's state on {target}"),
+                    None => format!("would set {target}: {}", plan.describe()),
+                };
                 return Ok(Outcome::succeeded(self.name(), action, true, detail));
             }
             let resource_version = current.metadata.resource_version.clone();
             let mut remembered: Vec<&str> = applied;
-            remembered.push(&digest);
+            // A record changes no weights: it must not push out the keys
+            // of the changes that did.
+            if record.is_none() {
+                remembered.push(&digest);
+            }
             let skip = remembered.len().saturating_sub(APPLIED_MEMORY);
             let mut annotations = json!({
                 APPLIED_ANNOTATION: remembered[skip..].join(","),
@@ -595,6 +620,11 @@ impl KubeConnector {
             })?;
             plan.verify(&target, &self.config.target, &after)
                 .map_err(ConnectorError::retriable)?;
+            if record.is_some() {
+                let detail = format!("{target}: rollout state recorded ({})", plan.already());
+                tracing::debug!(%detail, "rollout state recorded");
+                return Ok(Outcome::succeeded(self.name(), action, false, detail));
+            }
             let change = plan.describe();
             self.record_event(action, &target, &plan, &change, &after)
                 .await;
@@ -605,6 +635,34 @@ impl KubeConnector {
         Err(ConnectorError::retriable(format!(
             "conflict: {target} changed concurrently on each of {MAX_ATTEMPTS} attempts (409 Conflict); giving up for now"
         )))
+    }
+
+    /// GETs the subject's object: the rollout state recorded there and the
+    /// weights as they are.
+    async fn read(
+        &self,
+        subject: &std::collections::BTreeMap<String, String>,
+    ) -> Result<TrafficState, ConnectorError> {
+        let target = self.target_for(subject)?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &target.namespace,
+            &target.kind.api_resource(),
+        );
+        let current = self
+            .timed(api.get(&target.name))
+            .await
+            .map_err(|e| self.fail("get", target.kind.plural(), &target, e))?;
+        let canary_weight = self
+            .plan(&target, Op::Rollback, &current)
+            .ok()
+            .and_then(|p| p.canary_before());
+        Ok(TrafficState {
+            target: target.to_string(),
+            rollout: annotation(&current, ROLLOUT_ANNOTATION).map(str::to_string),
+            canary_weight,
+            written_weight: written_weight(&current),
+        })
     }
 
     fn plan(
@@ -755,6 +813,17 @@ impl Connector for KubeConnector {
     fn execute<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<Outcome, ConnectorError>> {
         Box::pin(self.run(action))
     }
+
+    /// An Argo Rollout keeps its own state: there is none of canaryd's on it.
+    fn read_traffic<'a>(
+        &'a self,
+        subject: &'a std::collections::BTreeMap<String, String>,
+    ) -> Option<BoxFuture<'a, Result<TrafficState, ConnectorError>>> {
+        (self.config.target.kind != TargetKind::Rollout).then(|| {
+            let read: BoxFuture<'a, _> = Box::pin(self.read(subject));
+            read
+        })
+    }
 }
 
 /// A rendered target.
@@ -869,24 +938,24 @@ struct RouteChange {
     stable: (i64, i64),
 }
 
-/// The canary weight canaryd last wrote to `object`, if it recorded one.
-fn written_weight(object: &DynamicObject) -> Option<i64> {
+/// One of `object`'s annotations.
+fn annotation<'o>(object: &'o DynamicObject, name: &str) -> Option<&'o str> {
     object
         .metadata
         .annotations
         .as_ref()?
-        .get(WEIGHT_ANNOTATION)?
-        .parse()
-        .ok()
+        .get(name)
+        .map(String::as_str)
+}
+
+/// The canary weight canaryd last wrote to `object`, if it recorded one.
+fn written_weight(object: &DynamicObject) -> Option<i64> {
+    annotation(object, WEIGHT_ANNOTATION)?.parse().ok()
 }
 
 /// The event time of the rollout change `object` records, if any.
 fn rollout_at(object: &DynamicObject) -> Option<i64> {
-    let state = object
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(ROLLOUT_ANNOTATION)?;
+    let state = annotation(object, ROLLOUT_ANNOTATION)?;
     serde_json::from_str::<Value>(state).ok()?["at"].as_i64()
 }
 

@@ -41,7 +41,7 @@ pub mod webhook;
 
 pub use crate::kube::{KubeConfig, KubeConnector, KubeConnectorError, TargetConfig, TargetKind};
 pub use action::{Action, Evidence, Outcome, OutcomeKind, TrafficChange};
-pub use connector::{Connector, ConnectorError};
+pub use connector::{Connector, ConnectorError, TrafficState};
 pub use dry_run::DryRun;
 pub use email::{EmailConfig, EmailConnector, EmailTls};
 pub use error::ReceiverError;

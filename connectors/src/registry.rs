@@ -18,13 +18,14 @@
 //! [`crate::webhook`] and [`crate::email`] for each type's settings, and
 //! [`crate::message`] for the templates.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 
 use crate::action::{Action, Outcome};
-use crate::connector::{BoxFuture, Connector, ConnectorError};
+use crate::connector::{BoxFuture, Connector, ConnectorError, TrafficState};
 use crate::dry_run::DryRun;
 use crate::email::{EmailConfig, EmailConnector};
 use crate::error::ReceiverError;
@@ -236,6 +237,13 @@ impl<C: Connector> Connector for Named<C> {
             outcome.connector = self.name.clone();
             Ok(outcome)
         })
+    }
+
+    fn read_traffic<'a>(
+        &'a self,
+        subject: &'a BTreeMap<String, String>,
+    ) -> Option<BoxFuture<'a, Result<TrafficState, ConnectorError>>> {
+        self.inner.read_traffic(subject)
     }
 
     fn resolve<'a>(

@@ -892,3 +892,91 @@ async fn a_stage_whose_write_conflicts_is_read_again_and_written_once() {
         "25"
     );
 }
+
+/// A record of a rollout's progress at `weight`: same weight, new state.
+fn record(weight: u8, stage: usize, held: i64) -> Action {
+    let mut a = shift(weight, stage);
+    a.key = format!("rollout|model=summarizer|v2|stage {stage}|progress {held}");
+    let at = 1_000 * stage as i64 + held;
+    a.traffic = Some(canaryd_connectors::TrafficChange {
+        weight,
+        state: Some(format!(r#"{{"at":{at},"stage":{stage},"held":{held}}}"#)),
+        at,
+        adopt: false,
+    });
+    a
+}
+
+#[tokio::test]
+async fn a_new_owner_reads_back_the_recorded_state_and_the_weights_as_they_are() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 95, 5));
+    let kube = connector(&fixture, "VirtualService").await;
+    let subject: BTreeMap<String, String> =
+        [("model".to_string(), "summarizer".to_string())].into();
+    let state = kube.read_traffic(&subject).unwrap().await.unwrap();
+    assert_eq!(
+        (state.rollout, state.canary_weight, state.written_weight),
+        (None, Some(5), None),
+        "nothing of canaryd's there yet"
+    );
+    assert_eq!(state.target, "VirtualService ml-serving/model-summarizer");
+    kube.execute(&shift(25, 3)).await.unwrap();
+    let state = kube.read_traffic(&subject).unwrap().await.unwrap();
+    assert_eq!(
+        state.rollout.as_deref(),
+        Some(r#"{"at":3000,"stage":3,"weight":25}"#)
+    );
+    assert_eq!(
+        (state.canary_weight, state.written_weight),
+        (Some(25), Some(25))
+    );
+    // Unreachable or missing: an error the caller can tell apart.
+    let other: BTreeMap<String, String> = [("model".to_string(), "gone".to_string())].into();
+    let e = kube.read_traffic(&other).unwrap().await.unwrap_err();
+    assert!(permanent(&e).contains("not found"), "{e}");
+    // An Argo Rollout keeps its own state: nothing to read.
+    let argo = connector(&fixture, "Rollout").await;
+    assert!(argo.read_traffic(&subject).is_none());
+}
+
+#[tokio::test]
+async fn a_progress_record_writes_only_the_state_once_and_forgets_no_applied_key() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 95, 5));
+    let kube = connector(&fixture, "VirtualService").await;
+    kube.execute(&shift(25, 3)).await.unwrap();
+    let before = fixture.object("VirtualService", NS, VS).unwrap();
+    let outcome = kube.execute(&record(25, 3, 600)).await.unwrap();
+    assert!(
+        outcome.detail.contains("state recorded"),
+        "{}",
+        outcome.detail
+    );
+    let after = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(vs_weights(&fixture), (75, 25), "weights untouched");
+    assert_eq!(
+        after["metadata"]["annotations"]["canaryd.io/rollout"],
+        r#"{"at":3600,"stage":3,"held":600}"#
+    );
+    assert_eq!(
+        after["metadata"]["annotations"]["canaryd.io/applied-actions"],
+        before["metadata"]["annotations"]["canaryd.io/applied-actions"],
+        "a record is not a traffic change to remember"
+    );
+    assert_eq!(patches(&fixture), 2);
+    // The same record again: nothing to write.
+    kube.execute(&record(25, 3, 600)).await.unwrap();
+    assert_eq!(patches(&fixture), 2);
+    // No Kubernetes Event for a record: nothing moved.
+    let events = fixture.requests_matching("POST", "/events").len();
+    assert_eq!(events, 1, "only the stage's");
+    // A hand edit is noticed by a record too, and left alone.
+    let mut edited = after.clone();
+    edited["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(70);
+    edited["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(30);
+    fixture.put(edited);
+    let e = kube.execute(&record(25, 3, 1200)).await.unwrap_err();
+    assert!(permanent(&e).starts_with("hand edit:"), "{e}");
+    assert_eq!(vs_weights(&fixture), (70, 30));
+}
