@@ -100,6 +100,13 @@ impl ReceiverConfig {
         matches!(self, ReceiverConfig::Kube(_) | ReceiverConfig::DryRun)
     }
 
+    /// Whether it records a rollout's state on the object it changes, to
+    /// be read back there by a new owner: a `kube` receiver, except for an
+    /// Argo Rollout (which keeps its own).
+    pub fn keeps_rollout_state(&self) -> bool {
+        matches!(self, ReceiverConfig::Kube(k) if k.target.kind != crate::kube::TargetKind::Rollout)
+    }
+
     /// The `type:` name.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -157,11 +157,28 @@ impl Loaded {
         )
     }
 
-    /// A rollout controller for the plans in `rollouts:`, if there are any.
+    /// The plans in `rollouts:`, if there are any.
+    pub fn rollout_plans(&self) -> Option<Arc<canaryd_rules::rollout::controller::Plans>> {
+        let plans = self.config.rollouts.as_ref()?.plans(&self.config.receivers);
+        (!plans.is_empty()).then_some(plans)
+    }
+
+    /// A rollout controller for the plans in `rollouts:`, if there are
+    /// any, as replay runs it: with no traffic object to read back.
     pub fn rollout_controller(&self) -> Option<canaryd_rules::rollout::controller::Controller> {
-        let plans = self.config.rollouts.as_ref()?.plans();
-        (!plans.is_empty())
-            .then(|| canaryd_rules::rollout::controller::Controller::new(plans, self.rules.clone()))
+        let plans = self.rollout_plans()?;
+        Some(canaryd_rules::rollout::controller::Controller::new(
+            plans,
+            self.rules.clone(),
+        ))
+    }
+
+    /// The controller `canaryd run` uses: a model first seen without a
+    /// restored state is read back from its traffic object first.
+    pub fn live_rollout_controller(
+        &self,
+    ) -> Option<canaryd_rules::rollout::controller::Controller> {
+        Some(self.rollout_controller()?.with_read_back(true))
     }
 
     /// The engine's settings: `engine:` plus `analytics:`.

@@ -23,6 +23,7 @@
 //! | `canaryd_audit_backpressure_total` | counter | |
 //! | `canaryd_partition_state_loads_total` | counter | `result` (`restored`, `rebuilt`, `fresh`) |
 //! | `canaryd_outbox_actions` | gauge | |
+//! | `canaryd_rollout_reads_pending` | gauge | |
 //! | `canaryd_rollout_stage` | gauge (1 = first; one past the last = 100%) | `model` |
 //! | `canaryd_rollout_weight` | gauge (percent) | `model` |
 //! | `canaryd_rollout_hold_remaining_seconds` | gauge | `model` |
@@ -148,6 +149,7 @@ pub struct Metrics {
     audit_backpressure: Counter,
     state_loads: Family<ResultLabels, Counter>,
     outbox_actions: Gauge,
+    rollout_reads: Gauge,
     rollout_stage: Family<ModelLabels, Gauge>,
     rollout_weight: Family<ModelLabels, Gauge>,
     rollout_hold_remaining: Family<ModelLabels, Gauge>,
@@ -515,6 +517,12 @@ impl Metrics {
             "Actions decided and not yet finished by their receiver, kept in the changelog's outbox",
             outbox_actions.clone(),
         );
+        let rollout_reads = Gauge::default();
+        registry.register(
+            "rollout_reads_pending",
+            "Models whose rollout waits for its state to be read back from the traffic object (a new owner with no changelog state)",
+            rollout_reads.clone(),
+        );
         for result in PayloadResult::ALL {
             alertmanager_payloads.get_or_create_owned(&ResultLabels {
                 result: result.as_str().to_string(),
@@ -591,6 +599,7 @@ impl Metrics {
             audit_backpressure,
             state_loads,
             outbox_actions,
+            rollout_reads,
             rollout_stage,
             rollout_weight,
             rollout_hold_remaining,
@@ -842,6 +851,11 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// Sets how many traffic objects are being read back.
+    pub fn set_rollout_reads(&self, n: usize) {
+        self.rollout_reads.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// One subject evicted.
     pub fn inc_evicted(&self) {
         self.evicted.inc();
@@ -1054,6 +1068,7 @@ mod tests {
             assert_eq!(sample(&text, &series), Some(0.0), "{series}");
         }
         assert_eq!(sample(&text, "canaryd_outbox_actions"), Some(0.0));
+        assert_eq!(sample(&text, "canaryd_rollout_reads_pending"), Some(0.0));
         m.record_initial_load(UNIX_EPOCH + Duration::from_secs(7));
         m.inc_state_load("rebuilt");
         m.set_outbox_actions(3);

@@ -11,7 +11,7 @@ use canaryd_rules::{RuleSet, Span};
 use serde::Deserialize;
 
 /// `rollouts:`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutsConfig {
     /// The receiver that sets canary weights (a `kube` receiver), for
@@ -35,6 +35,15 @@ pub struct RolloutsConfig {
     /// and the evidence, on every rollback.
     #[serde(default)]
     pub incident: Vec<String>,
+    /// How often, in event time, a running rollout's hold so far is
+    /// recorded on its traffic object (`kube` receivers): a new owner
+    /// without a changelog reads it back, and loses at most this much.
+    #[serde(default = "default_record_every")]
+    pub record_every: Span,
+}
+
+fn default_record_every() -> Span {
+    Span::seconds(60)
 }
 
 /// One plan.
@@ -61,7 +70,7 @@ fn playbook_soak() -> Span {
 }
 
 impl PlanConfig {
-    fn named(&self, name: &str) -> NamedPlan {
+    fn named(&self, name: &str, read_back: bool) -> NamedPlan {
         NamedPlan {
             name: name.to_string(),
             plan: Plan {
@@ -72,22 +81,41 @@ impl PlanConfig {
                 Some(names) => Gating::Named(names.clone()),
                 None => Gating::Every,
             },
+            read_back,
         }
     }
 }
 
 impl RolloutsConfig {
     /// The plans, as the controller takes them. Manual models have none.
-    pub fn plans(&self) -> Arc<Plans> {
+    /// A plan reads back when its receiver (among `receivers`) records
+    /// the rollout's state on its object.
+    pub fn plans(&self, receivers: &BTreeMap<String, ReceiverConfig>) -> Arc<Plans> {
+        let named = |name: &str, p: &PlanConfig| {
+            let read_back = p
+                .receiver
+                .as_deref()
+                .or(self.receiver.as_deref())
+                .and_then(|r| receivers.get(r))
+                .is_some_and(ReceiverConfig::keeps_rollout_state);
+            p.named(name, read_back)
+        };
         Arc::new(Plans {
-            default: self.default.as_ref().map(|p| p.named("default")),
+            default: self.default.as_ref().map(|p| named("default", p)),
             models: self
                 .models
                 .iter()
-                .map(|(model, p)| (model.clone(), p.named(model)))
+                .map(|(model, p)| (model.clone(), named(model, p)))
                 .collect(),
             manual: self.manual.iter().cloned().collect(),
         })
+    }
+
+    /// Whether `model`'s plan records its state on the traffic object.
+    pub fn reads_back(&self, model: &str, receivers: &BTreeMap<String, ReceiverConfig>) -> bool {
+        self.receiver_for(model)
+            .and_then(|r| receivers.get(r))
+            .is_some_and(ReceiverConfig::keeps_rollout_state)
     }
 
     /// The plans, each with the key it is written under.

@@ -54,6 +54,7 @@ fn plans(gating: Gating) -> Plans {
                 soak: Span::seconds(10),
             },
             gating,
+            read_back: true,
         }),
         models: Default::default(),
         manual: Default::default(),
@@ -440,6 +441,11 @@ fn reading_run() -> Run {
 }
 
 impl Run {
+    fn controller_rules(&self) -> Arc<RuleSet> {
+        let options = LoadOptions::default();
+        Arc::new(RuleSet::new(load_rules("t.yaml", RULES.as_bytes(), &options).unwrap()).unwrap())
+    }
+
     fn read_back(&mut self, found: Found) {
         let now = self.engine.watermark().unwrap();
         let changes = self
@@ -698,4 +704,80 @@ fn with_read_back_a_finished_rollout_is_forgotten_when_its_model_is_evicted() {
             "read_back {read_back}"
         );
     }
+}
+
+#[test]
+fn a_plan_whose_receiver_keeps_no_state_starts_at_once_and_is_kept_after_it_finishes() {
+    let mut run = Run::new(Gating::Every);
+    let mut no_state = plans(Gating::Every);
+    if let Some(p) = no_state.default.as_mut() {
+        p.read_back = false;
+    }
+    run.controller =
+        Controller::new(Arc::new(no_state), run.controller_rules()).with_read_back(true);
+    run.healthy(0, 1);
+    assert!(run.controller.take_lookups().is_empty(), "nothing to read");
+    assert_eq!(run.timeline(), [(0, Stage, 5)], "started without waiting");
+    assert!(
+        run.controller
+            .records_due(Timestamp(600_000), Span::seconds(1))
+            .is_empty(),
+        "nowhere to record progress"
+    );
+}
+
+#[test]
+fn progress_records_fall_due_every_period_of_event_time_and_carry_the_hold_so_far() {
+    let mut run = reading_run();
+    run.healthy(0, 1);
+    run.controller.take_lookups();
+    run.read_back(Found::Nothing);
+    run.healthy(1, 4);
+    let every = Span::seconds(5);
+    // The start was recorded at 0 (its own change): nothing due before 5.
+    assert!(
+        run.controller
+            .records_due(Timestamp(4_000), every)
+            .is_empty()
+    );
+    run.healthy(4, 6);
+    let due = run.controller.records_due(Timestamp(5_000), every);
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!((due[0].model.as_str(), due[0].kind), ("m", Progress));
+    assert!(!due[0].traffic);
+    assert_eq!(
+        (due[0].state.stage, due[0].state.held),
+        (0, Span::seconds(5))
+    );
+    assert!(
+        run.controller
+            .records_due(Timestamp(9_000), every)
+            .is_empty(),
+        "one per period"
+    );
+    // A change records the state too: the period starts again from it.
+    run.healthy(6, 11);
+    assert_eq!(run.timeline().last().unwrap(), &(10, Stage, 50));
+    assert!(
+        run.controller
+            .records_due(Timestamp(14_000), every)
+            .is_empty()
+    );
+    assert_eq!(
+        run.controller.records_due(Timestamp(15_000), every).len(),
+        1
+    );
+    // Stopped rollouts have nothing to add.
+    run.controller
+        .command(
+            "m",
+            canaryd_rules::rollout::Command::Pause { by: "t".into() },
+            Timestamp(15_000),
+        )
+        .unwrap();
+    assert!(
+        run.controller
+            .records_due(Timestamp(60_000), every)
+            .is_empty()
+    );
 }

@@ -76,7 +76,9 @@ fn build(t: &Transition, rules: &RuleSet, global_dry_run: bool) -> Vec<Action> {
 }
 
 /// What a rollout change asks for, and of which receivers: its weight
-/// through the plan's traffic receiver; on a promotion, a notice to
+/// through the plan's traffic receiver (a change that moves no traffic is
+/// still recorded there, when that receiver keeps the rollout's state for
+/// a new owner to read back); on a promotion, a notice to
 /// `rollouts.promoted`; on a rollback, an incident ticket to
 /// `rollouts.incident`. Keys come from the change's event time, so that a
 /// change decided again after a restart is recognised as the same one.
@@ -141,10 +143,14 @@ pub fn rollout_actions(loaded: &Loaded, change: &Change) -> Vec<(Action, Vec<Str
         traffic: None,
     };
     let mut out = Vec::new();
-    if change.traffic
+    let record = !change.traffic && config.reads_back(&change.model, &loaded.config.receivers);
+    if (change.traffic || record)
         && let Some(receiver) = config.receiver_for(&change.model)
     {
-        let mut shift = action(ActionName::ShiftTraffic, "weight");
+        let mut shift = action(
+            ActionName::ShiftTraffic,
+            if change.traffic { "weight" } else { "record" },
+        );
         let at = change.ts.millis();
         let state = serde_json::json!({"plan": plan, "at": at, "rollout": change.state});
         shift.traffic = Some(TrafficChange {

@@ -29,6 +29,7 @@ use super::kafka::{Assignment, GroupContext};
 use super::membership::Membership;
 use super::offsets::Offsets;
 use super::partitions::{PartitionState, Partitions};
+use super::read_back::{Lookup, Read, TrafficReads};
 use super::stats::LiveStats;
 use super::{reload, snapshot};
 use crate::act::outbox::Origin;
@@ -115,6 +116,8 @@ pub(super) struct ConsumeLoop<'c> {
     /// A consumed-messages counter per topic, taken once.
     pub(super) consumed: Vec<(String, Counter)>,
     pub(super) evaluations_seen: u64,
+    /// Rollout states being read back from traffic objects.
+    pub(super) traffic_reads: TrafficReads,
 }
 
 impl<'c> ConsumeLoop<'c> {
@@ -454,6 +457,9 @@ impl<'c> ConsumeLoop<'c> {
             }
         }
         self.end_probe.start(idle);
+        self.rollouts_tick()
+            .await
+            .map_err(|Closed| Ended::PipelineClosed)?;
         for (model, why) in self.shared.take_hand_edits() {
             tracing::warn!(%model, %why, "the traffic was changed by hand: pausing the rollout");
             let by = format!("canaryd on a hand edit ({why})");
@@ -488,6 +494,94 @@ impl<'c> ConsumeLoop<'c> {
         }
         self.membership.check(self.consumer);
         Ok(())
+    }
+
+    /// Once a tick, for the rollouts: the traffic objects to read back
+    /// (and what the reads found), and the progress records due.
+    async fn rollouts_tick(&mut self) -> Result<(), Closed> {
+        let Some(config) = self.loaded.config.rollouts.as_ref() else {
+            return Ok(());
+        };
+        let every = config.record_every;
+        let mut reads = self.traffic_reads.finished(Instant::now());
+        for (topic, partition, state) in self.partitions.iter_all_mut() {
+            let rebuilding = state.is_rebuilding();
+            let Some(controller) = state.rollouts.as_mut() else {
+                continue;
+            };
+            for model in controller.take_lookups() {
+                tracing::info!(%model, topic, partition, "new here, with no state restored: reading the rollout's state from its traffic object");
+                let receiver = config.receiver_for(&model).map(str::to_string);
+                reads.extend(self.traffic_reads.start(Lookup {
+                    topic: topic.to_string(),
+                    partition,
+                    model,
+                    receiver,
+                }));
+            }
+            let (Some(now), false) = (state.engine.watermark(), rebuilding) else {
+                continue;
+            };
+            self.rollout_changes = controller.records_due(now, every);
+            if !self.rollout_changes.is_empty() {
+                let origin = self
+                    .changelog
+                    .is_some()
+                    .then(|| Origin::new(topic, partition));
+                self.dispatcher
+                    .rollout(
+                        &self.loaded,
+                        &mut self.rollout_changes,
+                        partition,
+                        origin.as_ref(),
+                    )
+                    .await?;
+            }
+        }
+        for read in reads {
+            self.read_back(read).await?;
+        }
+        self.shared
+            .metrics
+            .set_rollout_reads(self.traffic_reads.pending());
+        Ok(())
+    }
+
+    /// What a traffic object said, to the controller that asked; the
+    /// changes it makes are acted on, unless the partition is rebuilding
+    /// (an earlier owner acted on them).
+    async fn read_back(&mut self, read: Read) -> Result<(), Closed> {
+        let Read { lookup, found } = read;
+        let Some(state) = self.partitions.get_mut(&lookup.topic, lookup.partition) else {
+            // Revoked meanwhile: the new owner reads it itself.
+            return Ok(());
+        };
+        let rebuilding = state.is_rebuilding();
+        let (Some(controller), Some(now)) = (state.rollouts.as_mut(), state.engine.watermark())
+        else {
+            return Ok(());
+        };
+        tracing::info!(model = %lookup.model, found = ?found, "rollout state read back");
+        self.rollout_changes =
+            controller.read_back(&lookup.model, found, state.engine.alerts(), now);
+        if rebuilding {
+            self.rollout_changes.clear();
+        }
+        if self.rollout_changes.is_empty() {
+            return Ok(());
+        }
+        let origin = self
+            .changelog
+            .is_some()
+            .then(|| Origin::new(&lookup.topic, lookup.partition));
+        self.dispatcher
+            .rollout(
+                &self.loaded,
+                &mut self.rollout_changes,
+                lookup.partition,
+                origin.as_ref(),
+            )
+            .await
     }
 
     /// A point of every model's trend for the status page, when one is
@@ -930,13 +1024,13 @@ impl<'c> ConsumeLoop<'c> {
         )
         .await?;
         // Rollouts carry on under the new plans; without plans they stop.
-        let plans = loaded.config.rollouts.as_ref().map(|r| r.plans());
+        let plans = loaded.rollout_plans();
         for (_, _, state) in self.partitions.iter_all_mut() {
             match (state.rollouts.as_mut(), &plans) {
-                (Some(running), Some(plans)) if !plans.is_empty() => {
+                (Some(running), Some(plans)) => {
                     running.reload(plans.clone(), loaded.rules.clone());
                 }
-                _ => state.rollouts = loaded.rollout_controller(),
+                _ => state.rollouts = loaded.live_rollout_controller(),
             }
         }
         self.shared

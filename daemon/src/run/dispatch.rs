@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use canaryd_connectors::{Action, Evidence};
 use canaryd_rules::event::AlertStatus;
-use canaryd_rules::rollout::controller::Change;
+use canaryd_rules::rollout::controller::{Change, ChangeKind};
 use canaryd_rules::{Output, Phase, Severity, Span, Subject};
 use serde_json::json;
 
@@ -113,27 +113,12 @@ impl Dispatcher {
         origin: Option<&Origin>,
     ) -> Result<(), Closed> {
         for change in changes.drain(..) {
-            tracing::info!(model = %change.model, version = %change.version, event = change.kind.as_str(), weight = change.weight, stage = change.stage, ts = %change.ts, reason = %change.reason, "rollout");
-            self.shared
-                .metrics
-                .inc_rollout_transition(change.kind.as_str());
-            let text = format!(
-                "{} {} at {}%: {}",
-                change.version,
-                change.kind.as_str(),
-                change.weight,
-                change.reason
-            );
-            self.shared
-                .mark(&change.model, change.ts, change.kind.as_str(), text);
-            let record = json!({
-                "kind": "rollout", "ts": change.ts, "subject": {"model": change.model},
-                "version": change.version, "event": change.kind, "weight": change.weight,
-                "stage": change.stage, "reason": change.reason, "partition": partition,
-            });
-            self.audit
-                .publish(&format!("rollout|{}", change.model), record)
-                .await;
+            if change.kind == ChangeKind::Progress {
+                // Nothing happened: only the traffic object hears of it.
+                tracing::debug!(model = %change.model, version = %change.version, stage = change.stage, held = %change.state.held, "rollout progress recorded");
+            } else {
+                self.record_rollout(&change, partition).await;
+            }
             for (action, receivers) in rollout_actions(loaded, &change) {
                 self.pipeline()?
                     .submit_to(action, &receivers, origin)
@@ -142,6 +127,32 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// A rollout change in the log, the metrics, the model's marks and the
+    /// audit trail.
+    async fn record_rollout(&self, change: &Change, partition: i32) {
+        tracing::info!(model = %change.model, version = %change.version, event = change.kind.as_str(), weight = change.weight, stage = change.stage, ts = %change.ts, reason = %change.reason, "rollout");
+        self.shared
+            .metrics
+            .inc_rollout_transition(change.kind.as_str());
+        let text = format!(
+            "{} {} at {}%: {}",
+            change.version,
+            change.kind.as_str(),
+            change.weight,
+            change.reason
+        );
+        self.shared
+            .mark(&change.model, change.ts, change.kind.as_str(), text);
+        let record = json!({
+            "kind": "rollout", "ts": change.ts, "subject": {"model": change.model},
+            "version": change.version, "event": change.kind, "weight": change.weight,
+            "stage": change.stage, "reason": change.reason, "partition": partition,
+        });
+        self.audit
+            .publish(&format!("rollout|{}", change.model), record)
+            .await;
     }
 
     /// Carries out the actions Alertmanager's alerts name directly.

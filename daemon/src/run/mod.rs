@@ -33,6 +33,7 @@ pub mod kafka;
 mod membership;
 mod offsets;
 mod partitions;
+mod read_back;
 mod reload;
 mod silences;
 mod snapshot;
@@ -242,6 +243,7 @@ impl Live {
 
         // Start: the pipeline, the HTTP server, the file watcher.
         let hurry = CancellationToken::new();
+        let traffic_reads = read_back::TrafficReads::new(&receivers);
         let (pipeline, workers) = Pipeline::start(
             receivers,
             &routes,
@@ -336,6 +338,7 @@ impl Live {
             max_future_skew: kafka.max_future_skew,
             consumed: Vec::new(),
             evaluations_seen: 0,
+            traffic_reads,
         };
         let inputs = Inputs {
             commands,

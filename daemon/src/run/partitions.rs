@@ -57,7 +57,7 @@ impl PartitionState {
                 &loaded.vocabulary,
                 loaded.engine_config(),
             ),
-            rollouts: loaded.rollout_controller(),
+            rollouts: loaded.live_rollout_controller(),
             last_message_at: Instant::now(),
             watermark_then: None,
             vouched_at: None,
@@ -81,7 +81,7 @@ impl PartitionState {
             restored.engine,
             restored.subjects,
         );
-        let mut rollouts = loaded.rollout_controller();
+        let mut rollouts = loaded.live_rollout_controller();
         if let Some(c) = rollouts.as_mut() {
             c.restore(restored.rollouts, engine.alerts());
         }
@@ -103,6 +103,11 @@ impl PartitionState {
 
     /// Notes that a message of this partition, an event or not, arrived
     /// at wall-clock time `now`: the partition is not idle.
+    /// Whether it is still going over input an earlier owner acted on.
+    pub(super) fn is_rebuilding(&self) -> bool {
+        self.next_offset.is_some_and(|next| next < self.act_from)
+    }
+
     pub(super) fn seen(&mut self, now: Instant) {
         self.last_message_at = now;
         self.vouched_at = None;

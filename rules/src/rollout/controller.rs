@@ -59,6 +59,9 @@ pub struct NamedPlan {
     pub plan: Plan,
     /// The rules that gate it.
     pub gating: Gating,
+    /// Its traffic receiver records the rollout's state on the object it
+    /// changes, so a new owner can read it back there.
+    pub read_back: bool,
 }
 
 impl NamedPlan {
@@ -71,6 +74,7 @@ impl NamedPlan {
                 soak: super::PLAYBOOK_SOAK,
             },
             gating: Gating::Every,
+            read_back: false,
         }
     }
 }
@@ -119,11 +123,14 @@ pub enum ChangeKind {
     Promoted,
     /// The soak ended; no more traffic changes until a new version.
     Complete,
+    /// Nothing changed: the hold so far, recorded on the traffic object
+    /// for a new owner to read back ([`Controller::records_due`]).
+    Progress,
 }
 
 impl ChangeKind {
     /// Every kind.
-    pub const ALL: [ChangeKind; 7] = [
+    pub const ALL: [ChangeKind; 8] = [
         ChangeKind::Stage,
         ChangeKind::Paused,
         ChangeKind::Resumed,
@@ -131,6 +138,7 @@ impl ChangeKind {
         ChangeKind::RolledBack,
         ChangeKind::Promoted,
         ChangeKind::Complete,
+        ChangeKind::Progress,
     ];
 
     /// The name used in JSON and logs.
@@ -143,6 +151,7 @@ impl ChangeKind {
             ChangeKind::RolledBack => "rolled_back",
             ChangeKind::Promoted => "promoted",
             ChangeKind::Complete => "complete",
+            ChangeKind::Progress => "progress",
         }
     }
 }
@@ -215,6 +224,21 @@ struct Tracked {
     /// Its data went stale, and no event came since.
     stale: bool,
     active: Active,
+    /// Event time of the last change or progress record of its state.
+    recorded: Timestamp,
+}
+
+impl Tracked {
+    fn new(rollout: Rollout, requests: u64) -> Tracked {
+        Tracked {
+            recorded: rollout.last_step,
+            rollout,
+            requests,
+            reduce: false,
+            stale: false,
+            active: Active::new(),
+        }
+    }
 }
 
 /// Every model's rollout.
@@ -395,13 +419,7 @@ impl Controller {
             }
             Found::Refused(why) => (refuse(why.clone()), ChangeKind::Paused, false, why),
         };
-        let tracked = Tracked {
-            rollout: tracked,
-            requests: 0,
-            reduce: false,
-            stale: false,
-            active: Active::new(),
-        };
+        let tracked = Tracked::new(tracked, 0);
         out.push(change_of(
             model,
             &tracked,
@@ -422,13 +440,7 @@ impl Controller {
         let Some(named) = self.plans.plan_for(model) else {
             return;
         };
-        let tracked = Tracked {
-            rollout,
-            requests: 0,
-            reduce: false,
-            stale: false,
-            active: Active::new(),
-        };
+        let tracked = Tracked::new(rollout, 0);
         self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
         self.models.insert(model.to_string(), tracked);
         self.changed = true;
@@ -440,13 +452,7 @@ impl Controller {
             return;
         };
         let (rollout, decision) = Rollout::start(&named.plan, &reading.version, reading.first_seen);
-        let tracked = Tracked {
-            rollout,
-            requests: reading.requests,
-            reduce: false,
-            stale: false,
-            active: Active::new(),
-        };
+        let tracked = Tracked::new(rollout, reading.requests);
         changes(model, &tracked, &named.plan, vec![decision], now, out);
         self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
         self.models.insert(model.to_string(), tracked);
@@ -533,7 +539,7 @@ impl Controller {
         }
         let (_, version) = canary?;
         let named = self.plans.plan_for(model)?;
-        if self.read_back && !is_known {
+        if self.read_back && named.read_back && !is_known {
             // What the traffic object says comes first.
             match self.reading.get_mut(model) {
                 Some(r) if version.is_empty() || r.version == version => r.requests += 1,
@@ -559,13 +565,7 @@ impl Controller {
             return None;
         }
         let (rollout, decision) = Rollout::start(&named.plan, version, now);
-        let tracked = Tracked {
-            rollout,
-            requests: 1,
-            reduce: false,
-            stale: false,
-            active: Active::new(),
-        };
+        let tracked = Tracked::new(rollout, 1);
         changes(model, &tracked, &named.plan, vec![decision], now, out);
         self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
         self.models.insert(model.to_string(), tracked);
@@ -617,6 +617,7 @@ impl Controller {
                 // Done with, and recorded on its object: read back if the
                 // model comes again, so that the controller stays bounded.
                 if self.read_back
+                    && self.plans.plan_for(model).is_some_and(|p| p.read_back)
                     && matches!(
                         tracked.rollout.phase,
                         Phase::Complete | Phase::RolledBack { .. }
@@ -665,7 +666,7 @@ impl Controller {
         if self.next_due.is_some_and(|due| now >= due) {
             self.step_all(now, &mut changes);
         }
-        self.changed |= !changes.is_empty();
+        self.noted(&changes);
         changes
     }
 
@@ -677,7 +678,7 @@ impl Controller {
         if self.next_due.is_some_and(|due| now >= due) {
             self.step_all(now, &mut changes);
         }
-        self.changed |= !changes.is_empty();
+        self.noted(&changes);
         changes
     }
 
@@ -702,6 +703,72 @@ impl Controller {
             }
         }
         touched
+    }
+
+    /// `changes` were made (and each is recorded on its traffic object).
+    fn noted(&mut self, changes: &[Change]) {
+        self.changed |= !changes.is_empty();
+        for change in changes {
+            if let Some(tracked) = self.models.get_mut(&change.model) {
+                tracked.recorded = tracked.recorded.max(change.ts);
+            }
+        }
+    }
+
+    /// The running rollouts whose state was last recorded `every` or more
+    /// before event time `now`, stepped to `now`: a [`ChangeKind::Progress`]
+    /// change for each, with its hold so far, for the traffic object, so
+    /// that a new owner reading it back loses at most `every` of a hold. A
+    /// step that decides something gives that change instead (it carries
+    /// the state too). Only plans that read back have them.
+    pub fn records_due(&mut self, now: Timestamp, every: Span) -> Vec<Change> {
+        let mut out = Vec::new();
+        if !self.read_back {
+            return out;
+        }
+        let mut due: Vec<String> = self
+            .models
+            .iter()
+            .filter(|(model, tracked)| {
+                matches!(
+                    tracked.rollout.phase,
+                    Phase::Progressing | Phase::Soaking | Phase::WaitingForData
+                ) && now.millis().saturating_sub(tracked.recorded.millis()) >= every.millis()
+                    && self.plans.plan_for(model).is_some_and(|p| p.read_back)
+            })
+            .map(|(model, _)| model.clone())
+            .collect();
+        if due.is_empty() {
+            return out;
+        }
+        due.sort_unstable();
+        for model in due {
+            let (Some(tracked), Some(named)) =
+                (self.models.get_mut(&model), self.plans.plan_for(&model))
+            else {
+                continue;
+            };
+            let decided = out.len();
+            step_one(&self.plans, &model, tracked, now, &mut out);
+            if out.len() == decided {
+                out.push(change_of(
+                    &model,
+                    tracked,
+                    &named.plan,
+                    ChangeKind::Progress,
+                    false,
+                    format!(
+                        "{} of {} held",
+                        tracked.rollout.held,
+                        tracked.rollout.hold(&named.plan)
+                    ),
+                    now,
+                ));
+            }
+        }
+        self.noted(&out);
+        self.recompute_due();
+        out
     }
 
     /// Whether a rollout changed since the last call.
@@ -737,16 +804,7 @@ impl Controller {
             if self.plans.plan_for(&model).is_none() {
                 continue;
             }
-            self.models.insert(
-                model,
-                Tracked {
-                    rollout,
-                    requests: 0,
-                    reduce: false,
-                    stale: false,
-                    active: Active::new(),
-                },
-            );
+            self.models.insert(model, Tracked::new(rollout, 0));
         }
         for alert in alerts {
             let Some(model) = alert.subject.get("model") else {
@@ -817,6 +875,7 @@ impl Controller {
             ));
         }
         self.changed = true;
+        tracked.recorded = now;
         self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
         Ok(out)
     }
