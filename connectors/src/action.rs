@@ -56,6 +56,11 @@ pub struct TrafficChange {
     /// they are, even if someone else changed them since canaryd did.
     #[serde(default)]
     pub adopt: bool,
+    /// Only `state` is written, never the weights: a change that moves no
+    /// traffic (a pause, the hold so far), for a new owner to read back.
+    /// Without `adopt`, it is written only while `weight` is in place.
+    #[serde(default)]
+    pub record: bool,
 }
 
 impl Action {

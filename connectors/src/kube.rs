@@ -56,7 +56,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::action::{Action, Outcome};
+use crate::action::{Action, Outcome, TrafficChange};
 use crate::connector::{BoxFuture, Connector, ConnectorError, TrafficState};
 use crate::retry::RetryPolicy;
 
@@ -100,6 +100,11 @@ pub const ROLLOUT_ANNOTATION: &str = "canaryd.io/rollout";
 /// The annotation holding the canary weight canaryd last wrote: a rollout
 /// step that finds another weight there knows a person changed it.
 pub const WEIGHT_ANNOTATION: &str = "canaryd.io/canary-weight";
+
+/// The event time (milliseconds) of the rollout change that set the
+/// weights: an older change landing later is superseded. Records of state
+/// alone do not move it, so they never supersede a weight change.
+pub const TRAFFIC_AT_ANNOTATION: &str = "canaryd.io/traffic-at";
 
 /// How a refused rollout step's error begins when a person changed the
 /// weights: the rollout pauses rather than fight them.
@@ -499,6 +504,9 @@ impl KubeConnector {
             &target.namespace,
             &target.kind.api_resource(),
         );
+        if let Some(t) = action.traffic.as_ref().filter(|t| t.record) {
+            return self.record_state(action, t, &target, &api).await;
+        }
         let mut backoff = CONFLICT_RETRY.backoff();
         for attempt in 1..=MAX_ATTEMPTS {
             let current = self
@@ -521,7 +529,7 @@ impl KubeConnector {
                 ));
             }
             if let Some(t) = &action.traffic
-                && let Some(recorded) = rollout_at(&current)
+                && let Some(recorded) = traffic_at(&current)
                 && recorded > t.at
             {
                 // Workers run in parallel: a later change can land first.
@@ -550,18 +558,7 @@ impl KubeConnector {
                     "{HAND_EDIT} {target} has canary weight {now}, but canaryd last set {written}: not changing it; the rollout pauses until a person resumes it"
                 )));
             }
-            // A rollout's record with its weight already in place: only the
-            // state is written, so that a new owner reads back where it stood.
-            let record = action
-                .traffic
-                .as_ref()
-                .and_then(|t| t.state.as_deref())
-                .filter(|state| {
-                    plan.is_noop()
-                        && matches!(plan, Plan::Weights { .. })
-                        && annotation(&current, ROLLOUT_ANNOTATION) != Some(*state)
-                });
-            if plan.is_noop() && record.is_none() {
+            if plan.is_noop() {
                 let detail = format!("{target}: {}; nothing to do", plan.already());
                 tracing::info!(%detail, "already at target");
                 return Ok(Outcome::succeeded(
@@ -572,26 +569,25 @@ impl KubeConnector {
                 ));
             }
             if action.dry_run {
-                let detail = match record {
-                    Some(_) => format!("would record the rollout's state on {target}"),
-                    None => format!("would set {target}: {}", plan.describe()),
-                };
+                let detail = format!("would set {target}: {}", plan.describe());
                 return Ok(Outcome::succeeded(self.name(), action, true, detail));
             }
             let resource_version = current.metadata.resource_version.clone();
             let mut remembered: Vec<&str> = applied;
-            // A record changes no weights: it must not push out the keys
-            // of the changes that did.
-            if record.is_none() {
-                remembered.push(&digest);
-            }
+            remembered.push(&digest);
             let skip = remembered.len().saturating_sub(APPLIED_MEMORY);
             let mut annotations = json!({
                 APPLIED_ANNOTATION: remembered[skip..].join(","),
                 LAST_ACTION_ANNOTATION: truncate(&action.key, 253),
             });
-            if let Some(state) = action.traffic.as_ref().and_then(|t| t.state.as_ref()) {
-                annotations[ROLLOUT_ANNOTATION] = json!(state);
+            if let Some(t) = &action.traffic {
+                annotations[TRAFFIC_AT_ANNOTATION] = json!(t.at.to_string());
+                // A record of a later state (a pause) may have landed first.
+                if let Some(state) = &t.state
+                    && rollout_at(&current).is_none_or(|recorded| recorded <= t.at)
+                {
+                    annotations[ROLLOUT_ANNOTATION] = json!(state);
+                }
             }
             if let Some(weight) = plan.canary_after() {
                 annotations[WEIGHT_ANNOTATION] = json!(weight.to_string());
@@ -620,17 +616,111 @@ impl KubeConnector {
             })?;
             plan.verify(&target, &self.config.target, &after)
                 .map_err(ConnectorError::retriable)?;
-            if record.is_some() {
-                let detail = format!("{target}: rollout state recorded ({})", plan.already());
-                tracing::debug!(%detail, "rollout state recorded");
-                return Ok(Outcome::succeeded(self.name(), action, false, detail));
-            }
             let change = plan.describe();
             self.record_event(action, &target, &plan, &change, &after)
                 .await;
             let detail = format!("{target}: {change} (verified)");
             tracing::info!(%detail, attempt, "traffic changed");
             return Ok(Outcome::succeeded(self.name(), action, false, detail));
+        }
+        Err(ConnectorError::retriable(format!(
+            "conflict: {target} changed concurrently on each of {MAX_ATTEMPTS} attempts (409 Conflict); giving up for now"
+        )))
+    }
+
+    /// Writes a rollout's state alone on the object, never its weights
+    /// ([`TrafficChange::record`]); not the applied-actions memory either,
+    /// nor a Kubernetes Event: nothing moved.
+    async fn record_state(
+        &self,
+        action: &Action,
+        t: &TrafficChange,
+        target: &Target,
+        api: &Api<DynamicObject>,
+    ) -> Result<Outcome, ConnectorError> {
+        let done = |detail: String| {
+            tracing::debug!(%detail, "rollout state");
+            Ok(Outcome::succeeded(
+                self.name(),
+                action,
+                action.dry_run,
+                detail,
+            ))
+        };
+        let Some(state) = t.state.as_deref() else {
+            return Err(ConnectorError::Permanent(
+                "a rollout record without a state".into(),
+            ));
+        };
+        if target.kind == TargetKind::Rollout {
+            return done(format!("{target}: an Argo Rollout keeps its own state"));
+        }
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        let mut backoff = CONFLICT_RETRY.backoff();
+        for _ in 1..=MAX_ATTEMPTS {
+            let current = self
+                .timed(api.get(&target.name))
+                .await
+                .map_err(|e| self.fail("get", target.kind.plural(), target, e))?;
+            if let Some(recorded) = rollout_at(&current)
+                && recorded > t.at
+            {
+                return done(format!(
+                    "{target}: superseded: the object records a later rollout state (at {}) than this one (at {})",
+                    Timestamp(recorded),
+                    Timestamp(t.at)
+                ));
+            }
+            if annotation(&current, ROLLOUT_ANNOTATION) == Some(state) {
+                return done(format!("{target}: rollout state already recorded"));
+            }
+            if !t.adopt {
+                let now = self
+                    .plan(target, Op::Set(t.weight), &current)?
+                    .canary_before();
+                if let (Some(written), Some(now)) = (written_weight(&current), now)
+                    && now != written
+                {
+                    return Err(ConnectorError::Permanent(format!(
+                        "{HAND_EDIT} {target} has canary weight {now}, but canaryd last set {written}: not recording over it; the rollout pauses until a person resumes it"
+                    )));
+                }
+                // Its weight change is still on its way: a state recorded
+                // ahead of it would tell a new owner of traffic not there.
+                if now != Some(i64::from(t.weight)) {
+                    return done(format!(
+                        "{target}: canary weight is not yet {}%: state not recorded",
+                        t.weight
+                    ));
+                }
+            }
+            if action.dry_run {
+                return done(format!("would record the rollout's state on {target}"));
+            }
+            let mut body = json!({ "metadata": { "annotations": { ROLLOUT_ANNOTATION: state } } });
+            if let Some(rv) = &current.metadata.resource_version {
+                body["metadata"]["resourceVersion"] = json!(rv);
+            }
+            match self
+                .timed(api.patch(&target.name, &params, &Patch::Merge(&body)))
+                .await
+            {
+                Ok(after) if annotation(&after, ROLLOUT_ANNOTATION) == Some(state) => {
+                    return done(format!("{target}: rollout state recorded"));
+                }
+                Ok(_) => {
+                    return Err(ConnectorError::retriable(format!(
+                        "{target}: the rollout state written is not what the server returned"
+                    )));
+                }
+                Err(CallFailure::Kube(kube::Error::Api(status))) if status.code == 409 => {
+                    tokio::time::sleep(backoff.next_delay(None)).await;
+                }
+                Err(e) => return Err(self.fail("patch", target.kind.plural(), target, e)),
+            }
         }
         Err(ConnectorError::retriable(format!(
             "conflict: {target} changed concurrently on each of {MAX_ATTEMPTS} attempts (409 Conflict); giving up for now"
@@ -953,7 +1043,16 @@ fn written_weight(object: &DynamicObject) -> Option<i64> {
     annotation(object, WEIGHT_ANNOTATION)?.parse().ok()
 }
 
-/// The event time of the rollout change `object` records, if any.
+/// The event time of the rollout change that set `object`'s weights; an
+/// object written before canaryd recorded it has only its state's.
+fn traffic_at(object: &DynamicObject) -> Option<i64> {
+    match annotation(object, TRAFFIC_AT_ANNOTATION) {
+        Some(at) => at.parse().ok(),
+        None => rollout_at(object),
+    }
+}
+
+/// The event time of the rollout state `object` records, if any.
 fn rollout_at(object: &DynamicObject) -> Option<i64> {
     let state = annotation(object, ROLLOUT_ANNOTATION)?;
     serde_json::from_str::<Value>(state).ok()?["at"].as_i64()

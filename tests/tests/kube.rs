@@ -731,6 +731,7 @@ fn shift(weight: u8, stage: usize) -> Action {
         )),
         at,
         adopt: false,
+        record: false,
     });
     a
 }
@@ -903,6 +904,7 @@ fn record(weight: u8, stage: usize, held: i64) -> Action {
         state: Some(format!(r#"{{"at":{at},"stage":{stage},"held":{held}}}"#)),
         at,
         adopt: false,
+        record: true,
     });
     a
 }
@@ -979,4 +981,81 @@ async fn a_progress_record_writes_only_the_state_once_and_forgets_no_applied_key
     let e = kube.execute(&record(25, 3, 1200)).await.unwrap_err();
     assert!(permanent(&e).starts_with("hand edit:"), "{e}");
     assert_eq!(vs_weights(&fixture), (70, 30));
+}
+
+/// The state of a rollout that is paused, at `at`, for stage `stage`.
+fn paused_record(weight: u8, stage: usize, at: i64) -> Action {
+    let mut a = record(weight, stage, 0);
+    a.key = format!("rollout|model=summarizer|v2|stage {stage}|paused {at}");
+    a.traffic = Some(canaryd_connectors::TrafficChange {
+        weight,
+        state: Some(format!(r#"{{"at":{at},"stage":{stage},"phase":"paused"}}"#)),
+        at,
+        adopt: true,
+        record: true,
+    });
+    a
+}
+
+#[tokio::test]
+async fn a_record_never_moves_weights_nor_runs_ahead_of_its_weight_change_nor_supersedes_it() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 100, 0));
+    let kube = connector(&fixture, "VirtualService").await;
+    kube.execute(&shift(5, 1)).await.unwrap();
+    // Stage 2's weight (25%) is still on its way: the progress of stage 2
+    // is not recorded over weights of stage 1.
+    let outcome = kube.execute(&record(25, 2, 500)).await.unwrap();
+    assert!(outcome.detail.contains("not yet 25%"), "{}", outcome.detail);
+    assert_eq!(vs_weights(&fixture), (95, 5), "no weight moved");
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/rollout"],
+        r#"{"at":1000,"stage":1,"weight":5}"#
+    );
+    // A pause, decided after stage 2 and landing before its weight: its
+    // state is written (a paused rollout takes the weights as they are),
+    // and nothing else.
+    kube.execute(&paused_record(25, 2, 2_500)).await.unwrap();
+    assert_eq!(vs_weights(&fixture), (95, 5), "no weight moved");
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/rollout"],
+        r#"{"at":2500,"stage":2,"phase":"paused"}"#
+    );
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/canary-weight"],
+        "5"
+    );
+    // Stage 2's weight lands after it: it is not superseded by the record
+    // (the weights move), and it does not write its older state over the
+    // pause.
+    kube.execute(&shift(25, 2)).await.unwrap();
+    assert_eq!(vs_weights(&fixture), (75, 25));
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/rollout"],
+        r#"{"at":2500,"stage":2,"phase":"paused"}"#
+    );
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/traffic-at"],
+        "2000"
+    );
+    // An older record landing late writes nothing.
+    let outcome = kube.execute(&record(25, 2, 100)).await.unwrap();
+    assert!(outcome.detail.contains("superseded"), "{}", outcome.detail);
+    // A paused record is written over a hand edit, and leaves it alone.
+    let mut edited = fixture.object("VirtualService", NS, VS).unwrap();
+    edited["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(60);
+    edited["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(40);
+    fixture.put(edited);
+    kube.execute(&paused_record(25, 2, 3_000)).await.unwrap();
+    assert_eq!(vs_weights(&fixture), (60, 40));
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/rollout"],
+        r#"{"at":3000,"stage":2,"phase":"paused"}"#
+    );
+    // Only the weight changes made Kubernetes Events.
+    assert_eq!(fixture.requests_matching("POST", "/events").len(), 2);
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use canaryd_connectors::{Action, Evidence, TrafficChange};
+use canaryd_rules::rollout::Phase as RolloutPhase;
 use canaryd_rules::rollout::controller::{Change, ChangeKind};
 use canaryd_rules::{ActionName, Phase, RuleSet, Severity, Subject, Transition};
 
@@ -157,7 +158,11 @@ pub fn rollout_actions(loaded: &Loaded, change: &Change) -> Vec<(Action, Vec<Str
             weight: change.weight,
             state: Some(state.to_string()),
             at,
-            adopt: change.kind == ChangeKind::Resumed,
+            // A paused rollout takes the weights as they are: its record
+            // is written whatever they are.
+            adopt: change.kind == ChangeKind::Resumed
+                || (record && matches!(change.state.phase, RolloutPhase::Paused { .. })),
+            record,
         });
         out.push((shift, vec![receiver.to_string()]));
     }
