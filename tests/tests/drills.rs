@@ -1615,3 +1615,238 @@ async fn a_silence_created_on_one_replica_is_honoured_on_another() {
         &all_logs(&[&a, &b]),
     );
 }
+
+/// A plan with a long second stage, its progress recorded every 2 s.
+const READ_BACK_PLAN: &str = "rollouts:
+  receiver: kube
+  record_every: 2s
+  default:
+    stages:
+      - { weight: 5, hold: 4s }
+      - { weight: 25, hold: 30s }
+      - { weight: 50, hold: 4s }
+    soak: 4s
+";
+
+/// The drill's config with no changelog, and `extra` added.
+fn without_changelog(text: &str, extra: &str) -> String {
+    format!(
+        "{}{extra}",
+        text.replace("  changelog_topic: canaryd-changelog\n", "")
+    )
+}
+
+/// The rollout state canaryd recorded on the drill's VirtualService.
+fn recorded_rollout(rig: &Rig) -> Value {
+    rig.kube
+        .object("VirtualService", "ml-serving", "model-summarizer")
+        .and_then(|vs| {
+            serde_json::from_str(vs["metadata"]["annotations"]["canaryd.io/rollout"].as_str()?).ok()
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// With no changelog at all, `kill -9` 16 s into stage 2's 30 s hold: the
+/// new process finds nothing of its own, reads the rollout's state back
+/// from the VirtualService, and carries on in stage 2 with the hold it had
+/// (less the seconds after the last progress record), instead of starting
+/// again at 5%.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_changelog_a_new_owner_reads_the_stage_back_from_the_traffic_object() {
+    let rig = Rig::start("drill-read-back", "[auto_rollback]").await;
+    let first = rig.spawn_with("first", |text| without_changelog(&text, READ_BACK_PLAN));
+    wait_for_assignment(&first);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["weight"] == 25)
+    });
+    let stage_2 = rollout_changes(&audit)
+        .into_iter()
+        .find(|(_, w, _)| *w == 25)
+        .unwrap()
+        .2;
+    // Bounded: the progress records carry the hold to 16 s.
+    let held = |state: &Value| {
+        state["rollout"]["held"]
+            .as_str()
+            .and_then(|s| canaryd_rules::Span::parse(s).ok())
+            .map_or(0, |s| s.millis())
+    };
+    let mut state = recorded_rollout(&rig);
+    for _ in 0..600 {
+        if state["rollout"]["stage"] == 1 && held(&state) >= 16_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = recorded_rollout(&rig);
+    }
+    first.signal("KILL");
+    let first_log = first.log_text();
+    drop(first);
+    check(
+        "before the kill, the object records stage 2 and its hold so far",
+        state["rollout"]["stage"] == 1 && held(&state) >= 16_000,
+        &state,
+        &first_log,
+    );
+    let port = canaryd_tests::tansu::free_port();
+    let second = rig.spawn_with("second", |text| {
+        without_changelog(
+            &text,
+            &format!("{READ_BACK_PLAN}http:\n  listen: 127.0.0.1:{port}\n"),
+        )
+    });
+    wait_for_assignment(&second);
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["event"] == "complete")
+    });
+    feed.stop().await;
+    let logs = format!("--- first\n{first_log}\n--- second\n{}", second.log_text());
+    check(
+        "the new process read the state back",
+        second.log_text().contains("rollout state read back")
+            && second.log_text().contains("Recorded"),
+        "",
+        &logs,
+    );
+    let mut distinct = rollout_changes(&audit);
+    distinct.dedup();
+    let steps: Vec<(&str, u64)> = distinct.iter().map(|(e, w, _)| (e.as_str(), *w)).collect();
+    check(
+        "each step once: no new rollout from 5% after the kill",
+        steps
+            == [
+                ("stage", 5),
+                ("stage", 25),
+                ("stage", 50),
+                ("promoted", 100),
+                ("complete", 100),
+            ],
+        format!("{steps:?}"),
+        &logs,
+    );
+    let stage_3 = distinct
+        .iter()
+        .find(|(e, w, _)| e == "stage" && *w == 50)
+        .unwrap()
+        .2;
+    let took = (stage_3 - stage_2).num_milliseconds();
+    // 30 s of hold, plus what the last record did not carry (at most its
+    // 2 s period and a tick). Starting the hold again would take 30 s from
+    // the first event the new process saw, at least 10 s after stage 2.
+    check(
+        "stage 2 held 30 s in all, the new owner crediting the recorded hold",
+        (30_000..=36_000).contains(&took),
+        format!("{took} ms"),
+        &logs,
+    );
+    let weights: Vec<i64> = rig
+        .kube
+        .requests_matching("PATCH", "/virtualservices/model-summarizer")
+        .iter()
+        .filter(|r| r.status == 200)
+        .filter_map(|r| {
+            let body: Value = serde_json::from_str(&r.body).ok()?;
+            body["spec"]["http"][0]["route"]
+                .as_array()?
+                .iter()
+                .find(|d| d["destination"]["subset"] == "canary")?["weight"]
+                .as_i64()
+        })
+        .collect();
+    check(
+        "the weights only rose: 5, 25, 50, 100",
+        weights == [5, 25, 50, 100],
+        format!("{weights:?}"),
+        &logs,
+    );
+    let (_, body) = http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/api/v1/rollouts/summarizer"),
+        None,
+    );
+    let shown: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    check(
+        "the new owner shows the rollout complete",
+        shown["state"] == "complete",
+        &shown,
+        &logs,
+    );
+}
+
+/// A rollout record on the VirtualService that canaryd cannot read: the
+/// new owner does not guess. The rollout pauses with the reason (shown by
+/// the API), the weights stay where they are, and the pause is recorded on
+/// the object for whoever owns the model next.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_rollout_record_pauses_the_rollout_with_the_reason_and_moves_nothing() {
+    let rig = Rig::start("drill-read-back-corrupt", "[auto_rollback]").await;
+    let mut vs = KubeFixture::virtual_service("ml-serving", "model-summarizer", 90, 10);
+    vs["metadata"]["annotations"] = serde_json::json!({
+        "canaryd.io/rollout": "{\"plan\": \"default\", \"rollout\": 42}",
+        "canaryd.io/canary-weight": "10",
+    });
+    rig.kube.put(vs);
+    let port = canaryd_tests::tansu::free_port();
+    let daemon = rig.spawn_with("daemon", |text| {
+        without_changelog(
+            &text,
+            &format!("{READ_BACK_PLAN}http:\n  listen: 127.0.0.1:{port}\n"),
+        )
+    });
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    let why = "canaryd.io/rollout on VirtualService ml-serving/model-summarizer is not a rollout record canaryd can read";
+    rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "rollout"
+                && v["event"] == "paused"
+                && v["reason"].as_str().is_some_and(|s| s.contains(why))
+        })
+    });
+    // Longer than stage 1's hold: nothing moves.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    feed.stop().await;
+    let logs = daemon.log_text();
+    let (_, body) = http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/api/v1/rollouts/summarizer"),
+        None,
+    );
+    let shown: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    check(
+        "the API shows it paused, with the reason",
+        shown["state"] == "paused" && shown["phase"].as_str().is_some_and(|p| p.contains(why)),
+        &shown,
+        &logs,
+    );
+    check(
+        "the canary keeps its 10%",
+        rig.canary_weight() == 10,
+        rig.canary_weight(),
+        &logs,
+    );
+    let spec_writes = rig
+        .kube
+        .requests_matching("PATCH", "/virtualservices/model-summarizer")
+        .iter()
+        .filter(|r| r.body.contains("\"spec\""))
+        .count();
+    check(
+        "no weight was written",
+        spec_writes == 0,
+        spec_writes,
+        &logs,
+    );
+    let state = recorded_rollout(&rig);
+    check(
+        "the pause is recorded on the object",
+        state["rollout"]["phase"] == "paused",
+        &state,
+        &logs,
+    );
+}

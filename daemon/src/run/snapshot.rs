@@ -75,6 +75,14 @@ pub(super) fn take<'a>(
             });
             rollouts.push(json);
         }
+        for (model, version) in controller.iter().flat_map(|c| c.reading_models()) {
+            rollouts.push(json!({
+                "model": model,
+                "version": version,
+                "state": "reading_back",
+                "phase": "new on this replica: reading its state from the traffic object",
+            }));
+        }
     }
     analytics.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
     let omitted = analytics.len().saturating_sub(max_subjects) + beyond;

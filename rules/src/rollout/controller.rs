@@ -323,6 +323,13 @@ impl Controller {
         self.reading.len()
     }
 
+    /// Those models, with the canary version seen.
+    pub fn reading_models(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.reading
+            .iter()
+            .map(|(model, r)| (model.as_str(), r.version.as_str()))
+    }
+
     /// What the traffic object of `model` says, read at the caller's
     /// request, at event time `now`. A recorded rollout of the version seen
     /// carries on where it stood: its stage, its hold so far, its pause or
