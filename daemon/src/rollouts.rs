@@ -162,6 +162,12 @@ impl RolloutsConfig {
         for name in &self.promoted {
             receiver("rollouts.promoted", name, false, &mut out);
         }
+        if self.record_every < Span::seconds(1) {
+            out.push(format!(
+                "rollouts.record_every: {} is under 1s; each progress record is a write to the API server",
+                self.record_every
+            ));
+        }
         for name in &self.incident {
             receiver("rollouts.incident", name, false, &mut out);
         }

@@ -241,6 +241,7 @@ rollouts:
     fraud:
       gating_rules: [Canary Error Rate Hgh]
   manual: [fraud]
+  record_every: 0s
 ",
             rules = repo("deploy/examples/canary-alerts.yaml").display()
         ),
@@ -257,6 +258,7 @@ rollouts:
         "canaryd.yaml:7: rollouts.default: stage 3: a hold of 0s leaves no time to see the canary's data",
         "canaryd.yaml:14: rollouts.models.fraud.gating_rules: no rule is named `Canary Error Rate Hgh`",
         "canaryd.yaml:13: rollouts.models.fraud: the model is also in rollouts.manual",
+        "canaryd.yaml:16: rollouts.record_every: 0s is under 1s",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
