@@ -27,7 +27,7 @@
 //! | `canaryd_rollout_stage` | gauge (1 = first; one past the last = 100%) | `model` |
 //! | `canaryd_rollout_weight` | gauge (percent) | `model` |
 //! | `canaryd_rollout_hold_remaining_seconds` | gauge | `model` |
-//! | `canaryd_rollout_transitions_total` | counter | `kind` |
+//! | `canaryd_rollout_transitions_total` | counter | `model`, `kind` |
 //! | `canaryd_model_requests_per_second` | gauge | subject, `track` |
 //! | `canaryd_model_window_requests` | gauge | subject, `track` |
 //! | `canaryd_model_error_ratio`, `canaryd_model_success_ratio` | gauge | subject, `track` |
@@ -82,7 +82,8 @@ struct ModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
+struct ModelKindLabels {
+    model: String,
     kind: String,
 }
 
@@ -153,7 +154,7 @@ pub struct Metrics {
     rollout_stage: Family<ModelLabels, Gauge>,
     rollout_weight: Family<ModelLabels, Gauge>,
     rollout_hold_remaining: Family<ModelLabels, Gauge>,
-    rollout_transitions: Family<KindLabels, Counter>,
+    rollout_transitions: Family<ModelKindLabels, Counter>,
     model: ModelFamilies,
     subjects: Gauge,
     evicted: Counter,
@@ -546,17 +547,14 @@ impl Metrics {
             "Clean event time the current stage (or the soak) still needs",
             rollout_hold_remaining.clone(),
         );
-        let rollout_transitions = Family::<KindLabels, Counter>::default();
+        // By model too, as the rollouts' other series: one series per
+        // model and kind it went through, created with its first change.
+        let rollout_transitions = Family::<ModelKindLabels, Counter>::default();
         registry.register(
             "rollout_transitions",
-            "Rollout changes, by kind: stage, paused, resumed, stepped_back, rolled_back, promoted, complete",
+            "Rollout changes, by model and kind: stage, paused, resumed, stepped_back, rolled_back, promoted, complete",
             rollout_transitions.clone(),
         );
-        for kind in canaryd_rules::rollout::controller::ChangeKind::ALL {
-            rollout_transitions.get_or_create_owned(&KindLabels {
-                kind: kind.as_str().to_string(),
-            });
-        }
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -861,10 +859,11 @@ impl Metrics {
         self.evicted.inc();
     }
 
-    /// A change of a rollout, of `kind` (`stage`, `paused`, …).
-    pub fn inc_rollout_transition(&self, kind: &str) {
+    /// A change of `model`'s rollout, of `kind` (`stage`, `paused`, …).
+    pub fn inc_rollout_transition(&self, model: &str, kind: &str) {
         self.rollout_transitions
-            .get_or_create_owned(&KindLabels {
+            .get_or_create_owned(&ModelKindLabels {
+                model: model.to_string(),
                 kind: kind.to_string(),
             })
             .inc();
@@ -1263,10 +1262,37 @@ mod tests {
             r#"canaryd_connector_duration_seconds_count{connector="kube"}"#,
             r#"canaryd_events_dead_lettered_total{reason="not_json"}"#,
             r#"canaryd_events_dead_lettered_total{reason="future_time"}"#,
-            r#"canaryd_rollout_transitions_total{kind="rolled_back"}"#,
         ] {
             assert_eq!(sample(&text, series), Some(0.0), "{series} in\n{text}");
         }
+    }
+
+    #[test]
+    fn rollout_transitions_are_counted_by_model_and_kind() {
+        let m = Metrics::new();
+        m.inc_rollout_transition("fraud", "stage");
+        m.inc_rollout_transition("fraud", "stage");
+        m.inc_rollout_transition("ranker", "rolled_back");
+        let text = m.encode();
+        for (series, n) in [
+            (
+                r#"canaryd_rollout_transitions_total{model="fraud",kind="stage"}"#,
+                2.0,
+            ),
+            (
+                r#"canaryd_rollout_transitions_total{model="ranker",kind="rolled_back"}"#,
+                1.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, series), Some(n), "{series} in\n{text}");
+        }
+        assert_eq!(
+            sample(
+                &text,
+                r#"canaryd_rollout_transitions_total{model="fraud",kind="rolled_back"}"#
+            ),
+            None
+        );
     }
 
     #[test]

@@ -1136,7 +1136,7 @@ fn exported_series() -> BTreeSet<String> {
     m.inc_action("kube", "failed");
     m.observe_connector_duration("kube", std::time::Duration::from_millis(1));
     m.set_consumer_lag("t", 0, 1);
-    m.inc_rollout_transition("stage");
+    m.inc_rollout_transition("m", "stage");
     let full = canaryd_rules::analytics::TrackStats {
         requests: 10,
         request_rate: 1.0,

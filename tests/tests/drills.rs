@@ -1023,7 +1023,10 @@ async fn a_rollout_goes_from_5_to_100_percent_through_a_kill_9_and_is_promoted_o
             model("canaryd_rollout_stage"),
             model("canaryd_rollout_weight"),
             model("canaryd_rollout_hold_remaining_seconds"),
-            metric(port, "canaryd_rollout_transitions_total{kind=\"promoted\"}"),
+            metric(
+                port,
+                "canaryd_rollout_transitions_total{model=\"summarizer\",kind=\"promoted\"}",
+            ),
         )
     };
     // Each scrape takes a fresh snapshot; the completion may still be on

@@ -135,7 +135,7 @@ impl Dispatcher {
         tracing::info!(model = %change.model, version = %change.version, event = change.kind.as_str(), weight = change.weight, stage = change.stage, ts = %change.ts, reason = %change.reason, "rollout");
         self.shared
             .metrics
-            .inc_rollout_transition(change.kind.as_str());
+            .inc_rollout_transition(&change.model, change.kind.as_str());
         let text = format!(
             "{} {} at {}%: {}",
             change.version,
