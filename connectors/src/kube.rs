@@ -1,7 +1,8 @@
 //! The Kubernetes traffic connector: carries out `auto_rollback` and
 //! `reduce_traffic` by changing the canary's weight on an Istio
 //! `VirtualService`, a Gateway API `HTTPRoute`, or by aborting an Argo
-//! `Rollout`.
+//! `Rollout`; and a rollout's stages, by setting weights or by promoting
+//! the Argo `Rollout` to the stage's step.
 //!
 //! One long-lived [`kube::Client`] serves every action and every API call is
 //! wrapped in the configured timeout. A change is made like this:
@@ -168,7 +169,8 @@ pub enum TargetKind {
     /// (`status.abort: true`, as `kubectl argo rollouts abort` does). Argo
     /// owns the weights of a Rollout and would overwrite any weight canaryd
     /// set, so reducing traffic is done the only way Argo honours: by
-    /// aborting, which sends all traffic back to stable.
+    /// aborting, which sends all traffic back to stable. A rollout stage
+    /// promotes it to the stage's `setWeight` step.
     Rollout,
 }
 
@@ -762,14 +764,13 @@ impl KubeConnector {
         current: &DynamicObject,
     ) -> Result<Plan, ConnectorError> {
         match target.kind {
-            TargetKind::Rollout if matches!(op, Op::Set(w) if w > 0) => {
-                Err(ConnectorError::Permanent(format!(
-                    "{target}: an Argo Rollout moves its own weights through its steps; rollout plans cannot drive one yet"
-                )))
-            }
-            TargetKind::Rollout => Ok(Plan::Abort {
-                already: current.data["status"]["abort"] == Value::Bool(true),
-            }),
+            TargetKind::Rollout => match op {
+                Op::Set(weight) if weight > 0 => plan_promotion(&current.data, weight)
+                    .map_err(|why| ConnectorError::Permanent(format!("{target}: {why}"))),
+                _ => Ok(Plan::Abort {
+                    already: current.data["status"]["abort"] == Value::Bool(true),
+                }),
+            },
             kind => plan_weights(
                 kind,
                 &current.data,
@@ -795,6 +796,9 @@ impl KubeConnector {
         };
         let mut body = match plan {
             Plan::Abort { .. } => json!({ "status": { "abort": true } }),
+            Plan::Promote { step, .. } => {
+                json!({ "status": { "pauseConditions": null, "currentStepIndex": step.1 } })
+            }
             Plan::Weights {
                 list_key, new_list, ..
             } => {
@@ -816,6 +820,17 @@ impl KubeConnector {
                 self.timed(api.patch_status(&target.name, &params, &patch))
                     .await?;
             }
+            Plan::Promote { unpause, .. } => {
+                self.timed(api.patch_status(&target.name, &params, &patch))
+                    .await?;
+                // Status first: a Rollout unpaused before its step index
+                // moves would run its current pause again.
+                if *unpause {
+                    let spec = json!({ "spec": { "paused": false } });
+                    self.timed(api.patch(&target.name, &params, &Patch::Merge(&spec)))
+                        .await?;
+                }
+            }
             Plan::Weights { .. } => {
                 self.timed(api.patch(&target.name, &params, &patch)).await?;
             }
@@ -833,7 +848,9 @@ impl KubeConnector {
     ) {
         let reason = match (plan, action.action) {
             (Plan::Weights { .. }, ActionName::ReduceTraffic) => REASON_REDUCED,
-            (Plan::Weights { .. }, ActionName::ShiftTraffic) => REASON_SHIFTED,
+            (Plan::Weights { .. }, ActionName::ShiftTraffic) | (Plan::Promote { .. }, _) => {
+                REASON_SHIFTED
+            }
             _ => REASON_ROLLBACK,
         };
         let values: Vec<String> = action
@@ -1084,6 +1101,75 @@ enum Plan {
         /// `status.abort` is already true.
         already: bool,
     },
+    /// Move an Argo Rollout on to the `setWeight` step of a stage's weight,
+    /// as `kubectl argo rollouts promote` does: its pause conditions
+    /// cleared and its step index set (in `status`), and `spec.paused`
+    /// unset. Argo then sets the weight itself, and pauses at the next
+    /// `pause: {}` for canaryd's next decision.
+    Promote {
+        /// The Rollout's canary weight now (its last `setWeight` done).
+        from: i64,
+        /// The stage's weight.
+        to: i64,
+        /// `status.currentStepIndex` now, and the index to go on from.
+        step: (u64, u64),
+        /// `spec.paused` is set and must be unset.
+        unpause: bool,
+        /// Already at (or past) the stage's weight.
+        already: bool,
+    },
+}
+
+/// How an Argo Rollout goes on to the stage of `weight` percent. Its
+/// `setWeight` steps must be the plan's stages (100 is its end); a weight
+/// it has already reached is nothing to do, since Argo never steps back
+/// (`reduce_traffic` and rollbacks abort it).
+fn plan_promotion(rollout: &Value, weight: u8) -> Result<Plan, String> {
+    let Some(steps) = rollout["spec"]["strategy"]["canary"]["steps"].as_array() else {
+        return Err(
+            "not a canary Rollout with steps: canaryd can only abort it (set the plan's stages as its setWeight steps)"
+                .into(),
+        );
+    };
+    let index = rollout["status"]["currentStepIndex"].as_u64().unwrap_or(0);
+    let done = usize::try_from(index)
+        .unwrap_or(usize::MAX)
+        .min(steps.len());
+    let from = if done == steps.len() {
+        100
+    } else {
+        steps[..done]
+            .iter()
+            .rev()
+            .find_map(|s| s["setWeight"].as_i64())
+            .unwrap_or(0)
+    };
+    let to = i64::from(weight);
+    let target = if to == 100 {
+        Some(steps.len())
+    } else {
+        steps
+            .iter()
+            .position(|s| s["setWeight"].as_i64() == Some(to))
+    };
+    let Some(target) = target else {
+        let weights: Vec<String> = steps
+            .iter()
+            .filter_map(|s| s["setWeight"].as_i64())
+            .map(|w| w.to_string())
+            .collect();
+        return Err(format!(
+            "the stage's weight {to}% is not one of the Rollout's setWeight steps ({}); make the plan's stages its steps",
+            weights.join(", ")
+        ));
+    };
+    Ok(Plan::Promote {
+        from,
+        to,
+        step: (index, target as u64),
+        unpause: rollout["spec"]["paused"] == Value::Bool(true),
+        already: from >= to || index >= target as u64,
+    })
 }
 
 impl Plan {
@@ -1091,7 +1177,7 @@ impl Plan {
     fn canary_before(&self) -> Option<i64> {
         match self {
             Plan::Weights { changes, .. } => changes.first().map(|c| c.canary.0),
-            Plan::Abort { .. } => None,
+            Plan::Abort { .. } | Plan::Promote { .. } => None,
         }
     }
 
@@ -1099,13 +1185,13 @@ impl Plan {
     fn canary_after(&self) -> Option<i64> {
         match self {
             Plan::Weights { changes, .. } => changes.first().map(|c| c.canary.1),
-            Plan::Abort { .. } => None,
+            Plan::Abort { .. } | Plan::Promote { .. } => None,
         }
     }
 
     fn is_noop(&self) -> bool {
         match self {
-            Plan::Abort { already } => *already,
+            Plan::Abort { already } | Plan::Promote { already, .. } => *already,
             Plan::Weights { changes, .. } => changes
                 .iter()
                 .all(|c| c.canary.0 == c.canary.1 && c.stable.0 == c.stable.1),
@@ -1115,7 +1201,7 @@ impl Plan {
     /// The resource written, for error messages and RBAC.
     fn resource(&self) -> &'static str {
         match self {
-            Plan::Abort { .. } => "rollouts/status",
+            Plan::Abort { .. } | Plan::Promote { .. } => "rollouts/status",
             Plan::Weights { kind, .. } => kind.plural(),
         }
     }
@@ -1124,6 +1210,10 @@ impl Plan {
     fn describe(&self) -> String {
         match self {
             Plan::Abort { .. } => "aborted (status.abort true)".to_string(),
+            Plan::Promote { from, to, step, .. } => format!(
+                "promoted from {from}% to the {to}% step (status.currentStepIndex {} -> {})",
+                step.0, step.1
+            ),
             Plan::Weights {
                 list_key, changes, ..
             } => {
@@ -1151,6 +1241,9 @@ impl Plan {
     fn already(&self) -> String {
         match self {
             Plan::Abort { .. } => "already aborted".to_string(),
+            Plan::Promote { from, to, .. } => {
+                format!("already at {from}% (the stage's step is {to}%; Argo never steps back)")
+            }
             Plan::Weights { changes, .. } => {
                 let mut seen: Vec<(i64, i64)> =
                     changes.iter().map(|c| (c.canary.0, c.stable.0)).collect();
@@ -1173,6 +1266,19 @@ impl Plan {
         after: &DynamicObject,
     ) -> Result<(), String> {
         match self {
+            Plan::Promote { step, unpause, .. } => {
+                let index = after.data["status"]["currentStepIndex"].as_u64();
+                let paused = after.data["spec"]["paused"] == Value::Bool(true);
+                // Argo may already have gone on from the step set.
+                if index.is_some_and(|i| i >= step.1) && !(*unpause && paused) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "verification failed: {target} was promoted but reads status.currentStepIndex {}, spec.paused {paused}",
+                        after.data["status"]["currentStepIndex"]
+                    ))
+                }
+            }
             Plan::Abort { .. } => {
                 if after.data["status"]["abort"] == Value::Bool(true) {
                     Ok(())

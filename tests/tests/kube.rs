@@ -836,13 +836,82 @@ async fn a_stage_on_an_http_route_keeps_the_pair_total() {
 }
 
 #[tokio::test]
-async fn a_rollout_stage_cannot_drive_an_argo_rollout_and_says_so() {
+async fn a_rollout_stage_promotes_an_argo_rollout_to_its_step_as_kubectl_argo_rollouts_does() {
     let fixture = KubeFixture::start();
-    fixture.put(KubeFixture::rollout(NS, VS));
+    // Paused at step 1, after `setWeight: 10`; Argo asked for the pause.
+    let mut rollout = KubeFixture::rollout(NS, VS);
+    rollout["status"]["pauseConditions"] =
+        serde_json::json!([{"reason": "CanaryPauseStep", "startTime": "2026-03-01T00:00:00Z"}]);
+    fixture.put(rollout);
     let kube = connector(&fixture, "Rollout").await;
-    let e = kube.execute(&shift(25, 3)).await.unwrap_err();
-    assert!(permanent(&e).contains("Argo Rollout"), "{e}");
+    let status_patches = || {
+        fixture
+            .requests_matching("PATCH", "/rollouts/model-summarizer/status")
+            .len()
+    };
+    // Stage 1 is where the Rollout stands: nothing to do.
+    let outcome = kube.execute(&shift(10, 1)).await.unwrap();
+    assert!(
+        outcome.detail.contains("already at 10%"),
+        "{}",
+        outcome.detail
+    );
     assert_eq!(patches(&fixture), 0);
+
+    // Stage 2 passed: on to the `setWeight: 50` step, pause cleared.
+    let outcome = kube.execute(&shift(50, 2)).await.unwrap();
+    assert!(
+        outcome
+            .detail
+            .contains("promoted from 10% to the 50% step (status.currentStepIndex 1 -> 2)"),
+        "{}",
+        outcome.detail
+    );
+    let after = fixture.object("Rollout", NS, VS).unwrap();
+    assert_eq!(after["status"]["currentStepIndex"], 2);
+    assert!(after["status"].get("pauseConditions").is_none(), "{after}");
+    assert_eq!(after["spec"]["replicas"], 4, "the spec untouched");
+    assert_eq!(status_patches(), 1);
+    assert_eq!(fixture.events()[0]["reason"], "CanaryTrafficShifted");
+    // Again (decided again after a restart): already there.
+    kube.execute(&shift(50, 2)).await.unwrap();
+    assert_eq!(status_patches(), 1);
+
+    // A stage that is none of its steps: refused, with the steps named.
+    let e = kube.execute(&shift(25, 3)).await.unwrap_err();
+    assert!(
+        permanent(&e).contains(
+            "the stage's weight 25% is not one of the Rollout's setWeight steps (10, 50)"
+        ),
+        "{e}"
+    );
+
+    // Promotion to 100%, with the Rollout paused by a person too: its
+    // steps end, and spec.paused is unset after the status.
+    let mut paused = fixture.object("Rollout", NS, VS).unwrap();
+    paused["spec"]["paused"] = serde_json::json!(true);
+    fixture.put(paused);
+    kube.execute(&shift(100, 4)).await.unwrap();
+    let after = fixture.object("Rollout", NS, VS).unwrap();
+    assert_eq!(after["status"]["currentStepIndex"], 4);
+    assert_eq!(after["spec"]["paused"], false);
+    let writes: Vec<String> = fixture
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(
+        writes.len() == 3 && writes[1].ends_with("/status") && !writes[2].ends_with("/status"),
+        "{writes:?}"
+    );
+
+    // A rollback aborts it, as before.
+    kube.execute(&shift(0, 5)).await.unwrap();
+    assert_eq!(
+        fixture.object("Rollout", NS, VS).unwrap()["status"]["abort"],
+        true
+    );
 }
 
 #[tokio::test]
