@@ -1853,3 +1853,194 @@ async fn an_unreadable_rollout_record_pauses_the_rollout_with_the_reason_and_mov
         &logs,
     );
 }
+
+/// Four canaries go through the drill's plan (5%, 25%, 50%, then 100%
+/// soaked), each turning bad in a different place: in stage 1, 2 or 3, or
+/// in the soak. Each is rolled back to 0% from where it stood, with one
+/// incident ticket naming that stage and weight, and goes no further.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_from_each_stage_and_from_the_soak_sets_zero_and_opens_one_ticket_each() {
+    let rig = Rig::start("drill-rollout-each-stage", "[auto_rollback]").await;
+    // The stage each model turns bad in (by its weight), and its name.
+    let cases: [(&str, i64); 4] = [("s1", 5), ("s2", 25), ("s3", 50), ("soak", 100)];
+    for (model, _) in cases {
+        rig.kube.put(KubeFixture::virtual_service(
+            "ml-serving",
+            &format!("model-{model}"),
+            100,
+            0,
+        ));
+    }
+    let daemon = rig.spawn_with("daemon", |text| {
+        format!("{text}{PLAN}  incident: [pager]\n")
+    });
+    wait_for_assignment(&daemon);
+    let weight = |model: &str| {
+        rig.kube
+            .object("VirtualService", "ml-serving", &format!("model-{model}"))
+            .and_then(|vs| vs["spec"]["http"][0]["route"][1]["weight"].as_i64())
+    };
+    let p = producer(&rig.broker.bootstrap());
+    let mut bad = [false; 4];
+    let mut back = [false; 4];
+    // Bounded: 60 s of events, 100 ms apart.
+    for _ in 0..600 {
+        for (i, (model, at)) in cases.iter().enumerate() {
+            let now = weight(model);
+            bad[i] |= now == Some(*at);
+            back[i] |= bad[i] && now == Some(0);
+            let value = if bad[i] { 0.2 } else { 0.001 };
+            let event = format!(
+                r#"{{"type":"metric","ts":"{}","name":"canary_error_rate","value":{value},"labels":{{"model":"{model}","namespace":"ml-serving"}}}}"#,
+                Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+            send(&p, "events", 0, model, event.as_bytes()).await;
+        }
+        if back.iter().all(|b| *b) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .filter(|v| v["kind"] == "rollout" && v["event"] == "rolled_back")
+            .count()
+            >= 4
+    });
+    let logs = daemon.log_text();
+    for (i, (model, at)) in cases.iter().enumerate() {
+        let changes: Vec<(String, u64, u64)> = audit
+            .iter()
+            .filter(|r| r["kind"] == "rollout" && r["subject"]["model"] == *model)
+            .filter(|r| r["event"] != "paused" && r["event"] != "resumed")
+            .map(|r| {
+                (
+                    r["event"].as_str().unwrap().to_string(),
+                    r["weight"].as_u64().unwrap(),
+                    r["stage"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let stage = [5, 25, 50, 100].iter().position(|w| w == at).unwrap() as u64 + 1;
+        let last = changes.last().cloned();
+        check(
+            &format!("{model}: rolled back to 0 from stage {stage} ({at}%), nothing after"),
+            back[i] && last == Some(("rolled_back".to_string(), 0, stage)),
+            format!("{changes:?}"),
+            &logs,
+        );
+        check(
+            &format!("{model}: it went no further than {at}% before"),
+            changes.iter().all(|(_, w, _)| *w as i64 <= *at),
+            format!("{changes:?}"),
+            &logs,
+        );
+        let tickets: Vec<Value> = rig
+            .pages()
+            .into_iter()
+            .filter(|p| {
+                let text = p.to_string();
+                text.contains("rolled_back") && text.contains(&format!("{model} "))
+            })
+            .collect();
+        check(
+            &format!("{model}: one incident ticket, with its stage"),
+            tickets.len() == 1 && tickets[0].to_string().contains(&format!("(stage {stage})")),
+            format!("{tickets:#?}"),
+            &logs,
+        );
+        check(
+            &format!("{model}: the canary is at 0"),
+            weight(model) == Some(0),
+            format!("{:?}", weight(model)),
+            &logs,
+        );
+    }
+}
+
+/// An Argo Rollout carried by the live controller: canaryd judges, Argo
+/// moves the weights. Each stage passed promotes the Rollout to that
+/// stage's `setWeight` step through its status, and the promotion to 100%
+/// takes it to the end of its steps; no weight is written behind Argo.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_argo_rollout_is_promoted_step_by_step_through_its_status() {
+    let rig = Rig::start("drill-rollout-argo", "[auto_rollback]").await;
+    let mut rollout = KubeFixture::rollout("ml-serving", "model-summarizer");
+    // Argo paused at its first step: `setWeight: 10`, then `pause`.
+    rollout["status"]["pauseConditions"] = serde_json::json!([{"reason": "CanaryPauseStep"}]);
+    rig.kube.put(rollout);
+    let daemon = rig.spawn_with("daemon", |text| {
+        format!(
+            "{}rollouts:\n  receiver: argo\n  default:\n    stages: [{{weight: 10, hold: 3s}}, {{weight: 50, hold: 3s}}]\n    soak: 2s\n",
+            text.replace(
+                "  pager: ",
+                &format!(
+                    "  argo:\n    type: kube\n    kubeconfig: {}\n    target: {{kind: Rollout, namespace: ml-serving, name: 'model-{{{{ model }}}}'}}\n  pager: ",
+                    rig.kube.kubeconfig().display()
+                ),
+            )
+        )
+    });
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["event"] == "complete")
+    });
+    feed.stop().await;
+    let logs = daemon.log_text();
+    let steps: Vec<(String, u64)> = rollout_changes(&audit)
+        .into_iter()
+        .map(|(e, w, _)| (e, w))
+        .collect();
+    check(
+        "stage 10%, stage 50%, promoted, complete",
+        steps
+            == [
+                ("stage".to_string(), 10),
+                ("stage".to_string(), 50),
+                ("promoted".to_string(), 100),
+                ("complete".to_string(), 100),
+            ],
+        format!("{steps:?}"),
+        &logs,
+    );
+    let status: Vec<Value> = rig
+        .kube
+        .requests_matching("PATCH", "/rollouts/model-summarizer/status")
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.json()["status"].clone())
+        .collect();
+    check(
+        "two promotions through /status: to step 2 (setWeight 50), then past the last step",
+        status.len() == 2
+            && status[0]["currentStepIndex"] == 2
+            && status[1]["currentStepIndex"] == 4
+            && status.iter().all(|s| s["pauseConditions"].is_null()),
+        format!("{status:#?}"),
+        &logs,
+    );
+    let spec_writes = rig
+        .kube
+        .requests_matching("PATCH", "/rollouts/model-summarizer")
+        .len();
+    check(
+        "no write behind Argo's back",
+        spec_writes == 0,
+        spec_writes,
+        &logs,
+    );
+    let rollout = rig
+        .kube
+        .object("Rollout", "ml-serving", "model-summarizer")
+        .unwrap();
+    check(
+        "the Rollout is at the end of its steps, not aborted",
+        rollout["status"]["currentStepIndex"] == 4 && rollout["status"]["abort"] == false,
+        &rollout["status"],
+        &logs,
+    );
+}
