@@ -96,7 +96,7 @@ pub struct Shared {
     scrape: Mutex<()>,
     recent: Mutex<VecDeque<Value>>,
     silences: RwLock<Vec<Silence>>,
-    hand_edits: Mutex<Vec<(String, String)>>,
+    refused_steps: Mutex<Vec<(String, String)>>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -112,7 +112,7 @@ impl Shared {
             scrape: Mutex::new(()),
             recent: Mutex::new(VecDeque::new()),
             silences: RwLock::new(Vec::new()),
-            hand_edits: Mutex::new(Vec::new()),
+            refused_steps: Mutex::new(Vec::new()),
             commands,
         }
     }
@@ -164,19 +164,20 @@ impl Shared {
         cached.snapshot.clone()
     }
 
-    /// A rollout step for `model` found weights a person changed: the
-    /// consume loop pauses that rollout.
-    pub fn note_hand_edit(&self, model: &str, why: &str) {
-        let mut edits = self.hand_edits.lock().unwrap_or_else(|p| p.into_inner());
+    /// A rollout step for `model` was not carried out (its weights were
+    /// changed by a person, or could not be set): the consume loop pauses
+    /// that rollout, `by` this.
+    pub fn note_refused_step(&self, model: &str, by: String) {
+        let mut refused = self.refused_steps.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: one pending pause per model is enough.
-        if !edits.iter().any(|(m, _)| m == model) {
-            edits.push((model.to_string(), why.to_string()));
+        if !refused.iter().any(|(m, _)| m == model) {
+            refused.push((model.to_string(), by));
         }
     }
 
-    /// The hand edits noted since the last call.
-    pub fn take_hand_edits(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut *self.hand_edits.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The refused steps noted since the last call: (model, pause reason).
+    pub fn take_refused_steps(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.refused_steps.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Marks `model`'s charts at `ts`.

@@ -2044,3 +2044,78 @@ async fn an_argo_rollout_is_promoted_step_by_step_through_its_status() {
         &logs,
     );
 }
+
+/// The API server refuses the write of stage 2's weight (403): the rollout
+/// does not go on as if it were set. It pauses with the reason, the canary
+/// keeps stage 1's weight, and a resume (once the permission is fixed)
+/// sets it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_weight_the_api_server_refuses_pauses_the_rollout_instead_of_going_on() {
+    let rig = Rig::start("drill-rollout-refused", "[auto_rollback]").await;
+    let port = canaryd_tests::tansu::free_port();
+    let daemon = rig.spawn_with("daemon", |text| {
+        format!(
+            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n"
+        )
+    });
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "outcome" && v["connector"] == "kube" && v["outcome"] == "succeeded"
+        })
+    });
+    rig.kube
+        .fail_next("PATCH", "/virtualservices/model-summarizer", 1, 403);
+    let why = "the canary's weight could not be set to 25%";
+    rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "rollout"
+                && v["event"] == "paused"
+                && v["reason"].as_str().is_some_and(|s| s.contains(why))
+        })
+    });
+    let logs = daemon.log_text();
+    check(
+        "the canary keeps stage 1's 5%",
+        rig.canary_weight() == 5,
+        rig.canary_weight(),
+        &logs,
+    );
+    let (_, body) = http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/api/v1/rollouts/summarizer"),
+        None,
+    );
+    let shown: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    check(
+        "the API shows it paused, with the API server's answer",
+        shown["state"] == "paused"
+            && shown["phase"]
+                .as_str()
+                .is_some_and(|p| p.contains(why) && p.contains("403")),
+        &shown,
+        &logs,
+    );
+    let (code, resumed) = http(
+        "POST",
+        &format!("http://127.0.0.1:{port}/api/v1/rollouts/summarizer/resume"),
+        Some(r#"{"by":"alice"}"#),
+    );
+    check("resume answers", code == 200, &resumed, &logs);
+    let mut weight = rig.canary_weight();
+    for _ in 0..100 {
+        if weight == 25 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        weight = rig.canary_weight();
+    }
+    feed.stop().await;
+    check(
+        "after the resume, stage 2's weight is set",
+        weight == 25,
+        weight,
+        &daemon.log_text(),
+    );
+}

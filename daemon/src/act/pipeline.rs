@@ -615,6 +615,34 @@ impl LaneWorker {
         true
     }
 
+    /// A rollout's step that will not be carried out pauses the rollout, so
+    /// that it never goes on as if the weight were set: a person changed
+    /// the weights, or the receiver refused or could not be reached in
+    /// time. A record of state alone pauses it only on a hand edit.
+    fn refused_step(&self, action: &Action, reason: &str) {
+        let (Some(traffic), Some(shared), Some(model)) = (
+            action.traffic.as_ref(),
+            self.stats.sink.get(),
+            action.subject.get("model"),
+        ) else {
+            return;
+        };
+        if action.action != ActionName::ShiftTraffic {
+            return;
+        }
+        if reason.starts_with(canaryd_connectors::kube::HAND_EDIT) {
+            shared.note_refused_step(model, format!("canaryd on a hand edit ({reason})"));
+        } else if !traffic.record {
+            shared.note_refused_step(
+                model,
+                format!(
+                    "canaryd: the canary's weight could not be set to {}% ({reason})",
+                    traffic.weight
+                ),
+            );
+        }
+    }
+
     /// Tries `connector` until success, a permanent error or the action's
     /// deadline (counted from `accepted`). Records each outcome on the way.
     async fn attempt(
@@ -638,14 +666,7 @@ impl LaneWorker {
                     return Ok(());
                 }
                 Err(ConnectorError::Permanent(reason)) => {
-                    if action.action == ActionName::ShiftTraffic
-                        && reason.starts_with(canaryd_connectors::kube::HAND_EDIT)
-                        && let (Some(shared), Some(model)) =
-                            (self.stats.sink.get(), action.subject.get("model"))
-                    {
-                        // A person changed the weights: the rollout pauses.
-                        shared.note_hand_edit(model, &reason);
-                    }
+                    self.refused_step(action, &reason);
                     return Err(Unfinished::Given(
                         OutcomeKind::Failed,
                         format!("failed permanently: {reason}"),
@@ -657,6 +678,7 @@ impl LaneWorker {
                 }) => {
                     let wait = backoff.next_delay(retry_after);
                     if accepted.elapsed() + wait >= budget {
+                        self.refused_step(action, &reason);
                         return Err(Unfinished::Given(
                             OutcomeKind::DeadLettered,
                             format!(

@@ -460,9 +460,8 @@ impl<'c> ConsumeLoop<'c> {
         self.rollouts_tick()
             .await
             .map_err(|Closed| Ended::PipelineClosed)?;
-        for (model, why) in self.shared.take_hand_edits() {
-            tracing::warn!(%model, %why, "the traffic was changed by hand: pausing the rollout");
-            let by = format!("canaryd on a hand edit ({why})");
+        for (model, by) in self.shared.take_refused_steps() {
+            tracing::warn!(%model, %by, "a rollout step was not carried out: pausing the rollout");
             let answer =
                 self.rollout_command(&model, canaryd_rules::rollout::Command::Pause { by });
             if let (Some((topic, partition)), mut changes) = (answer.at, answer.changes) {
