@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
@@ -334,6 +335,8 @@ struct Group {
     computed_slots: Vec<usize>,
     index: hashbrown::HashMap<Box<[String]>, usize>,
     subjects: Vec<Subject>,
+    /// `labels` include `model`: a subject is one model's.
+    by_model: bool,
 }
 
 /// Borrowed lookup key, hashing exactly like `Box<[String]>`.
@@ -350,6 +353,26 @@ impl Equivalent<Box<[String]>> for KeyRef<'_> {
         self.0.len() == key.len() && self.0.iter().zip(key.iter()).all(|(a, b)| *a == b)
     }
 }
+
+/// Where the engine put the last event it took: a subject of a group keyed
+/// by `model`, for a caller keeping per-model state of its own (the rollout
+/// controller) to find it without hashing the model again. Valid while
+/// `engine` and `epoch` are unchanged: another engine, a rebuilt one or a
+/// renumbering (eviction) gives other values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubjectRef {
+    /// Which engine instance.
+    pub engine: u64,
+    /// Bumped whenever subjects are renumbered.
+    pub epoch: u64,
+    /// The group, by index.
+    pub group: u32,
+    /// The subject within it, by index.
+    pub subject: u32,
+}
+
+/// Gives every engine instance its own [`SubjectRef::engine`].
+static ENGINES: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
@@ -383,6 +406,11 @@ pub struct Engine {
     /// Subjects whose windows hold data: (group, subject).
     active: Vec<(usize, usize)>,
     next_refresh: Option<Timestamp>,
+    /// This instance's id, and its renumbering count: see [`SubjectRef`].
+    id: u64,
+    epoch: u64,
+    /// Where the last event went, in a group keyed by `model`.
+    last_subject: Option<(u32, u32)>,
 }
 
 impl Engine {
@@ -408,6 +436,7 @@ impl Engine {
                 Some(g) => g,
                 None => {
                     groups.push(Group {
+                        by_model: rule.group_by.iter().any(|l| l == "model"),
                         labels: rule.group_by.clone(),
                         rules: Vec::new(),
                         dependents: Vec::new(),
@@ -481,7 +510,21 @@ impl Engine {
             computed,
             active: Vec::new(),
             next_refresh: None,
+            id: ENGINES.fetch_add(1, AtomicOrdering::Relaxed),
+            epoch: 0,
+            last_subject: None,
         }
+    }
+
+    /// The subject the last [`Engine::ingest`] applied to in a group keyed
+    /// by `model` (the first such group), if any.
+    pub fn last_subject(&self) -> Option<SubjectRef> {
+        self.last_subject.map(|(group, subject)| SubjectRef {
+            engine: self.id,
+            epoch: self.epoch,
+            group,
+            subject,
+        })
     }
 
     /// The rules being evaluated.
@@ -507,6 +550,7 @@ impl Engine {
     /// Feeds one event. Transitions go to `out`, in event-time order.
     pub fn ingest(&mut self, event: &Event, out: &mut Vec<Output>) -> Ingested {
         self.stats.events += 1;
+        self.last_subject = None;
         let ts = event.ts();
         if let Some(wm) = self.watermark
             && ts < Timestamp(wm.0.saturating_sub(self.config.allowed_lateness.0))
@@ -634,6 +678,18 @@ impl Engine {
                 }
             }
             group.subjects = kept;
+            self.epoch += 1;
+            // The event being taken may have gone to a subject that moved.
+            if let Some((lg, ls)) = self.last_subject
+                && lg as usize == g
+            {
+                self.last_subject = remap
+                    .get(ls as usize)
+                    .copied()
+                    .flatten()
+                    .and_then(|s| u32::try_from(s).ok())
+                    .map(|s| (lg, s));
+            }
             group.index.retain(|_, s| match remap[*s] {
                 Some(new) => {
                     *s = new;
@@ -666,6 +722,26 @@ impl Engine {
         }
     }
 
+    /// The labels of the subject `at` names, if it is still valid here.
+    pub fn labels_of(&self, at: SubjectRef) -> Option<&Labels> {
+        if at.engine != self.id || at.epoch != self.epoch {
+            return None;
+        }
+        let group = self.groups.get(at.group as usize)?;
+        Some(&group.subjects.get(at.subject as usize)?.labels)
+    }
+
+    /// Notes where the event went, for [`Engine::last_subject`].
+    fn note_subject(&mut self, g: usize, s: usize) {
+        if self.last_subject.is_none() && self.groups[g].by_model {
+            // Both fit: groups come from rules and subjects are bounded by
+            // eviction far below 2^32; one that did not is left unnoted.
+            if let (Ok(g), Ok(s)) = (u32::try_from(g), u32::try_from(s)) {
+                self.last_subject = Some((g, s));
+            }
+        }
+    }
+
     fn now(&self) -> Timestamp {
         self.watermark.unwrap_or_default()
     }
@@ -685,6 +761,7 @@ impl Engine {
                 continue;
             };
             applied = true;
+            self.note_subject(g, s);
             let subject = &mut self.groups[g].subjects[s];
             match subject.samples[slot] {
                 Some(old) if !old.computed && old.ts > m.ts => {
@@ -774,6 +851,7 @@ impl Engine {
                 continue;
             };
             applied = true;
+            self.note_subject(g, s);
             let config = &self.config.analytics;
             let subject = &mut self.groups[g].subjects[s];
             let tracks = subject.tracks.get_or_insert_with(|| {

@@ -40,7 +40,7 @@ mod yaml;
 pub use engine::checkpoint::{EngineCheckpoint, SubjectState};
 pub use engine::{
     EndedAlert, Engine, EngineConfig, Ingested, Labels, Output, ReloadReport, SubjectAnalytics,
-    Transition,
+    SubjectRef, Transition,
 };
 pub use event::{Event, decode};
 pub use load::{LoadOptions, load_rules};

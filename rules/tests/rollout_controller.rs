@@ -90,7 +90,9 @@ impl Run {
         let mut outputs = Vec::new();
         let applied = self.engine.ingest(&event, &mut outputs) == Ingested::Applied;
         let now = self.engine.watermark().unwrap();
-        let changes = self.controller.after(&event, applied, &outputs, now);
+        let changes =
+            self.controller
+                .after(&event, applied, self.engine.last_subject(), &outputs, now);
         self.changes.extend(changes);
     }
 
@@ -780,4 +782,111 @@ fn progress_records_fall_due_every_period_of_event_time_and_carry_the_hold_so_fa
             .records_due(Timestamp(60_000), every)
             .is_empty()
     );
+}
+
+/// Models that come and go (evicted and renumbered in the engine, finished
+/// ones forgotten by the controller), change version and share the
+/// stream: the controller finding each by the engine's subject decides
+/// exactly what one hashing every model decides.
+#[test]
+fn finding_models_by_the_engines_subject_changes_no_decision() {
+    let options = LoadOptions::default();
+    let rules =
+        Arc::new(RuleSet::new(load_rules("t.yaml", RULES.as_bytes(), &options).unwrap()).unwrap());
+    let config = EngineConfig {
+        stale_after: Span::seconds(5),
+        evict_after: Span::seconds(20),
+        ..EngineConfig::default()
+    };
+    // (model, version, first second, last second); `b` goes silent long
+    // enough to be evicted, then comes back with another version.
+    // Versions differ between models, so that an event counted to the
+    // wrong model would start a new rollout.
+    // `e` comes first in each second, so that its event is the one whose
+    // moment evicts others (and moves it in the controller's index).
+    let spans = [
+        ("e", "e1", 12, 120),
+        ("a", "a1", 0, 120),
+        ("b", "b1", 0, 40),
+        ("b", "b2", 70, 120),
+        ("c", "c7", 5, 30),
+        ("d", "d1", 10, 60),
+        ("d", "d2", 60, 120),
+    ];
+    let mut events = Vec::new();
+    for sec in 0..120 {
+        for &(model, version, from, to) in &spans {
+            if (from..to).contains(&sec) {
+                for name in ["canary_error_rate", "stable_error_rate"] {
+                    let bad = model == "d" && (80..84).contains(&sec);
+                    let mut e = metric(sec, name, if bad { 0.3 } else { 0.001 });
+                    if let Event::Metric(m) = &mut e {
+                        m.labels.insert("model".into(), model.into());
+                        m.labels.insert("version".into(), version.into());
+                    }
+                    events.push(e);
+                }
+            }
+        }
+    }
+    let run = |hinted: bool, read_back: bool| {
+        let mut engine = Engine::new(rules.clone(), &options.vocabulary, config.clone());
+        let mut controller = Controller::new(Arc::new(plans(Gating::Every)), rules.clone())
+            .with_read_back(read_back);
+        let (mut changes, mut outputs, mut hints) = (Vec::new(), Vec::new(), 0);
+        for event in &events {
+            outputs.clear();
+            let applied = engine.ingest(event, &mut outputs) == Ingested::Applied;
+            let at = engine.last_subject().filter(|_| hinted);
+            if let (Some(at), Event::Metric(m)) = (at, event) {
+                let labels = engine.labels_of(at).expect("a valid subject");
+                assert_eq!(
+                    labels.get("model"),
+                    m.labels.get("model"),
+                    "at {}",
+                    m.ts.millis()
+                );
+            }
+            hints += usize::from(at.is_some());
+            let now = engine.watermark().unwrap();
+            changes.extend(controller.after(event, applied, at, &outputs, now));
+            for model in controller.take_lookups() {
+                changes.extend(controller.read_back(&model, Found::Nothing, engine.alerts(), now));
+            }
+        }
+        (changes, controller.state(), engine.stats().evicted, hints)
+    };
+    // With read-back, finished models are also forgotten when evicted.
+    for read_back in [false, true] {
+        let (with, state_with, evicted, hints) = run(true, read_back);
+        let (without, state_without, _, _) = run(false, read_back);
+        // No rule reads stable_error_rate: those events go to no subject.
+        assert_eq!(
+            hints,
+            events.len() / 2,
+            "every canary event came with its subject"
+        );
+        assert!(
+            evicted >= 2,
+            "subjects were evicted and renumbered: {evicted}"
+        );
+        let models: std::collections::BTreeSet<_> = with.iter().map(|c| c.model.as_str()).collect();
+        assert_eq!(models.len(), 5, "{models:?}");
+        assert!(
+            with.iter().any(|c| c.kind == RolledBack),
+            "d's second version is rolled back"
+        );
+        let timeline = |changes: &[Change]| -> Vec<String> {
+            let line =
+                |c: &Change| format!("{} {} {:?} {}", c.ts.millis(), c.model, c.kind, c.weight);
+            changes.iter().map(line).collect()
+        };
+        assert_eq!(timeline(&with), timeline(&without), "read_back {read_back}");
+        assert_eq!(with, without, "read_back {read_back}");
+        assert_eq!(
+            format!("{state_with:?}"),
+            format!("{state_without:?}"),
+            "read_back {read_back}"
+        );
+    }
 }

@@ -540,7 +540,9 @@ fn rollout_overhead(rules: &Path) {
             let event = canaryd_rules::decode(m).unwrap();
             let applied = engine.ingest(&event, &mut out) == canaryd_rules::Ingested::Applied;
             if rollouts && let Some(now) = engine.watermark() {
-                changes += controller.after(&event, applied, &out, now).len();
+                changes += controller
+                    .after(&event, applied, engine.last_subject(), &out, now)
+                    .len();
             }
             out.clear();
         }

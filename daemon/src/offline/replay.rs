@@ -129,9 +129,13 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
                 diag,
             )?;
             let changes = match (rollouts.as_mut(), engine.watermark()) {
-                (Some(r), Some(now)) => {
-                    r.after(&event, ingested == Ingested::Applied, &outputs, now)
-                }
+                (Some(r), Some(now)) => r.after(
+                    &event,
+                    ingested == Ingested::Applied,
+                    engine.last_subject(),
+                    &outputs,
+                    now,
+                ),
                 _ => Vec::new(),
             };
             for output in outputs.drain(..) {

@@ -393,8 +393,13 @@ impl<'c> ConsumeLoop<'c> {
         let state = self.partitions.state(topic, partition, &self.loaded);
         let ingested = state.engine.ingest(event, &mut self.outputs);
         if let (Some(c), Some(now)) = (state.rollouts.as_mut(), state.engine.watermark()) {
-            self.rollout_changes =
-                c.after(event, ingested == Ingested::Applied, &self.outputs, now);
+            self.rollout_changes = c.after(
+                event,
+                ingested == Ingested::Applied,
+                state.engine.last_subject(),
+                &self.outputs,
+                now,
+            );
         }
         if ingested == Ingested::Late {
             self.stats.late.fetch_add(1, Ordering::Relaxed);

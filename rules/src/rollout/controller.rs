@@ -21,11 +21,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use indexmap::IndexMap;
 use serde::Serialize;
 
 use super::{Cause, Command, Decision, Gate, Phase, Plan, Rollout, Step};
 use crate::engine::AlertView;
-use crate::engine::{Labels, Output};
+use crate::engine::{Labels, Output, SubjectRef};
 use crate::event::{Event, Track};
 use crate::policy::{ActionName, Severity};
 use crate::rule::{Rule, RuleSet};
@@ -246,8 +247,12 @@ impl Tracked {
 pub struct Controller {
     plans: Arc<Plans>,
     rules: Arc<RuleSet>,
-    /// By model (looked up by `&str` on every event).
-    models: hashbrown::HashMap<String, Tracked>,
+    /// By model. Indexed too: see `hints`.
+    models: IndexMap<String, Tracked, hashbrown::DefaultHashBuilder>,
+    /// Where a model's events go in the engine, learnt from its first:
+    /// later canary events find its rollout by the engine's subject, with
+    /// no hashing of the model (the hot path).
+    hints: Hints,
     /// The earliest event time at which a rollout's hold (or soak) ends:
     /// then every rollout is stepped. Between, only gating alerts' changes
     /// and commands step one.
@@ -264,16 +269,64 @@ pub struct Controller {
     lookups: Vec<String>,
 }
 
-/// The model and canary version an event is about, if it is a canary's.
-fn canary_of(event: &Event) -> Option<(&str, &str)> {
-    match event {
-        Event::Inference(e) if e.track == Track::Canary => {
-            Some((e.model.as_str(), e.version.as_str()))
+/// Engine subjects to indexes of [`Controller::models`], for one engine
+/// instance and epoch: cleared when either changes, or when models are
+/// removed (which moves indexes). Bounded by the engine's subjects.
+#[derive(Clone, Debug, Default)]
+struct Hints {
+    of: Option<(u64, u64)>,
+    /// By group, then subject: the model's index, or [`Hints::NONE`].
+    by_group: Vec<Vec<u32>>,
+}
+
+impl Hints {
+    const NONE: u32 = u32::MAX;
+
+    fn get(&mut self, at: SubjectRef) -> Option<usize> {
+        if self.of != Some((at.engine, at.epoch)) {
+            self.clear();
+            self.of = Some((at.engine, at.epoch));
+            return None;
         }
+        let index = *self
+            .by_group
+            .get(at.group as usize)?
+            .get(at.subject as usize)?;
+        (index != Hints::NONE).then_some(index as usize)
+    }
+
+    fn set(&mut self, at: SubjectRef, index: usize) {
+        let Ok(index) = u32::try_from(index) else {
+            return;
+        };
+        if self.of != Some((at.engine, at.epoch)) {
+            self.clear();
+            self.of = Some((at.engine, at.epoch));
+        }
+        let (g, s) = (at.group as usize, at.subject as usize);
+        if self.by_group.len() <= g {
+            self.by_group.resize_with(g + 1, Vec::new);
+        }
+        let group = &mut self.by_group[g];
+        if group.len() <= s {
+            group.resize(s + 1, Hints::NONE);
+        }
+        group[s] = index;
+    }
+
+    fn clear(&mut self) {
+        self.of = None;
+        self.by_group.clear();
+    }
+}
+
+/// The canary version an event is about, if it is a canary's ("" when it
+/// names none).
+fn canary_version(event: &Event) -> Option<&str> {
+    match event {
+        Event::Inference(e) if e.track == Track::Canary => Some(e.version.as_str()),
         Event::Metric(m) if m.name.starts_with("canary_") => {
-            let model = m.labels.get("model")?;
-            let version = m.labels.get("version").map_or("", String::as_str);
-            Some((model.as_str(), version))
+            Some(m.labels.get("version").map_or("", String::as_str))
         }
         _ => None,
     }
@@ -295,7 +348,8 @@ impl Controller {
         Controller {
             plans,
             rules,
-            models: hashbrown::HashMap::new(),
+            models: IndexMap::default(),
+            hints: Hints::default(),
             next_due: None,
             changed: false,
             stale: 0,
@@ -471,6 +525,7 @@ impl Controller {
     pub fn reload(&mut self, plans: Arc<Plans>, rules: Arc<RuleSet>) {
         self.models
             .retain(|model, _| plans.plan_for(model).is_some());
+        self.hints.clear();
         self.reading
             .retain(|model, _| plans.plan_for(model).is_some());
         self.stale = self.models.values().filter(|t| t.stale).count();
@@ -507,44 +562,65 @@ impl Controller {
     }
 
     /// Takes an event the engine has just taken (`applied`: it updated the
-    /// model's data), at event time `now`: counts a canary's, and starts a
-    /// rollout for a model's first canary version, or a new one. Returns a
-    /// model to step now: one whose data is fresh again, or one waiting for
-    /// data. Cheap on the hot path: two lookups, no allocation.
+    /// model's data; `at`: where it put it, [`Engine::last_subject`]), at
+    /// event time `now`: counts a canary's, and starts a rollout for a
+    /// model's first canary version, or a new one. Returns a model to step
+    /// now: one whose data is fresh again, or one waiting for data. Cheap
+    /// on the hot path: a known subject's canary event is found by `at`,
+    /// with no hashing and no allocation.
+    ///
+    /// [`Engine::last_subject`]: crate::Engine::last_subject
     pub fn observe<'e>(
         &mut self,
         event: &'e Event,
         applied: bool,
+        at: Option<SubjectRef>,
         now: Timestamp,
         out: &mut Vec<Change>,
     ) -> Option<&'e str> {
-        let canary = canary_of(event);
-        let model = match canary {
-            Some((model, _)) => model,
+        let Some(version) = canary_version(event) else {
             // Only a stale model has anything to learn from a stable's event.
-            None if self.stale == 0 || !applied => return None,
-            None => model_of(event)?,
+            if self.stale == 0 || !applied {
+                return None;
+            }
+            let model = model_of(event)?;
+            let tracked = self.models.get_mut(model)?;
+            if !tracked.stale {
+                return None;
+            }
+            tracked.stale = false;
+            self.stale -= 1;
+            return Some(model);
         };
-        let known = self.models.get_mut(model);
-        let is_known = known.is_some();
-        if let Some(tracked) = known {
+        let index = match at.and_then(|at| self.hints.get(at)) {
+            Some(index) => Some(index),
+            None => {
+                let index = self.models.get_index_of(model_of(event)?);
+                if let (Some(at), Some(index)) = (at, index) {
+                    self.hints.set(at, index);
+                }
+                index
+            }
+        };
+        if let Some((_, tracked)) = index.and_then(|i| self.models.get_index_mut(i)) {
             let fresh_again = applied && tracked.stale;
             if fresh_again {
                 tracked.stale = false;
                 self.stale -= 1;
             }
-            match canary {
-                Some((_, version)) if version.is_empty() || tracked.rollout.version == version => {
-                    tracked.requests += 1;
-                    let waiting = tracked.rollout.phase == Phase::WaitingForData;
-                    return (fresh_again || waiting).then_some(model);
-                }
-                // A new version: a new rollout, below.
-                Some(_) => {}
-                None => return fresh_again.then_some(model),
+            if version.is_empty() || tracked.rollout.version == version {
+                tracked.requests += 1;
+                let waiting = tracked.rollout.phase == Phase::WaitingForData;
+                return if fresh_again || waiting {
+                    model_of(event)
+                } else {
+                    None
+                };
             }
+            // A new version: a new rollout, below.
         }
-        let (_, version) = canary?;
+        let is_known = index.is_some();
+        let model = model_of(event)?;
         let named = self.plans.plan_for(model)?;
         if self.read_back && named.read_back && !is_known {
             // What the traffic object says comes first.
@@ -575,7 +651,10 @@ impl Controller {
         let tracked = Tracked::new(rollout, 1);
         changes(model, &tracked, &named.plan, vec![decision], now, out);
         self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
-        self.models.insert(model.to_string(), tracked);
+        let (index, _) = self.models.insert_full(model.to_string(), tracked);
+        if let Some(at) = at {
+            self.hints.set(at, index);
+        }
         self.changed = true;
         None
     }
@@ -633,7 +712,8 @@ impl Controller {
                     if tracked.stale {
                         self.stale -= 1;
                     }
-                    self.models.remove(model.as_str());
+                    self.models.swap_remove(model.as_str());
+                    self.hints.clear();
                     return None;
                 }
                 tracked.active.retain(|(_, s), _| s != subject);
@@ -653,18 +733,20 @@ impl Controller {
     }
 
     /// Everything one event changed: `event` as the engine took it
-    /// (`applied`), then the engine's `outputs` for it, at event time `now`
+    /// (`applied`, `at`: see [`Controller::observe`]), then the engine's
+    /// `outputs` for it, at event time `now`
     /// (the watermark after it). A gating alert's change is stepped at its
     /// own time; a hold that ends is stepped at the first event after.
     pub fn after(
         &mut self,
         event: &Event,
         applied: bool,
+        at: Option<SubjectRef>,
         outputs: &[Output],
         now: Timestamp,
     ) -> Vec<Change> {
         let mut changes = Vec::new();
-        if let Some(model) = self.observe(event, applied, now, &mut changes) {
+        if let Some(model) = self.observe(event, applied, at, now, &mut changes) {
             self.step(model, now, &mut changes);
         }
         if !outputs.is_empty() {
