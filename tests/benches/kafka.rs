@@ -526,7 +526,7 @@ fn rollout_overhead(rules: &Path) {
         default: Some(NamedPlan::playbook()),
         ..Plans::default()
     });
-    let pass = |rollouts: bool| {
+    let pass = |rollouts: bool, messages: &[(String, Vec<u8>)]| {
         let mut engine = canaryd_rules::Engine::new(
             loaded.rules.clone(),
             &loaded.vocabulary,
@@ -536,7 +536,7 @@ fn rollout_overhead(rules: &Path) {
         let mut out = Vec::new();
         let mut changes = 0usize;
         let start = Instant::now();
-        for (_, m) in &messages {
+        for (_, m) in messages {
             let event = canaryd_rules::decode(m).unwrap();
             let applied = engine.ingest(&event, &mut out) == canaryd_rules::Ingested::Applied;
             if rollouts && let Some(now) = engine.watermark() {
@@ -547,20 +547,30 @@ fn rollout_overhead(rules: &Path) {
             out.clear();
         }
         let took = start.elapsed();
-        if rollouts {
+        if rollouts && !messages.is_empty() {
             assert_eq!(controller.len(), MODELS, "every model under rollout");
         }
         std::hint::black_box(changes);
         took
     };
+    // One pass, for an instruction counter: see tests/bench/controller-overhead.sh.
+    if let Ok(mode) = std::env::var("BENCH_PASS") {
+        let messages = if mode == "setup" {
+            &messages[..0]
+        } else {
+            &messages[..]
+        };
+        std::hint::black_box(pass(mode == "with", messages));
+        return;
+    }
     let (mut ratios, mut without) = (Vec::new(), Vec::new());
     for i in 0..PAIRS {
         let (a, b) = if i % 2 == 0 {
-            let a = pass(false);
-            (a, pass(true))
+            let a = pass(false, &messages);
+            (a, pass(true, &messages))
         } else {
-            let b = pass(true);
-            (pass(false), b)
+            let b = pass(true, &messages);
+            (pass(false, &messages), b)
         };
         ratios.push(b.as_secs_f64() / a.as_secs_f64());
         without.push(a);

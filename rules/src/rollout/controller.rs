@@ -288,6 +288,14 @@ impl Hints {
             self.of = Some((at.engine, at.epoch));
             return None;
         }
+        self.peek(at)
+    }
+
+    /// [`Hints::get`] without clearing: a hint of another epoch is none.
+    fn peek(&self, at: SubjectRef) -> Option<usize> {
+        if self.of != Some((at.engine, at.epoch)) {
+            return None;
+        }
         let index = *self
             .by_group
             .get(at.group as usize)?
@@ -322,13 +330,25 @@ impl Hints {
 
 /// The canary version an event is about, if it is a canary's ("" when it
 /// names none).
+#[inline]
 fn canary_version(event: &Event) -> Option<&str> {
     match event {
         Event::Inference(e) if e.track == Track::Canary => Some(e.version.as_str()),
-        Event::Metric(m) if m.name.starts_with("canary_") => {
-            Some(m.labels.get("version").map_or("", String::as_str))
-        }
+        Event::Metric(m) if m.name.starts_with("canary_") => Some(version_label(&m.labels)),
         _ => None,
+    }
+}
+
+/// The event's `version` label, or empty. Labels are sorted and
+/// `version` comes late among them, so the last key mostly settles it
+/// without a search (the hot path's costliest step otherwise).
+fn version_label(labels: &BTreeMap<String, String>) -> &str {
+    match labels.last_key_value() {
+        None => "",
+        Some((k, v)) if k == "version" => v,
+        // Every key sorts before this one, so before "version" too.
+        Some((k, _)) if k.as_bytes().first().is_some_and(|b| *b < b'v') => "",
+        Some(_) => labels.get("version").map_or("", String::as_str),
     }
 }
 
@@ -738,6 +758,47 @@ impl Controller {
     /// (the watermark after it). A gating alert's change is stepped at its
     /// own time; a hold that ends is stepped at the first event after.
     pub fn after(
+        &mut self,
+        event: &Event,
+        applied: bool,
+        at: Option<SubjectRef>,
+        outputs: &[Output],
+        now: Timestamp,
+    ) -> Vec<Change> {
+        let due = self.next_due.is_some_and(|due| now >= due);
+        if outputs.is_empty() && !due && self.counted(event, applied, at) {
+            return Vec::new();
+        }
+        self.after_all(event, applied, at, outputs, now)
+    }
+
+    /// The common case, kept small for the consume loop: an event that
+    /// needs nothing but counting (a known model's canary event of its
+    /// own version, in a hold that has data) or nothing at all. False
+    /// when it needs the whole path, which then counts it itself.
+    #[inline]
+    fn counted(&mut self, event: &Event, applied: bool, at: Option<SubjectRef>) -> bool {
+        let Some(version) = canary_version(event) else {
+            return self.stale == 0 || !applied;
+        };
+        let Some((_, tracked)) = at
+            .and_then(|at| self.hints.peek(at))
+            .and_then(|index| self.models.get_index_mut(index))
+        else {
+            return false;
+        };
+        let same = version.is_empty() || tracked.rollout.version == version;
+        if !same || tracked.stale || tracked.rollout.phase == Phase::WaitingForData {
+            return false;
+        }
+        tracked.requests += 1;
+        true
+    }
+
+    /// The whole of [`Controller::after`]. Not inlined, so that the
+    /// common case stays a few instructions in the consume loop.
+    #[inline(never)]
+    fn after_all(
         &mut self,
         event: &Event,
         applied: bool,
