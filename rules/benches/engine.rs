@@ -230,4 +230,5 @@ fn main() {
     benches();
     controller_alone();
     overhead();
+    Criterion::default().configure_from_args().final_summary();
 }

@@ -873,7 +873,7 @@ fn finding_models_by_the_engines_subject_changes_no_decision() {
         let models: std::collections::BTreeSet<_> = with.iter().map(|c| c.model.as_str()).collect();
         assert_eq!(models.len(), 5, "{models:?}");
         assert!(
-            with.iter().any(|c| c.kind == RolledBack),
+            with.iter().any(|c| c.kind == RolledBack && c.model == "d"),
             "d's second version is rolled back"
         );
         let timeline = |changes: &[Change]| -> Vec<String> {

@@ -283,12 +283,16 @@ impl Hints {
     const NONE: u32 = u32::MAX;
 
     fn get(&mut self, at: SubjectRef) -> Option<usize> {
+        self.renew(at);
+        self.peek(at)
+    }
+
+    /// Forgets hints of another engine or epoch than `at`'s.
+    fn renew(&mut self, at: SubjectRef) {
         if self.of != Some((at.engine, at.epoch)) {
             self.clear();
             self.of = Some((at.engine, at.epoch));
-            return None;
         }
-        self.peek(at)
     }
 
     /// [`Hints::get`] without clearing: a hint of another epoch is none.
@@ -307,10 +311,7 @@ impl Hints {
         let Ok(index) = u32::try_from(index) else {
             return;
         };
-        if self.of != Some((at.engine, at.epoch)) {
-            self.clear();
-            self.of = Some((at.engine, at.epoch));
-        }
+        self.renew(at);
         let (g, s) = (at.group as usize, at.subject as usize);
         if self.by_group.len() <= g {
             self.by_group.resize_with(g + 1, Vec::new);
