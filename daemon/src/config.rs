@@ -120,6 +120,7 @@ impl Loaded {
                 c.0
             ));
         }
+        out.extend(self.config.analytics.judge.problem());
         let engine = &self.config.engine;
         if engine.evict_after <= engine.stale_after {
             out.push(format!(

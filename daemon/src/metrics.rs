@@ -37,6 +37,9 @@
 //! | `canaryd_model_equal_opportunity_difference` | gauge | subject, `track` |
 //! | `canaryd_model_disparate_impact_ratio` | gauge | subject, `track` |
 //! | `canaryd_model_positive_prediction_ratio` | gauge | subject, `track`, `group` |
+//! | `canaryd_model_judge_score` | gauge (0-100) | subject |
+//! | `canaryd_model_judge_verdict` | gauge (pass 0, high 1, low -1) | subject, `metric` |
+//! | `canaryd_model_judge_effect` | gauge (mean ratio or rate difference) | subject, `metric` |
 //! | `canaryd_model_subjects_omitted` | gauge | |
 //! | `canaryd_subjects` | gauge | |
 //! | `canaryd_subjects_evicted_total` | counter | |
@@ -173,6 +176,9 @@ struct ModelFamilies {
     equal_opportunity: Family<DynLabels, FloatGauge>,
     disparate_impact: Family<DynLabels, FloatGauge>,
     positive_rate: Family<DynLabels, FloatGauge>,
+    judge_score: Family<DynLabels, FloatGauge>,
+    judge_verdict: Family<DynLabels, FloatGauge>,
+    judge_effect: Family<DynLabels, FloatGauge>,
     omitted: Gauge,
 }
 
@@ -220,6 +226,18 @@ impl ModelFamilies {
                 "model_positive_prediction_ratio",
                 "Positive predictions / predictions, per fairness group",
             ),
+            judge_score: family(
+                "model_judge_score",
+                "The canary judge's score, 0-100: the share of judged metrics that do not fail",
+            ),
+            judge_verdict: family(
+                "model_judge_verdict",
+                "The canary judge's verdict per metric: pass 0, high 1 (canary higher), low -1",
+            ),
+            judge_effect: family(
+                "model_judge_effect",
+                "The canary judge's effect size per metric: canary/stable mean (latency, cost) or canary - stable rate",
+            ),
             omitted: Gauge::default(),
         };
         registry.register(
@@ -241,8 +259,29 @@ impl ModelFamilies {
             &self.equal_opportunity,
             &self.disparate_impact,
             &self.positive_rate,
+            &self.judge_score,
+            &self.judge_verdict,
+            &self.judge_effect,
         ] {
             f.clear();
+        }
+    }
+
+    /// The judge's gauges; a metric without a verdict has no sample.
+    fn judge(&self, subject: &DynLabels, judgement: &canaryd_rules::judge::Judgement) {
+        if let Some(score) = judgement.score {
+            self.judge_score.get_or_create(subject).set(score);
+        }
+        for name in canaryd_rules::judge::METRICS {
+            let Some(m) = judgement.metric(name) else {
+                continue;
+            };
+            let mut l = subject.clone();
+            l.push(("metric".to_string(), name.to_string()));
+            self.judge_verdict.get_or_create(&l).set(m.verdict.value());
+            if m.effect.is_finite() {
+                self.judge_effect.get_or_create(&l).set(m.effect);
+            }
         }
     }
 
@@ -330,7 +369,7 @@ fn escape_label_value(v: &str) -> String {
 
 /// Label names the families themselves use: a subject label of the same
 /// name is exported as `subject_<name>`.
-const RESERVED_LABELS: [&str; 5] = ["rule", "state", "track", "quantile", "group"];
+const RESERVED_LABELS: [&str; 6] = ["rule", "state", "track", "quantile", "group", "metric"];
 
 /// A subject's labels as Prometheus label pairs: names made valid
 /// (`[a-zA-Z_][a-zA-Z0-9_]*`, never `__`-prefixed) and kept clear of the
@@ -681,6 +720,7 @@ impl Metrics {
                         .set(g.positive_rate);
                 }
             }
+            self.model.judge(&labels, &s.judgement);
         }
         self.model
             .omitted
@@ -1113,6 +1153,19 @@ mod tests {
             tracks: [stats.clone(), TrackStats::default()],
             groups: [vec![group("a", 0.4), group("b", 0.5)], Vec::new()],
             latency_sums: [Some(200.0 * 130.0), None],
+            judgement: canaryd_rules::judge::Judgement {
+                score: Some(75.0),
+                latency: Some(canaryd_rules::judge::MetricJudgement {
+                    verdict: canaryd_rules::judge::Verdict::High,
+                    fails: true,
+                    effect: 1.5,
+                    z: 4.0,
+                    p_value: 6e-5,
+                    samples: [200, 300],
+                    group: None,
+                }),
+                ..Default::default()
+            },
             stale: false,
         }
     }
@@ -1169,6 +1222,20 @@ mod tests {
                 0.5,
             ),
             ("canaryd_model_subjects_omitted".to_string(), 3.0),
+            (
+                r#"canaryd_model_judge_score{model="fraud",subject_track="x"}"#.to_string(),
+                75.0,
+            ),
+            (
+                r#"canaryd_model_judge_verdict{model="fraud",subject_track="x",metric="latency"}"#
+                    .to_string(),
+                1.0,
+            ),
+            (
+                r#"canaryd_model_judge_effect{model="fraud",subject_track="x",metric="latency"}"#
+                    .to_string(),
+                1.5,
+            ),
             (format!("canaryd_model_latency_seconds_sum{}", s("")), 26.0),
             (
                 format!("canaryd_model_latency_seconds_count{}", s("")),

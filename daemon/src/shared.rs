@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use canaryd_rules::analytics::TrackStats;
 use canaryd_rules::event::AlertEvent;
 use canaryd_rules::{RuleSet, SubjectAnalytics, Timestamp};
 use serde_json::{Value, json};
@@ -236,9 +235,15 @@ fn rules_json(rules: &RuleSet) -> Value {
     Value::Array(rules)
 }
 
-/// The canary and stable statistics of one subject, side by side.
-pub fn subject_json(model: &str, stats: &[TrackStats; 2]) -> Value {
-    json!({"model": model, "canary": stats[0], "stable": stats[1]})
+/// The canary and stable statistics of one subject, side by side, and the
+/// judge's view of them.
+pub fn subject_json(model: &str, subject: &SubjectAnalytics) -> Value {
+    json!({
+        "model": model,
+        "canary": subject.tracks[0],
+        "stable": subject.tracks[1],
+        "judge": subject.judgement,
+    })
 }
 
 impl Backend for std::sync::Arc<Shared> {

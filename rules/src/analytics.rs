@@ -91,6 +91,8 @@ pub struct AnalyticsConfig {
     /// fails across it, and is unknown (the alert keeps its phase)
     /// otherwise. `null` keeps such rates as no data. Default 0.95.
     pub confidence: Option<Confidence>,
+    /// The canary judge's settings.
+    pub judge: JudgeConfig,
 }
 
 impl Default for AnalyticsConfig {
@@ -101,7 +103,88 @@ impl Default for AnalyticsConfig {
             min_group_samples: 30,
             refresh: Span::seconds(1),
             confidence: Some(Confidence(0.95)),
+            judge: JudgeConfig::default(),
         }
+    }
+}
+
+/// The canary judge's settings ([`crate::judge`]): `analytics.judge` in the daemon config.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeConfig {
+    /// Two-sided confidence a difference must reach (default 0.99).
+    pub confidence: Confidence,
+    /// Samples each track needs for a metric to be judged (default 30).
+    pub min_samples: u64,
+    /// Latency passes within this relative change of the stable's mean
+    /// (default 0.2: the playbook's "P95 latency within 20% of baseline").
+    pub latency_tolerance: f64,
+    /// Cost per request passes within this relative change (default 0.1).
+    pub cost_tolerance: f64,
+    /// Error rate passes within this absolute difference (default 0.01:
+    /// the playbook's 1 %).
+    pub error_rate_tolerance: f64,
+    /// A group's fairness rate passes within this absolute difference
+    /// (default 0.05).
+    pub fairness_tolerance: f64,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        JudgeConfig {
+            confidence: Confidence(0.99),
+            min_samples: 30,
+            latency_tolerance: 0.2,
+            cost_tolerance: 0.1,
+            error_rate_tolerance: 0.01,
+            fairness_tolerance: 0.05,
+        }
+    }
+}
+
+// Compared bit for bit: config values, never computed.
+impl PartialEq for JudgeConfig {
+    fn eq(&self, o: &Self) -> bool {
+        self.confidence == o.confidence
+            && self.min_samples == o.min_samples
+            && [
+                (self.latency_tolerance, o.latency_tolerance),
+                (self.cost_tolerance, o.cost_tolerance),
+                (self.error_rate_tolerance, o.error_rate_tolerance),
+                (self.fairness_tolerance, o.fairness_tolerance),
+            ]
+            .iter()
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+}
+
+impl Eq for JudgeConfig {}
+
+impl JudgeConfig {
+    /// What is wrong with the settings, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if !self.confidence.is_valid() {
+            return Some(format!(
+                "analytics.judge.confidence ({}) must be between 0.5 and 0.9999",
+                self.confidence.0
+            ));
+        }
+        if self.min_samples < 2 {
+            return Some("analytics.judge.min_samples must be at least 2".into());
+        }
+        for (name, v) in [
+            ("latency_tolerance", self.latency_tolerance),
+            ("cost_tolerance", self.cost_tolerance),
+            ("error_rate_tolerance", self.error_rate_tolerance),
+            ("fairness_tolerance", self.fairness_tolerance),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Some(format!(
+                    "analytics.judge.{name} ({v}) must be a number of at least 0"
+                ));
+            }
+        }
+        None
     }
 }
 
@@ -121,6 +204,9 @@ pub struct TrackWindow {
     buckets: [Bucket; SUB_BUCKETS],
     /// The sum of the buckets' latency bins.
     latency: Bins,
+    /// The sum of the buckets' cost bins (micro-dollars), for the judge.
+    #[serde(default)]
+    cost: Bins,
     /// Group names by slot.
     groups: Vec<Box<str>>,
     /// Counts at `slot * SUB_BUCKETS + ring index`: one allocation per track.
@@ -140,14 +226,22 @@ struct Bucket {
     overflow: u32,
     cost_sum: f64,
     latency: Bins,
+    /// Costs in micro-dollars, on the latency sketch's bins.
+    #[serde(default)]
+    cost: Bins,
 }
 
+/// One fairness group's counts over a sub-bucket or a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct GroupCounts {
-    predicted: u32,
-    predicted_positive: u32,
-    label_positive: u32,
-    true_positive: u32,
+pub(crate) struct GroupCounts {
+    /// Requests with a prediction.
+    pub(crate) predicted: u32,
+    /// Of those, positive predictions.
+    pub(crate) predicted_positive: u32,
+    /// Requests with a prediction and a positive label.
+    pub(crate) label_positive: u32,
+    /// Of those, positive predictions.
+    pub(crate) true_positive: u32,
 }
 
 impl GroupCounts {
@@ -169,6 +263,7 @@ impl TrackWindow {
             last_event: None,
             buckets: Default::default(),
             latency: Bins::default(),
+            cost: Bins::default(),
             groups: Vec::new(),
             fairness: Vec::new(),
             groups_full: false,
@@ -210,6 +305,9 @@ impl TrackWindow {
         {
             bucket.costed = bucket.costed.saturating_add(1);
             bucket.cost_sum += cost;
+            let key = cost_key(cost);
+            bucket.cost.add(key);
+            self.cost.add(key);
         }
         match group {
             None => {}
@@ -325,6 +423,7 @@ impl TrackWindow {
         // Taking frees the bucket's bins: memory follows the data.
         let old = std::mem::take(bucket);
         self.latency.subtract(&old.latency);
+        self.cost.subtract(&old.cost);
         for g in 0..self.groups.len() {
             if let Some(c) = self.fairness.get_mut(g * SUB_BUCKETS + slot) {
                 *c = GroupCounts::default();
@@ -334,6 +433,7 @@ impl TrackWindow {
         if self.is_empty() {
             // A silent track keeps no heap.
             self.latency = Bins::default();
+            self.cost = Bins::default();
             self.groups = Vec::new();
             self.fairness = Vec::new();
         }
@@ -399,6 +499,44 @@ impl TrackWindow {
                 })
             })
             .collect()
+    }
+
+    /// Requests a fairness group needs in the window to count.
+    pub(crate) fn min_group_samples(&self) -> u64 {
+        self.min_group_samples
+    }
+
+    /// Requests and errors in the window. Call after [`stats`](Self::stats).
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        self.buckets.iter().fold((0, 0), |(r, e), b| {
+            (r + u64::from(b.requests), e + u64::from(b.errors))
+        })
+    }
+
+    /// The window's latencies as `(bin, count)`, ascending by bin; a bin
+    /// may come in more than one pair. Call after [`stats`](Self::stats).
+    pub(crate) fn latency_bins(&self) -> BinIter<'_> {
+        self.latency.iter()
+    }
+
+    /// The window's costs (micro-dollars) as `(bin, count)`, like
+    /// [`latency_bins`](Self::latency_bins).
+    pub(crate) fn cost_bins(&self) -> BinIter<'_> {
+        self.cost.iter()
+    }
+
+    /// Each group's counts over the window, by name.
+    pub(crate) fn group_counts(&self) -> impl Iterator<Item = (&str, GroupCounts)> {
+        self.groups
+            .iter()
+            .zip(self.fairness.chunks(SUB_BUCKETS))
+            .map(|(name, row)| {
+                let mut c = GroupCounts::default();
+                for b in row {
+                    c.add(b);
+                }
+                (&**name, c)
+            })
     }
 
     fn fairness_into(&self, stats: &mut TrackStats) {
@@ -558,7 +696,7 @@ impl Confidence {
 
 /// The standard normal quantile of `p` in (0, 1), by Acklam's rational
 /// approximation (relative error below 1.2e-9).
-fn probit(p: f64) -> f64 {
+pub(crate) fn probit(p: f64) -> f64 {
     const A: [f64; 6] = [
         -3.969_683_028_665_376e1,
         2.209_460_984_245_205e2,
@@ -647,6 +785,18 @@ fn latency_key(ms: f64) -> u32 {
     let raw = ((ms.ln() - MIN_LATENCY_MS.ln()) / LN_GAMMA).ceil();
     // `as` saturates; raw >= 0 up to rounding, and is clamped to the top bin.
     (raw.max(0.0) as u32).min(KEY_MAX - 1) + 1
+}
+
+/// A cost's bin: micro-dollars on the latency bins, so that costs down to
+/// a millionth of a micro-dollar are told apart within 1 %.
+fn cost_key(usd: f64) -> u32 {
+    latency_key(usd * 1e6)
+}
+
+/// The value a bin stands for (ms for latency, micro-dollars for cost),
+/// within [`RELATIVE_ACCURACY`] of every value in it.
+pub(crate) fn bin_value(key: u32) -> f64 {
+    latency_value(key)
 }
 
 fn latency_value(key: u32) -> f64 {
@@ -771,7 +921,31 @@ fn pair<W: Word>(w: &W) -> (u32, u32) {
     (w.key(), w.count())
 }
 
+/// A sketch's occupied bins as `(bin, count)`, ascending.
+pub(crate) enum BinIter<'a> {
+    Narrow(std::slice::Iter<'a, u16>),
+    Wide(std::slice::Iter<'a, u32>),
+}
+
+impl Iterator for BinIter<'_> {
+    type Item = (u32, u32);
+
+    fn next(&mut self) -> Option<(u32, u32)> {
+        match self {
+            BinIter::Narrow(i) => i.next().map(pair),
+            BinIter::Wide(i) => i.next().map(pair),
+        }
+    }
+}
+
 impl Bins {
+    fn iter(&self) -> BinIter<'_> {
+        match self {
+            Bins::Narrow(v) => BinIter::Narrow(v.iter()),
+            Bins::Wide(v) => BinIter::Wide(v.iter()),
+        }
+    }
+
     fn add(&mut self, key: u32) {
         match self {
             Bins::Wide(v) => {

@@ -41,6 +41,11 @@ pub enum ConditionError {
     /// `baseline` cannot be resolved.
     #[error("{0}")]
     Baseline(String),
+    /// It holds a string that is not a verdict.
+    #[error(
+        "unknown string {0:?}: the only strings a condition may hold are the judge's verdicts \"pass\", \"high\" and \"low\""
+    )]
+    Text(String),
     /// It does not evaluate to true or false.
     #[error("condition must evaluate to true or false, but {0}")]
     NotBoolean(String),
@@ -57,6 +62,7 @@ impl Condition {
             .map_err(|e| ConditionError::Syntax(e.to_string()))?;
         reject_assignments(&tree)?;
         floats_only(&mut tree);
+        verdicts_as_numbers(&mut tree)?;
 
         let mut idents: Vec<String> = Vec::new();
         for ident in tree.iter_read_variable_identifiers() {
@@ -270,6 +276,23 @@ fn floats_only(node: &mut Node) {
         *value = Value::Float(i as f64);
     }
     node.children_mut().iter_mut().for_each(floats_only);
+}
+
+/// Verdict strings become the numbers the judge's variables hold, so that
+/// `judge_latency_verdict == "high"` compares numbers; any other string is
+/// refused (compared with a number it would silently never be equal).
+fn verdicts_as_numbers(node: &mut Node) -> Result<(), ConditionError> {
+    if let Operator::Const { value } = node.operator_mut()
+        && let Value::String(text) = &*value
+    {
+        match crate::judge::VERDICTS.iter().find(|v| v.as_str() == text) {
+            Some(v) => *value = Value::Float(v.value()),
+            None => return Err(ConditionError::Text(text.clone())),
+        }
+    }
+    node.children_mut()
+        .iter_mut()
+        .try_for_each(verdicts_as_numbers)
 }
 
 fn collect_thresholds(

@@ -20,7 +20,7 @@ use crate::event::{AlertEvent, AlertStatus, Event, InferenceEvent, MetricEvent, 
 use crate::rule::{Rule, RuleSet};
 use crate::state::{AlertState, Observation, Phase, step};
 use crate::time::{Span, Timestamp};
-use crate::vocabulary::{TRACK_METRICS, TRACKS, VarKind, Vocabulary};
+use crate::vocabulary::{JUDGE_VARIABLES, TRACK_METRICS, TRACKS, VarKind, Vocabulary};
 
 pub mod checkpoint;
 
@@ -175,6 +175,8 @@ pub struct SubjectAnalytics {
     pub groups: [Vec<crate::analytics::GroupRate>; 2],
     /// Each track's sum of latencies in the window, ms, within 1 %.
     pub latency_sums: [Option<f64>; 2],
+    /// The canary judge's view.
+    pub judgement: crate::judge::Judgement,
     /// No fresh data for `stale_after`.
     pub stale: bool,
 }
@@ -214,11 +216,13 @@ impl Sample {
     }
 }
 
-/// A variable computed from a track's window: which track, which metric,
-/// and whether `min_samples` guards it (counts and rates are never guarded).
+/// A variable computed from the windows: a track's metric, or the judge's
+/// of both tracks, and whether `min_samples` guards it (counts, rates and
+/// the judge, which has its own guard, are never guarded).
 #[derive(Clone, Copy, Debug)]
 struct Computed {
-    track: usize,
+    /// A track's index, or `None` for the judge.
+    track: Option<usize>,
     metric: &'static str,
     guarded: bool,
 }
@@ -333,6 +337,8 @@ struct Group {
     dependents: Vec<Vec<usize>>,
     /// Slots computed from windows that some rule of this group reads.
     computed_slots: Vec<usize>,
+    /// Some rule of this group reads the judge.
+    judged: bool,
     index: hashbrown::HashMap<Box<[String]>, usize>,
     subjects: Vec<Subject>,
     /// `labels` include `model`: a subject is one model's.
@@ -441,6 +447,7 @@ impl Engine {
                         rules: Vec::new(),
                         dependents: Vec::new(),
                         computed_slots: Vec::new(),
+                        judged: false,
                         index: hashbrown::HashMap::new(),
                         subjects: Vec::new(),
                     });
@@ -479,17 +486,28 @@ impl Engine {
                             | "error_rate_upper"
                     );
                     computed[slot] = Some(Computed {
-                        track,
+                        track: Some(track),
                         metric,
                         guarded,
                     });
                 }
+            }
+            if let Some(&(metric, _)) = JUDGE_VARIABLES.iter().find(|(v, _)| v == name) {
+                computed[slot] = Some(Computed {
+                    track: None,
+                    metric,
+                    guarded: false,
+                });
             }
         }
         for group in &mut groups {
             group.computed_slots = (0..computed.len())
                 .filter(|&slot| computed[slot].is_some() && !group.dependents[slot].is_empty())
                 .collect();
+            group.judged = group
+                .computed_slots
+                .iter()
+                .any(|&slot| computed[slot].is_some_and(|c| c.track.is_none()));
         }
         let alert_slots = ALERT_SLOTS.map(|(name, _)| slots.get(name).copied());
         let evidence_z = config.analytics.confidence.map(|c| c.z());
@@ -898,6 +916,9 @@ impl Engine {
             subject.changed = true;
             // min_samples is applied per rule at evaluation time.
             let stats = [tracks[0].stats(now, 1), tracks[1].stats(now, 1)];
+            let judgement = group
+                .judged
+                .then(|| crate::judge::judge(&tracks[0], &tracks[1], &self.config.analytics.judge));
             for &slot in &group.computed_slots {
                 let Some(c) = self.computed[slot] else {
                     continue;
@@ -909,10 +930,15 @@ impl Engine {
                 {
                     continue;
                 }
-                let new = stats[c.track].get(c.metric).map(|value| Sample {
+                let (value, support) = match (c.track, &judgement) {
+                    (Some(t), _) => (stats[t].get(c.metric), stats[t].requests),
+                    (None, Some(j)) => (j.get(c.metric), stats[0].requests.min(stats[1].requests)),
+                    (None, None) => (None, 0),
+                };
+                let new = value.map(|value| Sample {
                     value,
                     ts: now,
-                    support: stats[c.track].requests,
+                    support,
                     computed: true,
                 });
                 let differs = match (subject.samples[slot], new) {
@@ -1290,6 +1316,11 @@ impl Engine {
             if let Some(tracks) = subject.tracks.as_mut() {
                 let stats = [tracks[0].stats(now, 1), tracks[1].stats(now, 1)];
                 out.push(SubjectAnalytics {
+                    judgement: crate::judge::judge(
+                        &tracks[0],
+                        &tracks[1],
+                        &self.config.analytics.judge,
+                    ),
                     labels: subject.labels.clone(),
                     groups: [tracks[0].positive_rates(), tracks[1].positive_rates()],
                     latency_sums: [tracks[0].latency_sum(), tracks[1].latency_sum()],

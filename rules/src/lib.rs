@@ -18,6 +18,8 @@
 //! - [`engine`]: events in, transitions out, driven by a watermark;
 //!   [`engine::checkpoint`] saves and restores its state by name.
 //! - [`analytics`]: per subject-track sliding windows over inference events.
+//! - [`judge`]: the canary judge, canary against stable per metric over
+//!   those windows (Mann-Whitney U, two-proportion tests), scored 0-100.
 //! - [`rollout`]: the progressive rollout through a plan's stages, a pure
 //!   `step` function over event time and the gating rules.
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@ pub mod analytics;
 pub mod condition;
 pub mod engine;
 pub mod event;
+pub mod judge;
 pub mod load;
 pub mod policy;
 pub mod rollout;

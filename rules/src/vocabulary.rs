@@ -24,6 +24,47 @@ pub const TRACK_METRICS: [&str; 15] = [
     "error_rate_upper",
 ];
 
+/// The canary judge's variables (see [`crate::judge`]), with what they
+/// hold. Verdicts are compared with `"pass"`, `"high"` or `"low"`.
+pub const JUDGE_VARIABLES: [(&str, &str); 9] = [
+    (
+        "canary_score",
+        "the judge's score, 0 to 100: the share of judged metrics that do not fail",
+    ),
+    (
+        "judge_latency_verdict",
+        "\"high\" when the canary's latencies are higher than the stable's (Mann-Whitney U) by more than the tolerance",
+    ),
+    (
+        "judge_latency_effect",
+        "the canary's mean latency over the stable's",
+    ),
+    (
+        "judge_cost_verdict",
+        "\"high\" when the canary's costs per request are higher (Mann-Whitney U) by more than the tolerance",
+    ),
+    (
+        "judge_cost_effect",
+        "the canary's mean cost over the stable's",
+    ),
+    (
+        "judge_error_rate_verdict",
+        "\"high\" when the canary's error rate is higher (two-proportion test) by more than the tolerance",
+    ),
+    (
+        "judge_error_rate_effect",
+        "the canary's error rate minus the stable's",
+    ),
+    (
+        "judge_fairness_verdict",
+        "\"high\" or \"low\" when a group's positive-prediction or true-positive rate moved from the stable's by more than the tolerance",
+    ),
+    (
+        "judge_fairness_effect",
+        "the deciding group's rate on the canary minus on the stable",
+    ),
+];
+
 /// Variables derived from alert events. They describe state, not samples,
 /// so they never go stale: zero until an alert fires for the subject.
 pub const ALERT_VARIABLES: [(&str, &str); 3] = [
@@ -70,6 +111,9 @@ impl Vocabulary {
             for metric in TRACK_METRICS {
                 vars.insert(format!("{track}_{metric}"), VarKind::Sample);
             }
+        }
+        for (name, _) in JUDGE_VARIABLES {
+            vars.insert(name.to_string(), VarKind::Sample);
         }
         for (name, _) in ALERT_VARIABLES {
             vars.insert(name.to_string(), VarKind::AlertState);

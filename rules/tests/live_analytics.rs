@@ -247,3 +247,73 @@ alerts:
     );
     assert_eq!(e.alert("errors", &subject()).unwrap().phase, Phase::Firing);
 }
+
+#[test]
+fn a_rule_on_the_judge_fires_when_the_canary_turns_slow_and_not_before() {
+    let rules = r#"
+alerts:
+  - name: Canary Judged Slow
+    condition: 'judge_latency_verdict == "high" && canary_score < 100'
+    duration: 30s
+    severity: high
+    action: auto_rollback
+"#;
+    let mut e = engine(rules);
+    // 10 requests a second on each track, latencies spread 200-400 ms on
+    // both; from minute 3 the canary's are 1.5 times as long.
+    let events = (0..8 * 60 * 10).flat_map(|i| {
+        let ms = i * 100;
+        let spread = 200.0 + (i * 37 % 200) as f64;
+        let slow = if ms >= 180_000 { 1.5 } else { 1.0 };
+        [
+            request(ms, Track::Canary, false, spread * slow),
+            request(ms, Track::Stable, false, spread),
+        ]
+    });
+    let seen = feed(&mut e, events);
+    let firing: Vec<_> = seen
+        .iter()
+        .filter(|(_, _, to)| *to == Phase::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{seen:?}");
+    // The test is certain within seconds, but the mean ratio passes the
+    // 20 % tolerance only once 40 % of the 5 m window is slow (1 + 0.5 *
+    // 0.4 = 1.2): pending about 120 s after the change, firing 30 s later.
+    let (at, _, _) = firing[0];
+    assert!(
+        (180 + 120 + 30 - 20..=180 + 120 + 30 + 20).contains(at),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|(t, _, _)| *t >= 280), "{seen:?}");
+    let judged = e.analytics(10).remove(0).judgement;
+    assert_eq!(
+        judged.latency.unwrap().verdict,
+        canaryd_rules::judge::Verdict::High
+    );
+}
+
+#[test]
+fn a_condition_may_name_a_verdict_but_no_other_string() {
+    let options = LoadOptions::default();
+    let rule = |condition: &str| {
+        format!(
+            "alerts:\n  - name: r\n    condition: '{condition}'\n    duration: 1m\n    severity: low\n    action: notify_ml_team\n"
+        )
+    };
+    for ok in [
+        r#"judge_error_rate_verdict == "high""#,
+        r#"judge_fairness_verdict != "pass""#,
+        r#"judge_latency_verdict == "low" || canary_score < 50"#,
+    ] {
+        load_rules("r.yaml", rule(ok).as_bytes(), &options)
+            .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+    }
+    let err = load_rules(
+        "r.yaml",
+        rule(r#"judge_latency_verdict == "hihg""#).as_bytes(),
+        &options,
+    )
+    .unwrap_err();
+    let err = format!("{}", err[0]);
+    assert!(err.contains("unknown string \"hihg\""), "{err}");
+}

@@ -1164,6 +1164,19 @@ fn exported_series() -> BTreeSet<String> {
             tracks: [full.clone(), full],
             groups: [vec![group.clone()], vec![group]],
             latency_sums: [Some(10.0), Some(10.0)],
+            judgement: canaryd_rules::judge::Judgement {
+                score: Some(100.0),
+                error_rate: Some(canaryd_rules::judge::MetricJudgement {
+                    verdict: canaryd_rules::judge::Verdict::Pass,
+                    fails: false,
+                    effect: 0.0,
+                    z: 0.0,
+                    p_value: 1.0,
+                    samples: [10, 10],
+                    group: None,
+                }),
+                ..Default::default()
+            },
             stale: false,
         }],
         omitted: 0,

@@ -944,6 +944,44 @@ async fn the_status_page_charts_canary_against_stable_with_rollout_marks_in_chro
         card.contains("class=\"mark mark-stage\""),
         "the rollout's stage is marked: {card}"
     );
+    // The judge: slower (320 against 210 ms), costlier (twice) and failing
+    // (10 % against none) fail; fairness (the same predictions) passes.
+    let subject: Value =
+        serde_json::from_str(&get(&format!("{}/api/v1/subjects/fraud", rig.base))).unwrap();
+    let judge = &subject["judge"];
+    assert_eq!(judge["score"], 25.0, "{subject}");
+    for (metric, verdict) in [
+        ("latency", "high"),
+        ("cost", "high"),
+        ("error_rate", "high"),
+        ("fairness", "pass"),
+    ] {
+        assert_eq!(judge[metric]["verdict"], verdict, "{metric}: {subject}");
+    }
+    close(
+        judge["latency"]["effect"].as_f64(),
+        320.0 / 210.0,
+        0.03,
+        "latency effect",
+    );
+    let judged = {
+        let start = dom
+            .find("class=\"judge\" data-model=\"fraud\"")
+            .unwrap_or_else(|| panic!("no judge for fraud in {dom}"));
+        let rest = &dom[start..];
+        rest[..rest.find("</table>").unwrap_or(rest.len())].to_string()
+    };
+    assert!(judged.contains("data-score=\"25\""), "{judged}");
+    for (metric, verdict) in [("latency", "high"), ("fairness", "pass")] {
+        let row = &judged[judged
+            .find(&format!("data-metric=\"{metric}\""))
+            .unwrap_or_else(|| panic!("no {metric} row in {judged}"))..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(
+            row.contains(&format!("data-verdict=\"{verdict}\"")),
+            "{metric}: {row}"
+        );
+    }
     let shot =
         canaryd_tests::screenshot_in_browser(&format!("{}/", rig.base), "status-page-charts");
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));

@@ -57,7 +57,7 @@ pub(super) fn take<'a>(
         beyond += engine.active_subjects().saturating_sub(taken.len());
         for subject in taken {
             if let Some(model) = subject.labels.get("model") {
-                subjects.insert(model.clone(), subject_json(model, &subject.tracks));
+                subjects.insert(model.clone(), subject_json(model, &subject));
             }
             if !subject.stale {
                 analytics.push(subject);

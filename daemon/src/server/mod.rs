@@ -187,7 +187,7 @@ pub trait Backend: Send + Sync + 'static {
     /// `GET /api/v1/rules`: `[{"name","condition","duration","severity","actions":[…]}…]`.
     fn rules(&self) -> serde_json::Value;
 
-    /// `GET /api/v1/subjects/{model}`: `{"model","canary":{…},"stable":{…}}`,
+    /// `GET /api/v1/subjects/{model}`: `{"model","canary":{…},"stable":{…},"judge":{…}}`,
     /// or `None` for a model the daemon does not know (404).
     fn subject(&self, model: String) -> BoxFuture<'_, Option<serde_json::Value>>;
 
