@@ -112,7 +112,9 @@ impl Default for AnalyticsConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JudgeConfig {
-    /// Two-sided confidence a difference must reach (default 0.99).
+    /// The chance, over a version's whole life, that noise alone never
+    /// earns a metric a verdict (default 0.99): checked at every refresh,
+    /// and still held to this.
     pub confidence: Confidence,
     /// Samples each track needs for a metric to be judged (default 30).
     pub min_samples: u64,
@@ -127,6 +129,10 @@ pub struct JudgeConfig {
     /// A group's fairness rate passes within this absolute difference
     /// (default 0.05).
     pub fairness_tolerance: f64,
+    /// How long evidence accumulates before the judge starts afresh, at a
+    /// stricter level (default `1h`): a regression late in a long rollout
+    /// is not drowned by hours of good data.
+    pub horizon: Span,
 }
 
 impl Default for JudgeConfig {
@@ -138,6 +144,7 @@ impl Default for JudgeConfig {
             cost_tolerance: 0.1,
             error_rate_tolerance: 0.01,
             fairness_tolerance: 0.05,
+            horizon: Span(3_600_000),
         }
     }
 }
@@ -147,6 +154,7 @@ impl PartialEq for JudgeConfig {
     fn eq(&self, o: &Self) -> bool {
         self.confidence == o.confidence
             && self.min_samples == o.min_samples
+            && self.horizon == o.horizon
             && [
                 (self.latency_tolerance, o.latency_tolerance),
                 (self.cost_tolerance, o.cost_tolerance),
@@ -171,6 +179,9 @@ impl JudgeConfig {
         }
         if self.min_samples < 2 {
             return Some("analytics.judge.min_samples must be at least 2".into());
+        }
+        if self.horizon.millis() < 1000 {
+            return Some("analytics.judge.horizon must be at least 1s".into());
         }
         for (name, v) in [
             ("latency_tolerance", self.latency_tolerance),
@@ -204,9 +215,6 @@ pub struct TrackWindow {
     buckets: [Bucket; SUB_BUCKETS],
     /// The sum of the buckets' latency bins.
     latency: Bins,
-    /// The sum of the buckets' cost bins (micro-dollars), for the judge.
-    #[serde(default)]
-    cost: Bins,
     /// Group names by slot.
     groups: Vec<Box<str>>,
     /// Counts at `slot * SUB_BUCKETS + ring index`: one allocation per track.
@@ -226,9 +234,6 @@ struct Bucket {
     overflow: u32,
     cost_sum: f64,
     latency: Bins,
-    /// Costs in micro-dollars, on the latency sketch's bins.
-    #[serde(default)]
-    cost: Bins,
 }
 
 /// One fairness group's counts over a sub-bucket or a window.
@@ -245,6 +250,18 @@ pub(crate) struct GroupCounts {
 }
 
 impl GroupCounts {
+    /// Counts one request with a prediction.
+    pub(crate) fn count(&mut self, prediction: bool, label: bool) {
+        self.predicted = self.predicted.saturating_add(1);
+        self.predicted_positive = self
+            .predicted_positive
+            .saturating_add(u32::from(prediction));
+        self.label_positive = self.label_positive.saturating_add(u32::from(label));
+        self.true_positive = self
+            .true_positive
+            .saturating_add(u32::from(label && prediction));
+    }
+
     fn add(&mut self, o: &GroupCounts) {
         self.predicted = self.predicted.saturating_add(o.predicted);
         self.predicted_positive = self.predicted_positive.saturating_add(o.predicted_positive);
@@ -263,7 +280,6 @@ impl TrackWindow {
             last_event: None,
             buckets: Default::default(),
             latency: Bins::default(),
-            cost: Bins::default(),
             groups: Vec::new(),
             fairness: Vec::new(),
             groups_full: false,
@@ -305,9 +321,6 @@ impl TrackWindow {
         {
             bucket.costed = bucket.costed.saturating_add(1);
             bucket.cost_sum += cost;
-            let key = cost_key(cost);
-            bucket.cost.add(key);
-            self.cost.add(key);
         }
         match group {
             None => {}
@@ -316,13 +329,7 @@ impl TrackWindow {
                 let prediction = e.prediction == Some(true);
                 let label = e.label == Some(true);
                 if let Some(c) = self.fairness.get_mut(g * SUB_BUCKETS + slot) {
-                    c.predicted = c.predicted.saturating_add(1);
-                    c.predicted_positive =
-                        c.predicted_positive.saturating_add(u32::from(prediction));
-                    c.label_positive = c.label_positive.saturating_add(u32::from(label));
-                    c.true_positive = c
-                        .true_positive
-                        .saturating_add(u32::from(label && prediction));
+                    c.count(prediction, label);
                 }
             }
         }
@@ -423,7 +430,6 @@ impl TrackWindow {
         // Taking frees the bucket's bins: memory follows the data.
         let old = std::mem::take(bucket);
         self.latency.subtract(&old.latency);
-        self.cost.subtract(&old.cost);
         for g in 0..self.groups.len() {
             if let Some(c) = self.fairness.get_mut(g * SUB_BUCKETS + slot) {
                 *c = GroupCounts::default();
@@ -433,7 +439,6 @@ impl TrackWindow {
         if self.is_empty() {
             // A silent track keeps no heap.
             self.latency = Bins::default();
-            self.cost = Bins::default();
             self.groups = Vec::new();
             self.fairness = Vec::new();
         }
@@ -499,44 +504,6 @@ impl TrackWindow {
                 })
             })
             .collect()
-    }
-
-    /// Requests a fairness group needs in the window to count.
-    pub(crate) fn min_group_samples(&self) -> u64 {
-        self.min_group_samples
-    }
-
-    /// Requests and errors in the window. Call after [`stats`](Self::stats).
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        self.buckets.iter().fold((0, 0), |(r, e), b| {
-            (r + u64::from(b.requests), e + u64::from(b.errors))
-        })
-    }
-
-    /// The window's latencies as `(bin, count)`, ascending by bin; a bin
-    /// may come in more than one pair. Call after [`stats`](Self::stats).
-    pub(crate) fn latency_bins(&self) -> BinIter<'_> {
-        self.latency.iter()
-    }
-
-    /// The window's costs (micro-dollars) as `(bin, count)`, like
-    /// [`latency_bins`](Self::latency_bins).
-    pub(crate) fn cost_bins(&self) -> BinIter<'_> {
-        self.cost.iter()
-    }
-
-    /// Each group's counts over the window, by name.
-    pub(crate) fn group_counts(&self) -> impl Iterator<Item = (&str, GroupCounts)> {
-        self.groups
-            .iter()
-            .zip(self.fairness.chunks(SUB_BUCKETS))
-            .map(|(name, row)| {
-                let mut c = GroupCounts::default();
-                for b in row {
-                    c.add(b);
-                }
-                (&**name, c)
-            })
     }
 
     fn fairness_into(&self, stats: &mut TrackStats) {
@@ -777,7 +744,7 @@ const KEY_MAX: u32 = (1 << KEY_BITS) - 1;
 /// ln γ for γ = 1.01 / 0.99; checked against the formula in a test.
 const LN_GAMMA: f64 = 0.020000666706669435;
 
-fn latency_key(ms: f64) -> u32 {
+pub(crate) fn latency_key(ms: f64) -> u32 {
     // Negatives and NaN go to bin 0 too.
     if ms.is_nan() || ms < MIN_LATENCY_MS {
         return 0;
@@ -789,7 +756,7 @@ fn latency_key(ms: f64) -> u32 {
 
 /// A cost's bin: micro-dollars on the latency bins, so that costs down to
 /// a millionth of a micro-dollar are told apart within 1 %.
-fn cost_key(usd: f64) -> u32 {
+pub(crate) fn cost_key(usd: f64) -> u32 {
     latency_key(usd * 1e6)
 }
 
@@ -850,7 +817,7 @@ impl Word for u32 {
 /// maximum gets another word with the same key; only the first word of a key
 /// can be below the maximum, so adding and subtracting always touch it first.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-enum Bins {
+pub(crate) enum Bins {
     Narrow(Vec<u16>),
     Wide(Vec<u32>),
 }
@@ -939,14 +906,14 @@ impl Iterator for BinIter<'_> {
 }
 
 impl Bins {
-    fn iter(&self) -> BinIter<'_> {
+    pub(crate) fn iter(&self) -> BinIter<'_> {
         match self {
             Bins::Narrow(v) => BinIter::Narrow(v.iter()),
             Bins::Wide(v) => BinIter::Wide(v.iter()),
         }
     }
 
-    fn add(&mut self, key: u32) {
+    pub(crate) fn add(&mut self, key: u32) {
         match self {
             Bins::Wide(v) => {
                 add_word(v, key, true);

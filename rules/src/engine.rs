@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytics::{AnalyticsConfig, TrackWindow};
 use crate::event::{AlertEvent, AlertStatus, Event, InferenceEvent, MetricEvent, Track};
+use crate::judge::Experiment;
 use crate::rule::{Rule, RuleSet};
 use crate::state::{AlertState, Observation, Phase, step};
 use crate::time::{Span, Timestamp};
@@ -314,6 +315,8 @@ struct Subject {
     alerts: AlertStates,
     /// Canary and stable windows, once inference events arrive.
     tracks: Option<Box<[TrackWindow; 2]>>,
+    /// The judge's evidence, in groups whose rules read the judge.
+    experiment: Option<Box<Experiment>>,
     /// Listed in `Engine::active` for refreshes.
     active: bool,
     /// Firing external alerts by name and labels.
@@ -871,6 +874,7 @@ impl Engine {
             applied = true;
             self.note_subject(g, s);
             let config = &self.config.analytics;
+            let judged = self.groups[g].judged;
             let subject = &mut self.groups[g].subjects[s];
             let tracks = subject.tracks.get_or_insert_with(|| {
                 Box::new([TrackWindow::new(config), TrackWindow::new(config)])
@@ -878,6 +882,12 @@ impl Engine {
             if !tracks[track].record(e) {
                 self.stats.out_of_window += 1;
                 return Ingested::OutOfWindow;
+            }
+            if judged {
+                subject
+                    .experiment
+                    .get_or_insert_default()
+                    .record(e, config.judge.horizon);
             }
             if !subject.active {
                 subject.active = true;
@@ -916,9 +926,10 @@ impl Engine {
             subject.changed = true;
             // min_samples is applied per rule at evaluation time.
             let stats = [tracks[0].stats(now, 1), tracks[1].stats(now, 1)];
-            let judgement = group
-                .judged
-                .then(|| crate::judge::judge(&tracks[0], &tracks[1], &self.config.analytics.judge));
+            let judgement = subject
+                .experiment
+                .as_deref()
+                .map(|x| crate::judge::judge(x, &self.config.analytics.judge));
             for &slot in &group.computed_slots {
                 let Some(c) = self.computed[slot] else {
                     continue;
@@ -1004,6 +1015,7 @@ impl Engine {
                     samples,
                     alerts: AlertStates::default(),
                     tracks: None,
+                    experiment: None,
                     active: false,
                     firing: BTreeMap::new(),
                     last_seen: ts,
@@ -1263,10 +1275,13 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|t| !t.iter().all(TrackWindow::is_empty));
                 group.index.insert(key, s);
+                // Evidence is kept only where a rule reads it.
+                let experiment = old.experiment.take().filter(|_| group.judged);
                 group.subjects.push(Subject {
                     samples,
                     alerts,
                     active,
+                    experiment,
                     ..old
                 });
                 if active {
@@ -1316,11 +1331,11 @@ impl Engine {
             if let Some(tracks) = subject.tracks.as_mut() {
                 let stats = [tracks[0].stats(now, 1), tracks[1].stats(now, 1)];
                 out.push(SubjectAnalytics {
-                    judgement: crate::judge::judge(
-                        &tracks[0],
-                        &tracks[1],
-                        &self.config.analytics.judge,
-                    ),
+                    judgement: subject
+                        .experiment
+                        .as_deref()
+                        .map(|x| crate::judge::judge(x, &self.config.analytics.judge))
+                        .unwrap_or_default(),
                     labels: subject.labels.clone(),
                     groups: [tracks[0].positive_rates(), tracks[1].positive_rates()],
                     latency_sums: [tracks[0].latency_sum(), tracks[1].latency_sum()],

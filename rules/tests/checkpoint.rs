@@ -32,6 +32,10 @@ alerts:
     condition: "oom_kills > 0"
     duration: 0s
     severity: critical
+  - name: judged
+    condition: 'judge_latency_verdict == "high"'
+    duration: 3s
+    severity: medium
 "#;
 
 fn rules() -> (Arc<RuleSet>, LoadOptions) {
@@ -274,6 +278,54 @@ fn a_pending_alert_keeps_its_start_across_a_restore_and_fires_on_time() {
         .collect();
     // 20 s after the breach began, not 20 s after the restore.
     assert_eq!(fired, vec![Timestamp(20_000)]);
+}
+
+#[test]
+fn the_judges_evidence_survives_a_restore() {
+    // A canary three times as slow as its stable, a request a side every
+    // 100 ms: the judge needs 30 a side and the evidence of them all.
+    let events: Vec<Event> = (0..200)
+        .flat_map(|i| {
+            [(Track::Canary, "v2", 300.0), (Track::Stable, "v1", 100.0)].map(
+                |(track, version, ms)| {
+                    Event::Inference(InferenceEvent {
+                        ts: Timestamp(1_000_000 + i * 100),
+                        model: "m".into(),
+                        version: version.into(),
+                        track,
+                        latency_ms: ms * (1.0 + (i * 37 % 10) as f64 / 10.0),
+                        error: false,
+                        cost_usd: None,
+                        group: None,
+                        prediction: None,
+                        label: None,
+                        labels: BTreeMap::new(),
+                    })
+                },
+            )
+        })
+        .collect();
+    // The fourth rule, `judged`, firing; fed without clock ticks.
+    let firing = |engine: &mut Engine, events: &[Event]| -> Vec<String> {
+        let mut out = Vec::new();
+        for e in events {
+            engine.ingest(e, &mut out);
+        }
+        out.iter()
+            .map(describe)
+            .filter(|l| l.split(' ').nth(1) == Some("3") && l.contains("->firing"))
+            .collect()
+    };
+    let expected = firing(&mut engine(), &events);
+    assert_eq!(expected.len(), 1, "{expected:?}");
+
+    // Restored after 25 requests a side: the evidence must come along, or
+    // the restored engine waits for 30 more.
+    let mut first = engine();
+    assert!(firing(&mut first, &events[..50]).is_empty());
+    let mut restored = restore(first.checkpoint(), first.subject_states());
+    let after = firing(&mut restored, &events[50..]);
+    assert_eq!(after, expected);
 }
 
 #[test]

@@ -312,8 +312,8 @@ struct Rig {
 }
 
 impl Rig {
-    /// A daemon with the playbook's example rules, a kube receiver, and
-    /// `extra` config appended.
+    /// A daemon with the playbook's example rules and the judge's, a kube
+    /// receiver, and `extra` config appended.
     async fn start(group: &str, extra: &str) -> Rig {
         Rig::start_with(group, extra, "").await
     }
@@ -337,7 +337,7 @@ impl Rig {
         std::fs::write(
             &config,
             format!(
-                "rules: [{rules}]
+                "rules: [{rules}, {judge}]
 receivers:
   kube:
     type: kube
@@ -356,6 +356,7 @@ http:
   audit_topic: canaryd-audit
 {extra}",
                 rules = repo("deploy/examples/canary-alerts.yaml").display(),
+                judge = repo("deploy/examples/judge.yaml").display(),
                 kubeconfig = kube.kubeconfig().display(),
                 bootstrap = broker.bootstrap(),
             ),

@@ -23,6 +23,7 @@ use super::{
     Subject, Timer,
 };
 use crate::analytics::TrackWindow;
+use crate::judge::Experiment;
 use crate::rule::RuleSet;
 use crate::state::AlertState;
 use crate::time::Timestamp;
@@ -49,6 +50,8 @@ pub struct SubjectState {
     samples: BTreeMap<String, Sample>,
     alerts: Vec<SavedAlert>,
     tracks: Option<Box<[TrackWindow; 2]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    experiment: Option<Box<Experiment>>,
     firing: Vec<(String, BTreeMap<String, String>, AlertFlags)>,
     last_seen: Timestamp,
     stale: bool,
@@ -113,6 +116,7 @@ fn save(
             })
             .collect(),
         tracks: subject.tracks.clone(),
+        experiment: subject.experiment.clone(),
         firing: subject
             .firing
             .iter()
@@ -262,6 +266,7 @@ impl Engine {
             samples,
             alerts,
             tracks: saved.tracks,
+            experiment: saved.experiment.filter(|_| group.judged),
             active,
             firing: saved
                 .firing
