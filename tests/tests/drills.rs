@@ -1619,6 +1619,76 @@ async fn a_silence_created_on_one_replica_is_honoured_on_another() {
     );
 }
 
+/// Alertmanager sends to a Service, so its repeat of an alert, or its
+/// retry after a lost answer, may reach another replica: that replica
+/// knows the alert was taken in, answers 200 and does not act again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alertmanager_alert_taken_in_by_one_replica_is_a_duplicate_on_another() {
+    use canaryd_tests::tansu::free_port;
+    let rig = Rig::start("drill-am-dedup", "[auto_rollback, notify_on_call]").await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = rig.spawn_serving("a", port_a);
+    let b = rig.spawn_serving("b", port_b);
+    for d in [&a, &b] {
+        assert!(d.wait_for_log("sharing silences", WAIT), "{}", d.log_text());
+    }
+    let healthy = |port: u16| {
+        (0..200).any(|_| {
+            let up = http("GET", &format!("http://127.0.0.1:{port}/-/healthy"), None).0 == 200;
+            if !up {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            up
+        })
+    };
+    assert!(healthy(port_a) && healthy(port_b), "{}", a.log_text());
+    let payload = r#"{"version":"4","status":"firing","receiver":"canaryd","groupKey":"{}:{alertname=\"ModelDown\"}","alerts":[{"status":"firing","labels":{"alertname":"ModelDown","model":"summarizer","canary_action":"notify_on_call","severity":"critical"},"annotations":{"summary":"summarizer canary down"},"startsAt":"2026-12-07T06:00:00Z","fingerprint":"5c1d9f0e2a7b3c4d"}]}"#;
+    let post = |port: u16| {
+        http(
+            "POST",
+            &format!("http://127.0.0.1:{port}/api/v1/alertmanager"),
+            Some(payload),
+        )
+    };
+    let (code, body) = post(port_a);
+    assert_eq!(code, 200, "{body}");
+    let taken: Value = serde_json::from_str(&body).unwrap();
+    check(
+        "replica a takes the alert in as an action",
+        taken["actions"] == 1,
+        &body,
+        &a.log_text(),
+    );
+    check(
+        "replica b learns that a took the alert in",
+        b.wait_for_log("taken in by another replica", WAIT),
+        "",
+        &all_logs(&[&a, &b]),
+    );
+    // The repeat reaches b.
+    let (code, body) = post(port_b);
+    assert_eq!(code, 200, "{body}");
+    let repeat: Value = serde_json::from_str(&body).unwrap();
+    check(
+        "replica b answers the repeat as a duplicate",
+        repeat["duplicates"] == 1 && repeat["actions"] == 0,
+        &body,
+        &all_logs(&[&a, &b]),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rig.pages().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Long enough for a second page to arrive if b had acted.
+    std::thread::sleep(Duration::from_secs(2));
+    check(
+        "one page",
+        rig.pages().len() == 1,
+        rig.pages().len(),
+        &all_logs(&[&a, &b]),
+    );
+}
+
 /// A plan with a long second stage, its progress recorded every 2 s.
 const READ_BACK_PLAN: &str = "rollouts:
   receiver: kube

@@ -228,9 +228,9 @@ impl Reservation {
         Reservation { dedup, keys }
     }
 
-    /// The alerts were taken in: remember them.
-    pub(super) fn keep(&mut self) {
-        self.keys.clear();
+    /// The alerts were taken in: remember them. Returns their keys.
+    pub(super) fn keep(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.keys)
     }
 }
 

@@ -282,6 +282,15 @@ impl RemoteSilences {
                 }
                 removed
             }
+            SilenceChange::AlertSeen(key) => {
+                drop(silences);
+                let mut dedup = self.app.dedup.lock().unwrap_or_else(|p| p.into_inner());
+                if dedup.insert(key.clone()) {
+                    let fingerprint = key.split('\u{0}').next().unwrap_or_default();
+                    tracing::info!(%fingerprint, "Alertmanager alert taken in by another replica: a repeat here is a duplicate");
+                }
+                return;
+            }
         };
         if changed {
             self.app.backend.silenced(&silences.list());
@@ -449,7 +458,7 @@ impl App {
     fn share(&self, change: SilenceChange) {
         let Some(share) = &self.share else { return };
         if let Err(e) = share.try_send(change) {
-            tracing::error!(error = %e, "silence change not shared with the other replicas: the queue is full or closed");
+            tracing::error!(error = %e, "silence or Alertmanager alert not shared with the other replicas: the queue is full or closed");
         }
     }
 
@@ -780,7 +789,9 @@ async fn receive_alerts(app: &App, headers: &HeaderMap, body: Body) -> (PayloadR
                 ),
             );
         }
-        event_guard.keep();
+        for key in event_guard.keep() {
+            app.share(SilenceChange::AlertSeen(key));
+        }
     }
     if !requests.is_empty() {
         if let Err(e) = app.backend.act(requests).await {
@@ -793,7 +804,9 @@ async fn receive_alerts(app: &App, headers: &HeaderMap, body: Body) -> (PayloadR
                 ),
             );
         }
-        action_guard.keep();
+        for key in action_guard.keep() {
+            app.share(SilenceChange::AlertSeen(key));
+        }
     }
     tracing::debug!(
         alerts = n_events,

@@ -2,6 +2,7 @@
 //! memory; with `kafka.silences_topic`, shared with the other replicas.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use canaryd_rules::{Span, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -46,13 +47,17 @@ impl Silence {
     }
 }
 
-/// A silence created or deleted on one replica, for the others.
+/// What one replica shares with the others through the silences topic: a
+/// silence created or deleted, or an Alertmanager alert it took in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SilenceChange {
     /// A new silence.
     Created(Silence),
     /// The silence with this id was deleted.
     Deleted(String),
+    /// An Alertmanager alert (its fingerprint, `startsAt` and status) was
+    /// accepted: a repeat sent to another replica is a duplicate there too.
+    AlertSeen(Arc<str>),
 }
 
 /// `POST /api/v1/silences` body.
