@@ -65,6 +65,11 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         output: Format,
+        /// Evaluate each model in its partition of a topic with this many,
+        /// as `canaryd run` does (lateness judged per partition); 1 judges
+        /// the recording as one stream.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        partitions: u16,
     },
     /// Show or steer a model's rollout through a running canaryd's API.
     Rollout {
@@ -124,7 +129,8 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             events,
             output,
-        } => run_replay(rules, config, events, output),
+            partitions,
+        } => run_replay(rules, config, events, output, partitions.into()),
         Command::Run { config, instance } => run_daemon(&config, instance),
         Command::Rollout {
             verb,
@@ -354,6 +360,7 @@ fn run_replay(
     config: Option<PathBuf>,
     events: PathBuf,
     output: Format,
+    partitions: usize,
 ) -> ExitCode {
     let config = match config {
         Some(path) => Config::read(&path),
@@ -407,6 +414,7 @@ fn run_replay(
         &mut out,
         &mut diag,
         output,
+        partitions,
         |n| {
             if let Some(bar) = &progress {
                 bar.inc(n)

@@ -545,3 +545,84 @@ fn a_failing_canary_at_very_low_traffic_is_rolled_back_and_noise_is_not() {
         stdout(&out)
     );
 }
+
+/// Twelve minutes of two models at 5 requests a second a track, as a
+/// consumer that stalled on `ranker`'s partition would record them:
+/// `ranker`'s events from 12:03 to 12:08 arrive only after `summarizer`'s
+/// up to 12:08, in their own order. `ranker`'s canary fails one request
+/// in five from 12:04, while its partition is stalled.
+fn stalled_partition(dir: &std::path::Path) -> String {
+    let line = |model: &str, ms: i64, track: &str, error: bool| {
+        let ts = chrono::DateTime::from_timestamp_millis(1_772_366_400_000 + ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        format!(
+            r#"{{"type":"inference","ts":"{ts}","model":"{model}","version":"v2","track":"{track}","latency_ms":150,"error":{error}}}"#
+        )
+    };
+    let model = |name: &str, from_s: i64, to_s: i64| -> Vec<String> {
+        let mut out = Vec::new();
+        for i in from_s * 5..to_s * 5 {
+            let ms = i * 200;
+            let failing = name == "ranker" && ms >= 4 * 60_000 && i % 5 == 0;
+            out.push(line(name, ms, "canary", failing));
+            out.push(line(name, ms + 50, "stable", false));
+        }
+        out
+    };
+    let interleaved = |from_s: i64, to_s: i64| -> Vec<String> {
+        let (a, b) = (
+            model("summarizer", from_s, to_s),
+            model("ranker", from_s, to_s),
+        );
+        a.chunks(2)
+            .zip(b.chunks(2))
+            .flat_map(|(x, y)| x.iter().chain(y))
+            .cloned()
+            .collect()
+    };
+    let mut lines = interleaved(0, 180);
+    lines.extend(model("summarizer", 180, 480));
+    lines.extend(model("ranker", 180, 480));
+    lines.extend(interleaved(480, 720));
+    let path = dir.join("stalled.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The catch-up after a stall: evaluated per partition, as `canaryd run`
+/// does (`ranker` and `summarizer` fall in different partitions of two),
+/// `ranker`'s backlog is in order within its partition and none of it is
+/// late: its canary's error rate passes 5 % at 12:05:09 and it is rolled
+/// back five minutes later, at 12:10:09, as without the stall. Judged as
+/// one stream, the backlog is five minutes behind `summarizer`'s events,
+/// dropped as late, and the failure is seen only from 12:08: it has not
+/// held five minutes when the recording ends.
+#[test]
+fn a_stalled_partitions_backlog_is_evaluated_in_its_partition_and_rolls_back_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = stalled_partition(dir.path());
+    let out = canaryd(&[
+        "replay",
+        "--rules",
+        RULES,
+        "--events",
+        &events,
+        "--partitions",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_golden("stall-catch-up.txt", &stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("0 late"), "{text}");
+    assert!(
+        text.contains("decision: auto_rollback model=ranker at 2026-03-01T12:10:09.000Z"),
+        "{text}"
+    );
+
+    let one = canaryd(&["replay", "--rules", RULES, "--events", &events]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let text = stdout(&one);
+    assert!(text.contains("decision: no action"), "{text}");
+    assert!(!text.contains(" 0 late"), "{text}");
+}

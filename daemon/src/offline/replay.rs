@@ -56,29 +56,99 @@ pub struct Summary {
     pub rollouts: Vec<Change>,
 }
 
+/// One partition's evaluation, as `canaryd run` keeps one per partition it
+/// owns: its engine (and so its own event time and lateness), its guard
+/// against far-future stamps, and its rollouts.
+struct Lane {
+    engine: Engine,
+    guard: JumpGuard,
+    rollouts: Option<Controller>,
+}
+
+/// The partition Kafka's default partitioner gives an event keyed by its
+/// model (as producers key them): murmur2 of the key, made positive,
+/// modulo `partitions`. Events without a model go to partition 0.
+fn partition_of(event: &canaryd_rules::Event, partitions: usize) -> usize {
+    if partitions <= 1 {
+        return 0;
+    }
+    let model = match event {
+        canaryd_rules::Event::Inference(e) => Some(e.model.as_str()),
+        canaryd_rules::Event::Metric(m) => m.labels.get("model").map(String::as_str),
+        canaryd_rules::Event::Alert(a) => a.labels.get("model").map(String::as_str),
+    };
+    model.map_or(0, |m| {
+        (murmur2(m.as_bytes()) & 0x7fff_ffff) as usize % partitions
+    })
+}
+
+/// Kafka's murmur2 (seed 0x9747b28c), as its Java client's default
+/// partitioner and librdkafka's `murmur2_random` compute it.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        // chunks_exact(4): every chunk converts.
+        let mut k = u32::from_le_bytes(chunk.try_into().unwrap_or([0; 4]));
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if let Some(&third) = rest.get(2) {
+        h ^= u32::from(third) << 16;
+    }
+    if let Some(&second) = rest.get(1) {
+        h ^= u32::from(second) << 8;
+    }
+    if let Some(&first) = rest.first() {
+        h ^= u32::from(first);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
 /// Replays `input` (JSON lines) through the rules in `loaded`, writing
 /// decisions to `out` and malformed-line reports to `diag`. `on_bytes` is
 /// told how many bytes were consumed, for a progress bar.
+///
+/// With `partitions` above 1, each event is evaluated in its model's
+/// partition, as `canaryd run` evaluates it: lateness is judged within the
+/// partition, so a recording of a stalled partition's backlog arriving
+/// after the others' newer events loses nothing. A partition's time moves
+/// with its own events; at the end of the recording every partition is
+/// moved to the latest time seen, as a live replica moves an idle one
+/// once the broker says nothing is waiting.
 pub async fn replay<R: BufRead, W: Write, D: Write>(
     loaded: &Loaded,
     mut input: R,
     out: &mut W,
     diag: &mut D,
     format: Format,
+    partitions: usize,
     mut on_bytes: impl FnMut(u64),
 ) -> io::Result<Summary> {
-    let mut engine = Engine::new(
-        loaded.rules.clone(),
-        &loaded.vocabulary,
-        loaded.engine_config(),
-    );
+    let mut lanes: Vec<Lane> = (0..partitions.max(1))
+        .map(|_| Lane {
+            engine: Engine::new(
+                loaded.rules.clone(),
+                &loaded.vocabulary,
+                loaded.engine_config(),
+            ),
+            guard: JumpGuard::default(),
+            rollouts: loaded.rollout_controller(),
+        })
+        .collect();
     let connector = DryRun::new();
     let mut summary = Summary::default();
     let mut outputs = Vec::new();
     let mut line = Vec::new();
     let mut number = 0u64;
-    let mut guard = JumpGuard::default();
-    let mut rollouts = loaded.rollout_controller();
     loop {
         line.clear();
         let n = input.read_until(b'\n', &mut line)?;
@@ -111,28 +181,26 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
         if matches!(event, canaryd_rules::Event::Inference(_)) {
             summary.inference += 1;
         }
-        let (ready, dropped) = guard.admit(number, event, engine.watermark());
-        for (line, ts) in dropped {
-            summary.future += 1;
-            writeln!(
-                diag,
-                "line {line}: dropped: {ts} is more than {MAX_JUMP} ahead of event time and no later event confirmed the jump"
-            )?;
-        }
+        let count = lanes.len();
+        let Some(lane) = lanes.get_mut(partition_of(&event, count)) else {
+            continue; // unreachable: partition_of is below the lane count
+        };
+        let (ready, dropped) = lane.guard.admit(number, event, lane.engine.watermark());
+        report_far_ahead(diag, &mut summary, dropped)?;
         for (number, event) in ready {
             let ingested = ingest(
-                &mut engine,
+                &mut lane.engine,
                 number,
                 &event,
                 &mut outputs,
                 &mut summary,
                 diag,
             )?;
-            let changes = match (rollouts.as_mut(), engine.watermark()) {
+            let changes = match (lane.rollouts.as_mut(), lane.engine.watermark()) {
                 (Some(r), Some(now)) => r.after(
                     &event,
                     ingested == Ingested::Applied,
-                    engine.last_subject(),
+                    lane.engine.last_subject(),
                     &outputs,
                     now,
                 ),
@@ -147,19 +215,24 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
             }
         }
     }
-    for (line, ts) in guard.finish() {
-        summary.future += 1;
-        writeln!(
-            diag,
-            "line {line}: dropped: {ts} is more than {MAX_JUMP} ahead of event time and no later event confirmed the jump"
-        )?;
-    }
-    if let (Some(r), Some(now)) = (rollouts.as_mut(), engine.watermark()) {
-        let mut changes = Vec::new();
-        r.step_all(now, &mut changes);
-        for change in changes {
-            write_change(&change, out, format)?;
-            summary.rollouts.push(change);
+    let end = lanes.iter().filter_map(|l| l.engine.watermark()).max();
+    for lane in &mut lanes {
+        let dropped = lane.guard.finish();
+        report_far_ahead(diag, &mut summary, dropped)?;
+        // An idle partition catches up with the others (a no-op for one).
+        if let Some(end) = end {
+            lane.engine.advance(end, &mut outputs);
+            for output in outputs.drain(..) {
+                emit(loaded, &connector, output, out, format, &mut summary).await?;
+            }
+        }
+        if let (Some(r), Some(now)) = (lane.rollouts.as_mut(), lane.engine.watermark()) {
+            let mut changes = Vec::new();
+            r.step_all(now, &mut changes);
+            for change in changes {
+                write_change(&change, out, format)?;
+                summary.rollouts.push(change);
+            }
         }
     }
     match format {
@@ -173,19 +246,38 @@ pub async fn replay<R: BufRead, W: Write, D: Write>(
                 "transitions": summary.transitions,
                 "actions": summary.actions.len(),
             });
-            if rollouts.is_some() {
+            if lanes.iter().any(|l| l.rollouts.is_some()) {
                 counts["rollout_changes"] = json!(summary.rollouts.len());
             }
             writeln!(out, "{counts}")?;
         }
         Format::Text => {
-            write_text_summary(out, &summary, &engine)?;
-            if let Some(r) = &rollouts {
-                write_rollouts_summary(out, r)?;
+            let engines: Vec<&Engine> = lanes.iter().map(|l| &l.engine).collect();
+            write_text_summary(out, &summary, &engines)?;
+            let controllers: Vec<&Controller> =
+                lanes.iter().filter_map(|l| l.rollouts.as_ref()).collect();
+            if !controllers.is_empty() {
+                write_rollouts_summary(out, &controllers)?;
             }
         }
     }
     Ok(summary)
+}
+
+/// Reports and counts the events a guard dropped as far ahead.
+fn report_far_ahead<D: Write>(
+    diag: &mut D,
+    summary: &mut Summary,
+    dropped: Vec<(u64, Timestamp)>,
+) -> io::Result<()> {
+    for (line, ts) in dropped {
+        summary.future += 1;
+        writeln!(
+            diag,
+            "line {line}: dropped: {ts} is more than {MAX_JUMP} ahead of event time and no later event confirmed the jump"
+        )?;
+    }
+    Ok(())
 }
 
 /// One event into the engine, counted.
@@ -417,11 +509,11 @@ fn write_change<W: Write>(c: &Change, out: &mut W, format: Format) -> io::Result
     }
 }
 
-fn write_rollouts_summary<W: Write>(out: &mut W, c: &Controller) -> io::Result<()> {
-    if c.is_empty() {
+fn write_rollouts_summary<W: Write>(out: &mut W, controllers: &[&Controller]) -> io::Result<()> {
+    if controllers.iter().all(|c| c.is_empty()) {
         return writeln!(out, "  rollouts: no canary event for a model with a plan");
     }
-    for (model, rollout, plan) in c.rollouts() {
+    for (model, rollout, plan) in controllers.iter().flat_map(|c| c.rollouts()) {
         writeln!(
             out,
             "  rollout: model={model} {}: {}% (stage {} of plan {}), {}",
@@ -439,7 +531,7 @@ fn write_rollouts_summary<W: Write>(out: &mut W, c: &Controller) -> io::Result<(
     Ok(())
 }
 
-fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io::Result<()> {
+fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engines: &[&Engine]) -> io::Result<()> {
     writeln!(out)?;
     writeln!(out, "Summary")?;
     writeln!(
@@ -452,8 +544,9 @@ fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io
         "  transitions: {}, subjects gone stale: {}",
         s.transitions, s.stale
     )?;
-    let firing: Vec<String> = engine
-        .alerts()
+    let firing: Vec<String> = engines
+        .iter()
+        .flat_map(|e| e.alerts())
         .filter(|a| a.state.phase == canaryd_rules::Phase::Firing)
         .map(|a| format!("{} ({})", a.rule, Subject(a.subject)))
         .collect();
@@ -480,4 +573,27 @@ fn write_text_summary<W: Write>(out: &mut W, s: &Summary, engine: &Engine) -> io
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas() {
+        // Kafka's own test vectors (UtilsTest.testMurmur2), as Java ints.
+        for (key, want) in [
+            ("21", -973_932_308i32),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()) as i32, want, "{key}");
+        }
+    }
 }
