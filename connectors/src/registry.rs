@@ -44,7 +44,7 @@ pub enum ReceiverConfig {
     DryRun,
     /// `type: pagerduty`: PagerDuty Events API v2.
     PagerDuty(PagerDutyConfig),
-    /// `type: slack`: a Slack incoming webhook.
+    /// `type: slack`: a Slack incoming webhook, or Slack's Web API.
     Slack(SlackConfig),
     /// `type: webhook`: JSON POSTed to any URL.
     Webhook(WebhookConfig),
@@ -158,7 +158,10 @@ impl ReceiverConfig {
         match self {
             ReceiverConfig::Kube(_) | ReceiverConfig::DryRun => {}
             ReceiverConfig::PagerDuty(c) => note("routing_key", Some(&c.routing_key)),
-            ReceiverConfig::Slack(c) => note("url", Some(&c.url)),
+            ReceiverConfig::Slack(c) => {
+                note("url", c.url.as_ref());
+                note("token", c.token.as_ref());
+            }
             ReceiverConfig::Webhook(c) => {
                 note("bearer", c.bearer.as_ref());
                 note("basic.password", c.basic.as_ref().map(|b| &b.password));
@@ -180,7 +183,8 @@ impl ReceiverConfig {
                 ReceiverConfig::PagerDuty(c)
             }
             ReceiverConfig::Slack(mut c) => {
-                c.url = rebase(c.url);
+                c.url = c.url.map(&rebase);
+                c.token = c.token.map(&rebase);
                 ReceiverConfig::Slack(c)
             }
             ReceiverConfig::Webhook(mut c) => {
@@ -293,9 +297,9 @@ incidents: { type: webhook, url: "https://tickets.example.com/hooks/canary", bea
         };
         assert_eq!(
             c.url,
-            SecretValue::File {
+            Some(SecretValue::File {
                 file: "/etc/canaryd/secrets/slack-oncall".into()
-            }
+            })
         );
     }
 

@@ -6,7 +6,8 @@
 //! 3. `canaryd run` (in-process, one consumer) reading the same N events into
 //!    decisions: at least 400,000 events/s and 40 % of the bare rate.
 //!    Then again with durability on: changelog, audit topic and HTTP
-//!    server (goal: at least 80 % of the run without them); and with the
+//!    server (goal: at least 80 % of the run without them); with every
+//!    model judged (goal: at most 10 % below the run without); and with the
 //!    configuration shipped for Kubernetes itself
 //!    (`deploy/k8s/base/config/canaryd.yaml`, see [`shipped`]).
 //! 4. Latency from producing the event that completes a rule's duration to
@@ -15,7 +16,9 @@
 //!    under 5 s).
 //!
 //! Run: `cargo bench -p canaryd-tests --bench kafka` (needs Tansu: tests/run installs it).
-//! `BENCH_ONLY=restore` runs step 5 alone; `BENCH_ONLY=rollout` measures
+//! `BENCH_ONLY=restore` runs step 5 alone; `BENCH_ONLY=judge` measures the
+//! canary judge's cost in-process (every model judged, against none; no
+//! broker); `BENCH_ONLY=rollout` measures
 //! the rollout controller's overhead in-process (decode, engine, and the
 //! controller with all 1,000 models under the playbook's plan, against
 //! none; no broker); `RUST_LOG=canaryd=info` shows the daemon's log.
@@ -72,7 +75,14 @@ fn inference_on(i: usize, canary: bool) -> (String, Vec<u8>) {
 }
 
 fn config(bootstrap: &str, topic: &str, group: &str, rules: &Path) -> canaryd::config::Loaded {
-    config_with(bootstrap, topic, group, rules, "", "")
+    config_with(bootstrap, topic, group, &[rules], "", "")
+}
+
+/// [`config`] with the judge's rules too (`deploy/examples/judge.yaml`),
+/// so that every model is judged.
+fn judged(bootstrap: &str, topic: &str, group: &str, rules: &Path) -> canaryd::config::Loaded {
+    let judge = repo("deploy/examples/judge.yaml");
+    config_with(bootstrap, topic, group, &[rules, &judge], "", "")
 }
 
 /// Durability on: the changelog, the audit topic and the HTTP server.
@@ -82,7 +92,7 @@ fn durable(bootstrap: &str, topic: &str, group: &str, rules: &Path) -> canaryd::
         bootstrap,
         topic,
         group,
-        rules,
+        &[rules],
         "  audit_topic: bench-audit\n  changelog_topic: bench-changelog\n",
         &format!("http:\n  listen: 127.0.0.1:{port}\n"),
     )
@@ -173,13 +183,14 @@ fn config_with(
     bootstrap: &str,
     topic: &str,
     group: &str,
-    rules: &Path,
+    rules: &[&Path],
     kafka_extra: &str,
     extra: &str,
 ) -> canaryd::config::Loaded {
+    let rules: Vec<String> = rules.iter().map(|r| r.display().to_string()).collect();
     let text = format!(
         "rules: [{}]\ndry_run: true\nkafka:\n  brokers: {bootstrap}\n  group_id: {group}\n  topics: [{topic}]\n  dead_letter_topic: bench-dlq\n{kafka_extra}{extra}",
-        rules.display()
+        rules.join(", ")
     );
     Config::parse(Path::new("bench.yaml"), &text)
         .unwrap()
@@ -255,6 +266,10 @@ async fn bench() {
         rollout_overhead(&rules);
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "judge") {
+        judge_overhead(&rules);
+        return;
+    }
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "restore") {
         let broker = Tansu::start();
         broker.create_topics(&TOPICS).await;
@@ -289,6 +304,11 @@ async fn bench() {
         "in-process, one core: decode alone {:.0} events/s; decode + analytics + evaluation {:.0} events/s",
         rate(EVENTS, decode),
         rate(EVENTS, full)
+    );
+    let with_judge = judge_pass(&judged("127.0.0.1:1", "x", "x", &rules), &messages);
+    println!(
+        "in-process, one core, every model judged: decode + analytics + evaluation + judge {:.0} events/s",
+        rate(EVENTS, with_judge)
     );
 
     // 2. The broker, through a bare consumer.
@@ -339,6 +359,17 @@ async fn bench() {
     println!(
         "canaryd run with changelog, audit and HTTP: {durable_rate:.0} events/s = {:.0}% of the run without them",
         100.0 * durable_rate / canaryd_rate
+    );
+    let judged_rate = consume_all(judged(
+        &broker.bootstrap(),
+        "bench-events",
+        "canaryd-judged",
+        &rules,
+    ))
+    .await;
+    println!(
+        "canaryd run with every model judged (deploy/examples/judge.yaml too): {judged_rate:.0} events/s = {:.0}% of the run without",
+        100.0 * judged_rate / canaryd_rate
     );
     let scratch = tempfile::tempdir().unwrap();
     let kube = canaryd_tests::kube_fixture::KubeFixture::start();
@@ -444,7 +475,7 @@ async fn restore(broker: &Tansu, rules: &Path) {
             &broker.bootstrap(),
             "bench-restore",
             "canaryd-restore",
-            rules,
+            &[rules],
             "  changelog_topic: bench-restore-changelog\n",
             "",
         )
@@ -510,6 +541,59 @@ async fn consume_all_of(loaded: canaryd::config::Loaded, events: usize) -> f64 {
     shutdown.cancel();
     task.await.unwrap().unwrap();
     events_per_second
+}
+
+/// One pass of decode + engine over `messages`, on one core.
+fn judge_pass(loaded: &canaryd::config::Loaded, messages: &[(String, Vec<u8>)]) -> Duration {
+    let mut engine = canaryd_rules::Engine::new(
+        loaded.rules.clone(),
+        &loaded.vocabulary,
+        loaded.config.engine.clone(),
+    );
+    let mut out = Vec::new();
+    let start = Instant::now();
+    for (_, m) in messages {
+        let event = canaryd_rules::decode(m).unwrap();
+        engine.ingest(&event, &mut out);
+        out.clear();
+    }
+    start.elapsed()
+}
+
+/// The judge's cost on the consume path, in-process on one core: decode +
+/// engine with the playbook's rules, and with the judge's rules too (every
+/// model judged at every refresh). Passes in pairs, their order
+/// alternating; the median of each.
+fn judge_overhead(rules: &Path) {
+    const PAIRS: usize = 11;
+    let messages: Vec<(String, Vec<u8>)> = (0..EVENTS).map(inference_every_canary).collect();
+    let (plain, judging) = (
+        config("127.0.0.1:1", "x", "x", rules),
+        judged("127.0.0.1:1", "x", "x", rules),
+    );
+    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..PAIRS {
+        let (a, b) = if i % 2 == 0 {
+            let a = judge_pass(&plain, &messages);
+            (a, judge_pass(&judging, &messages))
+        } else {
+            let b = judge_pass(&judging, &messages);
+            (judge_pass(&plain, &messages), b)
+        };
+        ratios.push(b.as_secs_f64() / a.as_secs_f64());
+        without.push(a);
+        with.push(b);
+    }
+    for v in [&mut without, &mut with] {
+        v.sort();
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "judge on decode + engine, inference events, 1,000 models all judged: {:.0} events/s with, {:.0} without ({:+.1}% time, median of {PAIRS} pairs)",
+        rate(EVENTS, with[PAIRS / 2]),
+        rate(EVENTS, without[PAIRS / 2]),
+        (ratios[PAIRS / 2] - 1.0) * 100.0,
+    );
 }
 
 /// The rollout controller's cost on the consume path, in-process on one

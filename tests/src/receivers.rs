@@ -14,6 +14,14 @@
 //! - `POST /services/...` ([`SLACK_PATH`]): a Slack incoming webhook
 //!   ([`validate_slack`]). 200 `ok`, or 400 `invalid_payload`, `no_text` or
 //!   `invalid_blocks`.
+//! - `/api/chat.postMessage`, `/api/conversations.history` and
+//!   `/api/conversations.replies` ([`SLACK_API_PATH`]): Slack's Web API for
+//!   a bot token [`SLACK_TOKEN`] in channel [`SLACK_CHANNEL`]: messages are
+//!   kept, with threads and metadata, and listed as Slack lists them
+//!   (history newest first, paged by `limit` and `cursor`; replies oldest
+//!   first). Errors as Slack answers them: 200 `{"ok":false,"error":...}`
+//!   (`invalid_auth`, `channel_not_found`, `thread_not_found`,
+//!   `invalid_blocks`, `invalid_metadata_format`).
 //! - any other path: a generic webhook. Any JSON object is accepted (200
 //!   `{"ok":true}`); a path can be made to require an `Authorization`
 //!   header ([`Receivers::require_authorization`], 401 otherwise).
@@ -44,6 +52,15 @@ pub const PAGERDUTY_PATH: &str = "/v2/enqueue";
 
 /// Where the Slack stand-in listens (any path under `/services/` works).
 pub const SLACK_PATH: &str = "/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX";
+
+/// Where the Slack Web API stand-in's methods live: `/api/METHOD`.
+pub const SLACK_API_PATH: &str = "/api";
+
+/// The bot token the Slack Web API stand-in accepts.
+pub const SLACK_TOKEN: &str = "xoxb-0000000000-canaryd-test-token";
+
+/// The one channel the Slack Web API stand-in has.
+pub const SLACK_CHANNEL: &str = "C0CANARYD";
 
 /// PagerDuty's `payload.severity` values.
 pub const PAGERDUTY_SEVERITIES: [&str; 4] = ["critical", "error", "warning", "info"];
@@ -111,6 +128,8 @@ struct State {
     down_retry_after: Option<u64>,
     auth: BTreeMap<String, String>,
     generated_keys: u64,
+    /// Messages posted through the Slack Web API, oldest first.
+    slack_messages: Vec<Value>,
 }
 
 impl State {
@@ -184,6 +203,17 @@ impl Receivers {
     /// A Slack incoming webhook URL.
     pub fn slack_url(&self) -> String {
         self.url(SLACK_PATH)
+    }
+
+    /// The Slack Web API's base URL.
+    pub fn slack_api_url(&self) -> String {
+        self.url(SLACK_API_PATH)
+    }
+
+    /// The messages posted through the Slack Web API, oldest first, with
+    /// their `ts`, `thread_ts`, `reply_broadcast` and `metadata`.
+    pub fn slack_messages(&self) -> Vec<Value> {
+        lock(&self.state).slack_messages.clone()
     }
 
     /// A generic webhook URL, `/hooks/NAME`.
@@ -324,6 +354,7 @@ impl Answer {
 async fn handle(state: Shared, req: Request<Incoming>) -> Result<Reply, Infallible> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
@@ -378,6 +409,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Reply, Infallib
                     &state,
                     &method,
                     &path,
+                    &query,
                     &headers,
                     required_auth.as_deref(),
                     &body,
@@ -387,6 +419,7 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Reply, Infallib
                 &state,
                 &method,
                 &path,
+                &query,
                 &headers,
                 required_auth.as_deref(),
                 &body,
@@ -405,10 +438,14 @@ fn route(
     state: &Shared,
     method: &str,
     path: &str,
+    query: &str,
     headers: &BTreeMap<String, String>,
     required_auth: Option<&str>,
     body: &str,
 ) -> Answer {
+    if let Some(api_method) = path.strip_prefix("/api/") {
+        return slack_api(state, method, api_method, query, headers, body);
+    }
     if method != "POST" {
         return Answer::json(
             405,
@@ -491,6 +528,176 @@ fn slack(json_content: bool, body: &str) -> Answer {
         "invalid_payload"
     };
     Answer::text(400, code).with_errors(errors)
+}
+
+/// Slack's Web API, for the methods canaryd calls.
+fn slack_api(
+    state: &Shared,
+    http_method: &str,
+    api_method: &str,
+    query: &str,
+    headers: &BTreeMap<String, String>,
+    body: &str,
+) -> Answer {
+    let fail = |error: &str, errors: Vec<String>| {
+        Answer::json(200, &json!({"ok": false, "error": error})).with_errors(errors)
+    };
+    if headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {SLACK_TOKEN}")) {
+        return fail("invalid_auth", vec!["no or a wrong bearer token".into()]);
+    }
+    let params: BTreeMap<String, String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let with_metadata = params.get("include_all_metadata").map(String::as_str) == Some("true");
+    let shown = |m: &Value| {
+        let mut m = m.clone();
+        if !with_metadata && let Some(o) = m.as_object_mut() {
+            o.remove("metadata");
+        }
+        m
+    };
+    match (http_method, api_method) {
+        ("POST", "chat.postMessage") => {
+            let mut message: Value = match serde_json::from_str(body) {
+                Ok(v) => v,
+                Err(e) => return fail("invalid_json", vec![format!("body is not JSON: {e}")]),
+            };
+            if message["channel"] != SLACK_CHANNEL {
+                return fail(
+                    "channel_not_found",
+                    vec![format!("channel {}", message["channel"])],
+                );
+            }
+            let mut as_webhook = message.clone();
+            if let Some(o) = as_webhook.as_object_mut() {
+                o.remove("metadata");
+                o.remove("reply_broadcast");
+            }
+            let errors = validate_slack(&as_webhook);
+            if !errors.is_empty() {
+                return fail("invalid_blocks", errors);
+            }
+            let metadata = &message["metadata"];
+            let metadata_ok = metadata.is_null()
+                || (non_empty_string(&metadata["event_type"])
+                    && metadata["event_payload"].is_object());
+            if !metadata_ok {
+                return fail(
+                    "invalid_metadata_format",
+                    vec!["metadata needs event_type and an event_payload object".into()],
+                );
+            }
+            let mut s = lock(state);
+            if let Some(parent) = message["thread_ts"].as_str()
+                && !s.slack_messages.iter().any(|m| m["ts"] == parent)
+            {
+                return fail("thread_not_found", vec![format!("no message {parent}")]);
+            }
+            let ts = format!("1772367060.{:06}", s.slack_messages.len() + 1);
+            message["ts"] = json!(ts);
+            s.slack_messages.push(message.clone());
+            Answer::json(
+                200,
+                &json!({"ok": true, "channel": SLACK_CHANNEL, "ts": ts, "message": message}),
+            )
+        }
+        ("GET", "conversations.history") => {
+            if params.get("channel").map(String::as_str) != Some(SLACK_CHANNEL) {
+                return fail("channel_not_found", Vec::new());
+            }
+            let oldest: f64 = params
+                .get("oldest")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0.0);
+            let limit: usize = params
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100);
+            let from: usize = params
+                .get("cursor")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let s = lock(state);
+            // Top-level messages and replies also sent to the channel.
+            let listed: Vec<Value> = s
+                .slack_messages
+                .iter()
+                .rev()
+                .filter(|m| m["thread_ts"].is_null() || m["reply_broadcast"] == true)
+                .filter(|m| {
+                    m["ts"]
+                        .as_str()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                        > oldest
+                })
+                .map(shown)
+                .collect();
+            let page: Vec<Value> = listed.iter().skip(from).take(limit).cloned().collect();
+            let next = if from + limit < listed.len() {
+                (from + limit).to_string()
+            } else {
+                String::new()
+            };
+            Answer::json(
+                200,
+                &json!({"ok": true, "messages": page, "has_more": !next.is_empty(), "response_metadata": {"next_cursor": next}}),
+            )
+        }
+        ("GET", "conversations.replies") => {
+            let Some(parent) = params.get("ts") else {
+                return fail("invalid_arguments", vec!["ts is required".into()]);
+            };
+            let s = lock(state);
+            let thread: Vec<Value> = s
+                .slack_messages
+                .iter()
+                .filter(|m| m["ts"] == parent.as_str() || m["thread_ts"] == parent.as_str())
+                .map(shown)
+                .collect();
+            if thread.is_empty() {
+                return fail("thread_not_found", Vec::new());
+            }
+            Answer::json(
+                200,
+                &json!({"ok": true, "messages": thread, "has_more": false}),
+            )
+        }
+        _ => Answer::json(404, &json!({"ok": false, "error": "unknown_method"})),
+    }
+}
+
+/// Decodes a query string's `%XX` escapes and `+`.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escaped = (b == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (b, escaped) {
+            (_, Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, None) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn webhook(json_content: bool, body: &str) -> Answer {

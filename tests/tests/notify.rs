@@ -12,7 +12,8 @@ use canaryd_connectors::{
 use canaryd_rules::condition::Threshold;
 use canaryd_rules::{ActionName, Severity, Span, Timestamp};
 use canaryd_tests::receivers::{
-    Fault, PAGERDUTY_PATH, Receivers, SLACK_PATH, validate_pagerduty, validate_slack, webhook_path,
+    Fault, PAGERDUTY_PATH, Receivers, SLACK_CHANNEL, SLACK_PATH, SLACK_TOKEN, validate_pagerduty,
+    validate_slack, webhook_path,
 };
 use canaryd_tests::smtp::Smtpd;
 use serde_json::{Value, json};
@@ -90,6 +91,18 @@ async fn slack(receivers: &Receivers, extra: &str) -> Arc<dyn Connector> {
     build(
         "slack-oncall",
         &format!("{{type: slack, url: '{}'{extra}}}", receivers.slack_url()),
+    )
+    .await
+}
+
+/// A Slack receiver on the Web API stand-in, with `token` and `channel`.
+async fn slack_api(receivers: &Receivers, token: &str, channel: &str) -> Arc<dyn Connector> {
+    build(
+        "slack-threads",
+        &format!(
+            "{{type: slack, token: '{token}', channel: {channel}, api_url: '{}'}}",
+            receivers.slack_api_url()
+        ),
     )
     .await
 }
@@ -727,4 +740,112 @@ fn the_slack_receiver_answers_like_slack() {
     assert_eq!(post("not json"), (400, "invalid_payload".to_string()));
     assert_eq!(post(r#"{"text":"hello"}"#), (200, "ok".to_string()));
     assert!(receivers.wait_for_answers(3, WAIT));
+}
+
+/// Through Slack's Web API an incident is one thread: the firing message
+/// carries the action's key, a retry or a new owner after a crash finds it
+/// in the channel's history instead of posting again, and the resolution
+/// is one reply in its thread, also sent to the channel.
+#[tokio::test]
+async fn slack_web_api_threads_an_incident_and_never_posts_it_twice() {
+    let receivers = Receivers::start();
+    let first = slack_api(&receivers, SLACK_TOKEN, SLACK_CHANNEL).await;
+    let a = firing();
+    let posted = first.execute(&a).await.unwrap();
+    assert!(
+        posted.detail.contains("posted to Slack (thread"),
+        "{}",
+        posted.detail
+    );
+    // A retry after a lost answer, on the same replica.
+    let again = first.execute(&a).await.unwrap();
+    assert!(
+        again.detail.contains("not posted again"),
+        "{}",
+        again.detail
+    );
+    // A new owner after a crash knows nothing: Slack's history tells it.
+    let second = slack_api(&receivers, SLACK_TOKEN, SLACK_CHANNEL).await;
+    let found = second.execute(&a).await.unwrap();
+    assert!(
+        found.detail.contains("not posted again"),
+        "{}",
+        found.detail
+    );
+
+    let messages = receivers.slack_messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    let parent = &messages[0];
+    assert_eq!(parent["channel"], SLACK_CHANNEL);
+    assert_eq!(parent["metadata"]["event_type"], "canaryd_incident");
+    assert_eq!(parent["metadata"]["event_payload"]["key"], a.key.as_str());
+    assert!(parent["thread_ts"].is_null());
+
+    let resolved = second.resolve(&a).expect("Slack resolves").await.unwrap();
+    assert!(
+        resolved
+            .detail
+            .contains("resolution posted in Slack thread"),
+        "{}",
+        resolved.detail
+    );
+    // The first replica, whose memory says unresolved, finds the reply.
+    let twice = first.resolve(&a).expect("Slack resolves").await.unwrap();
+    assert!(
+        twice.detail.contains("not posted again"),
+        "{}",
+        twice.detail
+    );
+    let messages = receivers.slack_messages();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    let reply = &messages[1];
+    assert_eq!(reply["thread_ts"], parent["ts"]);
+    assert_eq!(reply["reply_broadcast"], true);
+    assert_eq!(reply["metadata"]["event_type"], "canaryd_resolved");
+    assert!(
+        reply["text"].as_str().unwrap().starts_with("[RESOLVED]"),
+        "{reply}"
+    );
+
+    for r in receivers.requests() {
+        assert!(
+            r.errors.is_empty(),
+            "{} {}: {:?}",
+            r.method,
+            r.path,
+            r.errors
+        );
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {SLACK_TOKEN}").as_str())
+        );
+    }
+}
+
+/// The Web API's errors: a wrong token or channel needs a person, a rate
+/// limit is retried no sooner than Slack asks.
+#[tokio::test]
+async fn slack_web_api_refusals_are_permanent_and_rate_limits_retried() {
+    let receivers = Receivers::start();
+    let e = slack_api(&receivers, "xoxb-wrong", SLACK_CHANNEL)
+        .await
+        .execute(&firing())
+        .await
+        .unwrap_err();
+    assert!(permanent(&e).contains("invalid_auth"), "{e}");
+    let e = slack_api(&receivers, SLACK_TOKEN, "C0ELSEWHERE")
+        .await
+        .execute(&firing())
+        .await
+        .unwrap_err();
+    assert!(permanent(&e).contains("channel_not_found"), "{e}");
+    receivers.fail_next(1, Fault::TooManyRequests { retry_after: 7 });
+    let e = slack_api(&receivers, SLACK_TOKEN, SLACK_CHANNEL)
+        .await
+        .execute(&firing())
+        .await
+        .unwrap_err();
+    assert!(retriable(&e).contains("429"), "{e}");
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+    assert!(receivers.slack_messages().is_empty());
 }
