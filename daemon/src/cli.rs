@@ -50,6 +50,11 @@ pub enum Command {
         /// This replica's name in logs and audit records (default: host name and pid).
         #[arg(long)]
         instance: Option<String>,
+        /// Where the other replicas reach this one's HTTP server
+        /// (`HOST:PORT`, e.g. `$(POD_IP):9464`): a rollout request for a
+        /// model another replica carries is forwarded to it.
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Feed recorded events through the rules; every action is a dry run.
     Replay {
@@ -131,7 +136,11 @@ pub fn run(cli: Cli) -> ExitCode {
             output,
             partitions,
         } => run_replay(rules, config, events, output, partitions.into()),
-        Command::Run { config, instance } => run_daemon(&config, instance),
+        Command::Run {
+            config,
+            instance,
+            advertise,
+        } => run_daemon(&config, instance, advertise),
         Command::Rollout {
             verb,
             model,
@@ -217,7 +226,11 @@ fn run_rollout(
     }
 }
 
-fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
+fn run_daemon(
+    path: &std::path::Path,
+    instance: Option<String>,
+    advertise: Option<String>,
+) -> ExitCode {
     let loaded = match Config::read(path).and_then(Config::load) {
         Ok(l) => l,
         Err(e) => {
@@ -230,6 +243,7 @@ fn run_daemon(path: &std::path::Path, instance: Option<String>) -> ExitCode {
     let instance = instance.unwrap_or_else(default_instance);
     let live = match crate::run::Live::new(loaded, instance)
         .map(|l| l.with_config_path(path.to_path_buf()))
+        .and_then(|l| l.advertising(advertise))
     {
         Ok(l) => l,
         Err(e) => {

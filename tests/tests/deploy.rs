@@ -1649,5 +1649,16 @@ fn the_dockerfile_builds_the_workspace_binary_locked_and_runs_it_as_non_root() {
         argv.extend(args);
         let parsed = <canaryd::cli::Cli as clap::Parser>::try_parse_from(&argv);
         assert!(parsed.is_ok(), "{dir}: {argv:?}: {:?}", parsed.err());
+        // The other replicas reach this one where its HTTP server listens.
+        let advertise = argv
+            .iter()
+            .position(|a| a == "--advertise")
+            .and_then(|i| argv.get(i + 1))
+            .unwrap_or_else(|| panic!("{dir}: no --advertise in {argv:?}"));
+        assert_eq!(
+            advertise.rsplit_once(':').map(|(_, port)| port),
+            Some(expose.args.as_str()),
+            "{dir}: --advertise {advertise} names the HTTP port"
+        );
     }
 }

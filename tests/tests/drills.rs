@@ -155,19 +155,28 @@ pipeline:
     /// A replica called `name` (also its `--instance`) whose config is the
     /// drill's as `edit` changes it.
     fn spawn_with(&self, name: &str, edit: impl Fn(String) -> String) -> Daemon {
+        self.spawn_with_args(name, &[], edit)
+    }
+
+    /// [`Rig::spawn_with`], with `args` added to `canaryd run`'s.
+    fn spawn_with_args(
+        &self,
+        name: &str,
+        args: &[&str],
+        edit: impl Fn(String) -> String,
+    ) -> Daemon {
         let text = edit(std::fs::read_to_string(&self.config).unwrap());
         let config = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&config, text).unwrap();
-        Daemon::spawn(
-            &[
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-                "--instance",
-                name,
-            ],
-            self.dir.path().join(format!("{name}.log")),
-        )
+        let mut all = vec![
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--instance",
+            name,
+        ];
+        all.extend_from_slice(args);
+        Daemon::spawn(&all, self.dir.path().join(format!("{name}.log")))
     }
 
     fn audit_until(&self, done: impl Fn(&[Record]) -> bool) -> Vec<Value> {
@@ -1687,6 +1696,145 @@ async fn an_alertmanager_alert_taken_in_by_one_replica_is_a_duplicate_on_another
         rig.pages().len(),
         &all_logs(&[&a, &b]),
     );
+}
+
+/// Behind a Service a rollout request reaches any replica: one that does
+/// not carry the model forwards it to the one that does, found through the
+/// consumer group, and lists every replica's rollouts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_command_sent_to_the_replica_without_the_model_reaches_its_owner() {
+    use canaryd_tests::tansu::free_port;
+    let rig = Rig::start("drill-rollout-forward", "[auto_rollback]").await;
+    let token = rig.dir.path().join("token");
+    std::fs::write(&token, "s3cret-t0ken\n").unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let replica = |name: &str, port: u16| {
+        let advertise = format!("127.0.0.1:{port}");
+        rig.spawn_with_args(name, &["--advertise", &advertise], |text| {
+            let text = text.replace(
+                "  changelog_topic: canaryd-changelog\n",
+                "  changelog_topic: canaryd-changelog\n  silences_topic: canaryd-silences\n",
+            );
+            format!(
+                "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 1h}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n  auth: {{bearer: {{file: {}}}}}\n",
+                token.display()
+            )
+        })
+    };
+    let a = replica("a", port_a);
+    wait_for_assignment(&a);
+    let b = replica("b", port_b);
+    assert!(
+        b.wait_for_log("partitions assigned", WAIT),
+        "{}",
+        b.log_text()
+    );
+    let feed = Feed::start(&rig.broker.bootstrap());
+    rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["weight"] == 5)
+    });
+    let logs = || all_logs(&[&a, &b]);
+    // The replica that owns the events partition carries the rollout.
+    let owns = |d: &Daemon| {
+        d.log_text()
+            .lines()
+            .rfind(|l| l.contains("partitions assigned"))
+            .is_some_and(|l| l.contains("\"events\""))
+    };
+    let (owner, other_port) = if owns(&a) {
+        ("a", port_b)
+    } else {
+        ("b", port_a)
+    };
+    println!("drill: replica {owner} carries the rollout; the requests go to the other");
+    let other = format!("http://127.0.0.1:{other_port}");
+    // The replicas announce themselves on the shared topic at start.
+    let listed = (0..200).any(|_| {
+        let (_, list) = http("GET", &format!("{other}/api/v1/rollouts"), None);
+        let found = list.contains("summarizer");
+        if !found {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        found
+    });
+    check(
+        "the other replica lists the owner's rollout",
+        listed,
+        "",
+        &logs(),
+    );
+    let cli = |verb: &str| {
+        let out = canaryd_tests::canaryd(&[
+            "rollout",
+            verb,
+            "--model",
+            "summarizer",
+            "--url",
+            &other,
+            "--by",
+            "alice",
+            "--token-file",
+            token.to_str().unwrap(),
+        ]);
+        let text = canaryd_tests::stdout(&out);
+        (
+            out.status.code(),
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            canaryd_tests::stderr(&out),
+        )
+    };
+    let (code, status, err) = cli("status");
+    check(
+        "status through the other replica shows the rollout at 5%",
+        code == Some(0) && status["weight"] == 5,
+        format!("{status} {err}"),
+        &logs(),
+    );
+    let (code, paused, err) = cli("pause");
+    check(
+        "pause through the other replica is carried out by the owner",
+        code == Some(0) && paused["state"] == "paused",
+        format!("{paused} {err}"),
+        &logs(),
+    );
+    let audit = rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "rollout" && v["reason"].as_str().is_some_and(|s| s.contains("by alice"))
+        })
+    });
+    let paused_by: Vec<&Value> = audit
+        .iter()
+        .filter(|v| {
+            v["kind"] == "rollout" && v["reason"].as_str().is_some_and(|s| s.contains("by alice"))
+        })
+        .collect();
+    check(
+        "the owner recorded the pause, once",
+        paused_by.len() == 1 && paused_by[0]["instance"] == owner,
+        format!("{paused_by:?}"),
+        &logs(),
+    );
+    let (code, list) = http("GET", &format!("{other}/api/v1/rollouts"), None);
+    let list: Value = serde_json::from_str(&list).unwrap_or(Value::Null);
+    check(
+        "the other replica's list holds the owner's rollout",
+        code == 200
+            && list
+                .as_array()
+                .is_some_and(|l| l.iter().filter(|r| r["model"] == "summarizer").count() == 1),
+        &list,
+        &logs(),
+    );
+    let (code, answer) = http("GET", &format!("{other}/api/v1/rollouts/nobody"), None);
+    check(
+        "a model no replica carries is a 404 that says the others were asked",
+        code == 404 && answer.contains("nor on the 1 other replica"),
+        &answer,
+        &logs(),
+    );
+    feed.stop().await;
 }
 
 /// A plan with a long second stage, its progress recorded every 2 s.

@@ -108,6 +108,8 @@ pub struct Live {
     pub shared: Arc<Shared>,
     /// Commands from the HTTP server, for the consume loop.
     commands: tokio::sync::mpsc::Receiver<Command>,
+    /// Where the other replicas reach this one's HTTP server.
+    advertise: Option<String>,
 }
 
 impl Live {
@@ -144,7 +146,38 @@ impl Live {
             connector: None,
             shared,
             commands,
+            advertise: None,
         })
+    }
+
+    /// Where the other replicas reach this replica's HTTP server
+    /// (`HOST:PORT`): it joins the group under that name, and forwards a
+    /// rollout request for a model it does not carry to the replica that
+    /// does. Needs `http:`.
+    pub fn advertising(mut self, address: Option<String>) -> Result<Live, RunError> {
+        if let Some(a) = &address {
+            let valid = a
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(RunError::Config(format!(
+                    "--advertise {a}: expected HOST:PORT, such as 10.1.2.3:9464"
+                )));
+            }
+            if self.loaded.config.http.is_none() {
+                return Err(RunError::Config(
+                    "--advertise needs `http:`: it is the HTTP server's address".into(),
+                ));
+            }
+            if self.kafka.silences_topic.is_none() {
+                return Err(RunError::Config(
+                    "--advertise needs kafka.silences_topic: the replicas find each other there"
+                        .into(),
+                ));
+            }
+        }
+        self.advertise = address;
+        Ok(self)
     }
 
     /// Where to reload the configuration from (SIGHUP, `POST /-/reload`,
@@ -176,6 +209,7 @@ impl Live {
             connector,
             shared,
             commands,
+            advertise,
         } = self;
         let config = &loaded.config;
 
@@ -187,6 +221,10 @@ impl Live {
         let serving = config.http.is_some();
         if serving {
             consumer_config.set("statistics.interval.ms", "5000");
+        }
+        if let Some(address) = &advertise {
+            // Names the replica in the group's member list, for operators.
+            consumer_config.set("client.id", format!("canaryd@{address}"));
         }
         let consumer: StreamConsumer<GroupContext> =
             consumer_config.create_with_context(GroupContext {
@@ -264,12 +302,17 @@ impl Live {
         let silences = match sharing {
             Some((topic, changes, remote)) => {
                 let reader = kafka.reader_config().map_err(RunError::Config)?;
+                let me = advertise.clone().map(|address| silences::Me {
+                    address,
+                    instance: instance.clone(),
+                });
                 let sync = silences::sync(
                     reader,
                     producer.clone(),
                     topic,
                     changes,
                     remote,
+                    me,
                     silences_stop.clone(),
                 );
                 Some(tokio::spawn(async move {

@@ -5,6 +5,11 @@
 //! still in force and a silence made on one replica is honoured by all.
 //! Expiry needs no record: every replica drops a silence at its `until`.
 //!
+//! A replica started with `--advertise` announces its HTTP address there
+//! too (a record keyed by [`REPLICA_PREFIX`] and the address, renewed every
+//! [`HEARTBEAT`], a tombstone when it stops), so that a replica asked about
+//! a rollout it does not carry can ask the others.
+//!
 //! The Alertmanager webhook's de-duplication rides on the same topic: each
 //! alert a replica takes in (fingerprint, `startsAt`, status) is a record
 //! keyed by [`SEEN_PREFIX`] and that key, so that Alertmanager's repeat,
@@ -33,6 +38,22 @@ const PUBLISH_ATTEMPTS: u32 = 5;
 /// a NUL.
 const SEEN_PREFIX: &str = "alertmanager\u{0}";
 
+/// The key prefix of a replica's announcement.
+const REPLICA_PREFIX: &str = "replica\u{0}";
+
+/// How often a replica renews its announcement; the others forget one not
+/// renewed for three of these.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// This replica, as it announces itself.
+#[derive(Clone, Debug)]
+pub(super) struct Me {
+    /// Its HTTP server's address, `host:port`.
+    pub address: String,
+    /// Its name, for operators reading the topic.
+    pub instance: String,
+}
+
 /// How long an alert taken in counts as seen for a replica reading the
 /// topic: a day, far beyond Alertmanager's default `repeat_interval` (4h).
 const SEEN_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -45,6 +66,7 @@ pub(super) async fn sync(
     topic: String,
     mut changes: mpsc::Receiver<SilenceChange>,
     remote: RemoteSilences,
+    me: Option<Me>,
     stop: CancellationToken,
 ) -> Result<(), String> {
     let consumer: StreamConsumer = reader
@@ -58,9 +80,17 @@ pub(super) async fn sync(
         .assign(&assignment)
         .map_err(|e| format!("silences topic {topic}: {e}"))?;
     tracing::info!(%topic, "sharing silences with the other replicas");
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
+            // The first tick is at once: announced at start.
+            _ = heartbeat.tick(), if me.is_some() => {
+                if let Some(me) = &me {
+                    publish_replica(&producer, &topic, me, true).await;
+                }
+            }
             change = changes.recv() => {
                 let Some(change) = change else { break };
                 publish(&producer, &topic, change).await;
@@ -68,6 +98,8 @@ pub(super) async fn sync(
             message = consumer.recv() => match message {
                 Ok(m) => match decode(m.key(), m.payload()) {
                     Some(SilenceChange::AlertSeen(_)) if too_old(m.timestamp().to_millis()) => {}
+                    Some(SilenceChange::Replica { address, .. })
+                        if me.as_ref().is_some_and(|me| me.address == address) => {}
                     Some(change) => remote.apply(change),
                     None => tracing::warn!(%topic, offset = m.offset(), "unreadable silence record ignored"),
                 },
@@ -79,7 +111,30 @@ pub(super) async fn sync(
     while let Ok(change) = changes.try_recv() {
         publish(&producer, &topic, change).await;
     }
+    if let Some(me) = &me {
+        publish_replica(&producer, &topic, me, false).await;
+    }
     Ok(())
+}
+
+/// Announces this replica (`here`) or says it stopped.
+async fn publish_replica(producer: &FutureProducer, topic: &str, me: &Me, here: bool) {
+    let key = format!("{REPLICA_PREFIX}{}", me.address);
+    let payload = here.then(|| {
+        serde_json::json!({
+            "address": me.address,
+            "instance": me.instance,
+            "seen": crate::clock::wall_clock().millis(),
+        })
+        .to_string()
+    });
+    let mut record = FutureRecord::<str, str>::to(topic).partition(0).key(&key);
+    if let Some(p) = &payload {
+        record = record.payload(p);
+    }
+    if let Err((e, _)) = producer.send(record, PUBLISH_TIMEOUT).await {
+        tracing::warn!(address = %me.address, error = %e, "this replica's address not announced to the others");
+    }
 }
 
 /// Whether an alert-seen record stamped `at` (ms since the epoch) is past
@@ -97,6 +152,20 @@ fn decode(key: Option<&[u8]>, payload: Option<&[u8]>) -> Option<SilenceChange> {
     let id = std::str::from_utf8(key?).ok()?.to_string();
     if let Some(seen) = id.strip_prefix(SEEN_PREFIX) {
         return payload.map(|_| SilenceChange::AlertSeen(seen.into()));
+    }
+    if let Some(address) = id.strip_prefix(REPLICA_PREFIX) {
+        let seen = match payload {
+            None => None,
+            Some(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+                (v["address"] == address).then_some(())?;
+                Some(canaryd_rules::Timestamp(v["seen"].as_i64()?))
+            }
+        };
+        return Some(SilenceChange::Replica {
+            address: address.to_string(),
+            seen,
+        });
     }
     match payload {
         None => Some(SilenceChange::Deleted(id)),
@@ -118,6 +187,8 @@ async fn publish(producer: &FutureProducer, topic: &str, change: SilenceChange) 
         },
         SilenceChange::Deleted(id) => (id.clone(), None),
         SilenceChange::AlertSeen(key) => (format!("{SEEN_PREFIX}{key}"), Some(b"seen".to_vec())),
+        // Announced by `publish_replica` only, never asked for by the API.
+        SilenceChange::Replica { .. } => return,
     };
     for attempt in 1..=PUBLISH_ATTEMPTS {
         let mut record = FutureRecord::<str, [u8]>::to(topic).partition(0).key(&id);
@@ -171,6 +242,32 @@ mod tests {
             Some(SilenceChange::AlertSeen(key.into()))
         );
         assert!(too_old(Some(0)) && !too_old(None));
+        // A replica's announcement, and its tombstone.
+        let key = format!("{REPLICA_PREFIX}10.0.0.1:9464");
+        assert_eq!(
+            decode(
+                Some(key.as_bytes()),
+                Some(br#"{"address":"10.0.0.1:9464","instance":"a","seen":5}"#)
+            ),
+            Some(SilenceChange::Replica {
+                address: "10.0.0.1:9464".into(),
+                seen: Some(Timestamp(5))
+            })
+        );
+        assert_eq!(
+            decode(Some(key.as_bytes()), None),
+            Some(SilenceChange::Replica {
+                address: "10.0.0.1:9464".into(),
+                seen: None
+            })
+        );
+        assert_eq!(
+            decode(
+                Some(key.as_bytes()),
+                Some(br#"{"address":"elsewhere","seen":5}"#)
+            ),
+            None
+        );
         assert_eq!(decode(Some(b"abc"), Some(b"{")), None);
         assert_eq!(decode(None, None), None);
     }

@@ -31,6 +31,7 @@
 
 mod alertmanager;
 mod auth;
+mod peers;
 mod silences;
 #[cfg(test)]
 mod tests;
@@ -42,7 +43,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use canaryd_rules::Timestamp;
@@ -55,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use alertmanager::{AlertmanagerMapping, DirectAction};
 pub use auth::AuthConfig;
+pub use peers::{FORWARDED, REPLICA};
 pub use silences::{Silence, SilenceChange};
 
 pub use crate::metrics::PayloadResult;
@@ -282,6 +284,15 @@ impl RemoteSilences {
                 }
                 removed
             }
+            SilenceChange::Replica { address, seen } => {
+                drop(silences);
+                self.app
+                    .replicas
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .update(address, seen);
+                return;
+            }
             SilenceChange::AlertSeen(key) => {
                 drop(silences);
                 let mut dedup = self.app.dedup.lock().unwrap_or_else(|p| p.into_inner());
@@ -384,6 +395,10 @@ struct App {
     silences: Mutex<Silences>,
     /// Where silences made here go, to be shared with other replicas.
     share: Option<mpsc::Sender<SilenceChange>>,
+    /// Asks the other replicas about rollouts this one does not carry.
+    forwarder: peers::Forwarder,
+    /// The other replicas, as they announce themselves.
+    replicas: Mutex<peers::Replicas>,
     now: Clock,
 }
 
@@ -408,6 +423,8 @@ impl App {
             dedup: Arc::new(Mutex::new(Dedup::new(DEDUP_MEMORY))),
             silences: Mutex::new(Silences::default()),
             share,
+            forwarder: peers::Forwarder::new()?,
+            replicas: Mutex::new(peers::Replicas::default()),
             now,
         }))
     }
@@ -447,6 +464,15 @@ impl App {
             }
             _ => None,
         }
+    }
+
+    /// The other replicas heard from lately, newest first.
+    fn peers(&self) -> Vec<String> {
+        let now = (self.now)();
+        self.replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live(now)
     }
 
     fn silences(&self) -> std::sync::MutexGuard<'_, Silences> {
@@ -627,22 +653,78 @@ async fn history(State(app): State<Arc<App>>, Path(model): Path<String>) -> Resp
     }
 }
 
-async fn rollouts(State(app): State<Arc<App>>) -> Response {
-    axum::Json(app.backend.rollouts().await).into_response()
+/// `GET /api/v1/rollouts`: this replica's rollouts, and, unless asked by
+/// another replica, every other replica's.
+async fn rollouts(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let mut all = match app.backend.rollouts().await {
+        serde_json::Value::Array(list) => list,
+        other => vec![other],
+    };
+    if !peers::Forwarder::forwarded(&headers) {
+        let peers = app.peers();
+        if !peers.is_empty() {
+            all.extend(
+                app.forwarder
+                    .gather(&peers, "/api/v1/rollouts", &headers)
+                    .await,
+            );
+        }
+    }
+    axum::Json(serde_json::Value::Array(all)).into_response()
 }
 
-async fn rollout(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+/// `GET /api/v1/rollouts/{model}`, answered by the replica that carries it.
+async fn rollout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Response {
     let all = app.backend.rollouts().await;
-    match all
+    if let Some(r) = all
         .as_array()
         .and_then(|a| a.iter().find(|r| r["model"] == model.as_str()))
     {
-        Some(r) => axum::Json(r.clone()).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("no rollout of model `{model}` on this replica"),
-        ),
+        return axum::Json(r.clone()).into_response();
     }
+    let why = format!("no rollout of model `{model}` on this replica");
+    elsewhere(
+        &app,
+        Method::GET,
+        &format!("/api/v1/rollouts/{model}"),
+        &headers,
+        Bytes::new(),
+        why,
+    )
+    .await
+}
+
+/// The answer of the replica that carries what this one does not, or 404
+/// with `why` (and how many others were asked).
+async fn elsewhere(
+    app: &App,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    why: String,
+) -> Response {
+    if peers::Forwarder::forwarded(headers) {
+        return error(StatusCode::NOT_FOUND, why);
+    }
+    let peers = app.peers();
+    if let Some(answer) = app
+        .forwarder
+        .first(&peers, method, path, headers, body)
+        .await
+    {
+        return answer;
+    }
+    let asked = match peers.len() {
+        0 => String::new(),
+        1 => ", nor on the 1 other replica".to_string(),
+        n => format!(", nor on the {n} other replicas"),
+    };
+    error(StatusCode::NOT_FOUND, format!("{why}{asked}"))
 }
 
 /// Who asks for a rollout command, and why: `{"by": "alice"}`, optional.
@@ -685,6 +767,7 @@ async fn rollout_command(
         .filter(|b| !b.trim().is_empty())
         .unwrap_or_else(|| "the API".to_string());
     use canaryd_rules::rollout::Command;
+    let path = format!("/api/v1/rollouts/{model}/{command}");
     let command = match command.as_str() {
         "pause" => Command::Pause { by: by.clone() },
         "resume" => Command::Resume { by: by.clone() },
@@ -702,6 +785,7 @@ async fn rollout_command(
             tracing::warn!(%model, %by, "rollout command carried out");
             axum::Json(rollout).into_response()
         }
+        Err((404, why)) => elsewhere(&app, Method::POST, &path, &headers, bytes, why).await,
         Err((status, why)) => error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT),
             why,

@@ -58,6 +58,14 @@ pub enum SilenceChange {
     /// An Alertmanager alert (its fingerprint, `startsAt` and status) was
     /// accepted: a repeat sent to another replica is a duplicate there too.
     AlertSeen(Arc<str>),
+    /// A replica's HTTP address, announced at `seen`; `None` when it
+    /// stopped.
+    Replica {
+        /// `host:port`.
+        address: String,
+        /// When it last said it was there.
+        seen: Option<Timestamp>,
+    },
 }
 
 /// `POST /api/v1/silences` body.
