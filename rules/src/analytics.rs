@@ -290,6 +290,11 @@ impl TrackWindow {
     /// relative to the newest time seen (their sub-bucket has left the ring)
     /// are ignored and return false.
     pub fn record(&mut self, e: &InferenceEvent) -> bool {
+        self.record_keyed(e, latency_key(e.latency_ms))
+    }
+
+    /// [`record`](Self::record), with the latency's bin already computed.
+    pub(crate) fn record_keyed(&mut self, e: &InferenceEvent, key: u32) -> bool {
         let t = e.ts.millis();
         let number = t.div_euclid(self.width);
         if let Some(newest) = self.newest
@@ -303,7 +308,6 @@ impl TrackWindow {
         self.advance(t);
         self.last_event = Some(self.last_event.map_or(t, |l| l.max(t)));
         let slot = ring_slot(number);
-        let key = latency_key(e.latency_ms);
         self.latency.add(key);
         let group = match (&e.group, e.prediction) {
             (Some(g), Some(_)) => Some(self.group_slot(g)),

@@ -879,15 +879,17 @@ impl Engine {
             let tracks = subject.tracks.get_or_insert_with(|| {
                 Box::new([TrackWindow::new(config), TrackWindow::new(config)])
             });
-            if !tracks[track].record(e) {
+            let key = crate::analytics::latency_key(e.latency_ms);
+            if !tracks[track].record_keyed(e, key) {
                 self.stats.out_of_window += 1;
                 return Ingested::OutOfWindow;
             }
             if judged {
-                subject
-                    .experiment
-                    .get_or_insert_default()
-                    .record(e, config.judge.horizon);
+                subject.experiment.get_or_insert_default().record_keyed(
+                    e,
+                    key,
+                    config.judge.horizon,
+                );
             }
             if !subject.active {
                 subject.active = true;

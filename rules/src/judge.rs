@@ -207,10 +207,10 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, e: &InferenceEvent) {
+    fn record(&mut self, e: &InferenceEvent, latency: u32) {
         self.requests += 1;
         self.errors += u64::from(e.error);
-        self.latency.add(latency_key(e.latency_ms));
+        self.latency.add(latency);
         if let Some(cost) = e.cost_usd
             && cost.is_finite()
             && cost >= 0.0
@@ -252,28 +252,30 @@ impl Experiment {
     /// `horizon` (the next epoch); a request from before the experiment's
     /// start (another version's, or an earlier epoch's) is not counted.
     pub fn record(&mut self, e: &InferenceEvent, horizon: Span) {
+        self.record_keyed(e, latency_key(e.latency_ms), horizon);
+    }
+
+    /// [`record`](Self::record), with the latency's bin already computed
+    /// (the window computed it).
+    pub(crate) fn record_keyed(&mut self, e: &InferenceEvent, latency: u32, horizon: Span) {
         let track = match e.track {
             Track::Canary => 0,
             Track::Stable => 1,
         };
+        let same = self.versions[track].as_deref() == Some(e.version.as_str());
         match self.started {
             None => self.restart(e.ts, 1),
             Some(started) if e.ts < started => return,
-            Some(started) => {
-                if self.versions[track]
-                    .as_deref()
-                    .is_some_and(|v| v != e.version)
-                {
-                    self.restart(e.ts, 1);
-                } else if e.ts.since(started) >= horizon {
-                    self.restart(e.ts, self.epoch.saturating_add(1));
-                }
+            Some(_) if !same && self.versions[track].is_some() => self.restart(e.ts, 1),
+            Some(started) if e.ts.since(started) >= horizon => {
+                self.restart(e.ts, self.epoch.saturating_add(1));
             }
+            Some(_) => {}
         }
-        if self.versions[track].as_deref() != Some(e.version.as_str()) {
+        if !same {
             self.versions[track] = Some(e.version.as_str().into());
         }
-        self.tracks[track].record(e);
+        self.tracks[track].record(e, latency);
     }
 
     fn restart(&mut self, at: Timestamp, epoch: u32) {
@@ -508,19 +510,23 @@ fn proportions(hits: [u64; 2], trials: [u64; 2], alpha: f64, tolerance: f64) -> 
 
 /// The log e-value against "rate 1 is at most rate 2 + `tolerance`", from
 /// `x` of `n` and `y` of `m`: the Beta(½, ½) mixture likelihood of the two
-/// rates over the null's best likelihood. Never positive when the observed
-/// difference is within the tolerance.
+/// rates over the null's best likelihood, floored at 0 (no evidence):
+/// within the tolerance it is at most 0 anyway.
 fn ln_e_greater(x: u64, n: u64, y: u64, m: u64, tolerance: f64) -> f64 {
     if n == 0 || m == 0 {
         return 0.0;
     }
     let (xf, nf, yf, mf) = (x as f64, n as f64, y as f64, m as f64);
+    let (p, q) = (xf / nf, yf / mf);
+    if p - q <= tolerance {
+        // The best null is the best of all, which no mixture exceeds: the
+        // e-value is at most 1, and no evidence either way is all a
+        // verdict needs to know (the common case, spared the gammas).
+        return 0.0;
+    }
     let mixture = ln_beta(PRIOR + xf, PRIOR + nf - xf) + ln_beta(PRIOR + yf, PRIOR + mf - yf)
         - 2.0 * ln_beta(PRIOR, PRIOR);
-    let (p, q) = (xf / nf, yf / mf);
-    let best_null = if p - q <= tolerance {
-        log_likelihood(xf, nf, p) + log_likelihood(yf, mf, q)
-    } else {
+    let best_null = {
         // Outside the null, a concave likelihood peaks on its boundary
         // p = q + tolerance: find q where the slope is zero.
         let term = |k: f64, d: f64| if k == 0.0 { 0.0 } else { k / d };
@@ -540,7 +546,8 @@ fn ln_e_greater(x: u64, n: u64, y: u64, m: u64, tolerance: f64) -> f64 {
         let q = 0.5 * (lo + hi);
         log_likelihood(xf, nf, q + tolerance) + log_likelihood(yf, mf, q)
     };
-    mixture - best_null
+    // Less than no evidence is reported as none, as within the tolerance.
+    (mixture - best_null).max(0.0)
 }
 
 /// `k` successes of `n` at rate `p`, as a log likelihood; 0 ln 0 is 0.
@@ -633,9 +640,10 @@ fn fairness(
     decided
 }
 
-/// An e-value from its log, capped so that it stays a finite number.
+/// An e-value from its log, at least 1 (no evidence) and capped so that
+/// it stays a finite number.
 fn e_value(ln: f64) -> f64 {
-    ln.exp().min(EVIDENCE_MAX)
+    ln.max(0.0).exp().min(EVIDENCE_MAX)
 }
 
 /// ln Φ(x), the standard normal CDF, without underflow far in the tail.
@@ -907,12 +915,8 @@ mod tests {
         let tally = |ms: &[f64]| {
             let mut t = Tally::default();
             for &l in ms {
-                t.record(&event(
-                    0,
-                    Track::Canary,
-                    "v",
-                    &(l, false, None, None, false, false),
-                ));
+                let r = (l, false, None, None, false, false);
+                t.record(&event(0, Track::Canary, "v", &r), latency_key(l));
             }
             t
         };
@@ -1034,12 +1038,8 @@ mod tests {
                 // Lognormal-ish latencies, the same on both arms.
                 let ms = (4.0 + (rng.next() + rng.next() + rng.next() - 1.5)).exp();
                 let track = [Track::Canary, Track::Stable][arm];
-                tallies[arm].record(&event(
-                    0,
-                    track,
-                    "v",
-                    &(ms, false, None, None, false, false),
-                ));
+                let r = (ms, false, None, None, false, false);
+                tallies[arm].record(&event(0, track, "v", &r), latency_key(ms));
                 if i % 25 == 0
                     && let Some(m) = ranked(
                         tallies[0].latency.iter(),

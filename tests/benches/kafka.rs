@@ -18,7 +18,8 @@
 //! Run: `cargo bench -p canaryd-tests --bench kafka` (needs Tansu: tests/run installs it).
 //! `BENCH_ONLY=restore` runs step 5 alone; `BENCH_ONLY=judge` measures the
 //! canary judge's cost in-process (every model judged, against none; no
-//! broker); `BENCH_ONLY=rollout` measures
+//! broker), `BENCH_ONLY=judge-e2e` end to end in alternating pairs;
+//! `BENCH_ONLY=rollout` measures
 //! the rollout controller's overhead in-process (decode, engine, and the
 //! controller with all 1,000 models under the playbook's plan, against
 //! none; no broker); `RUST_LOG=canaryd=info` shows the daemon's log.
@@ -268,6 +269,10 @@ async fn bench() {
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "judge") {
         judge_overhead(&rules);
+        return;
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "judge-e2e") {
+        judge_end_to_end(&rules).await;
         return;
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "restore") {
@@ -543,6 +548,51 @@ async fn consume_all_of(loaded: canaryd::config::Loaded, events: usize) -> f64 {
     events_per_second
 }
 
+/// The judge's cost end to end: `canaryd run` through the broker, without
+/// and with every model judged, in alternating pairs (this VM's runs
+/// spread more than the 10 % sought); the median of the pairs' ratios.
+async fn judge_end_to_end(rules: &Path) {
+    const PAIRS: usize = 7;
+    let broker = Tansu::start();
+    broker.create_topics(&TOPICS).await;
+    let messages: Vec<(String, Vec<u8>)> = (0..EVENTS).map(inference).collect();
+    let p = producer(&broker.bootstrap());
+    send_all(&p, "bench-events", 0, &messages).await;
+    let (mut ratios, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..PAIRS {
+        let run = |judging: bool| {
+            let group = format!("judge-e2e-{i}-{judging}");
+            let loaded = if judging {
+                judged(&broker.bootstrap(), "bench-events", &group, rules)
+            } else {
+                config(&broker.bootstrap(), "bench-events", &group, rules)
+            };
+            consume_all(loaded)
+        };
+        let (a, b) = if i % 2 == 0 {
+            let a = run(false).await;
+            (a, run(true).await)
+        } else {
+            let b = run(true).await;
+            (run(false).await, b)
+        };
+        ratios.push(b / a);
+        without.push(a);
+        with.push(b);
+    }
+    for v in [&mut ratios, &mut with, &mut without] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!(
+        "canaryd run end to end, every model judged against none: {:.0} events/s against {:.0} = {:.0}% (median of {PAIRS} alternating pairs, from {:.0}% to {:.0}%)",
+        with[PAIRS / 2],
+        without[PAIRS / 2],
+        100.0 * ratios[PAIRS / 2],
+        100.0 * ratios[0],
+        100.0 * ratios[PAIRS - 1],
+    );
+}
+
 /// One pass of decode + engine over `messages`, on one core.
 fn judge_pass(loaded: &canaryd::config::Loaded, messages: &[(String, Vec<u8>)]) -> Duration {
     let mut engine = canaryd_rules::Engine::new(
@@ -571,6 +621,16 @@ fn judge_overhead(rules: &Path) {
         config("127.0.0.1:1", "x", "x", rules),
         judged("127.0.0.1:1", "x", "x", rules),
     );
+    // One pass, for an instruction counter: see tests/bench/judge-overhead.sh.
+    if let Ok(mode) = std::env::var("BENCH_PASS") {
+        let (loaded, messages) = match mode.as_str() {
+            "setup" => (&plain, &messages[..0]),
+            "with" => (&judging, &messages[..]),
+            _ => (&plain, &messages[..]),
+        };
+        std::hint::black_box(judge_pass(loaded, messages));
+        return;
+    }
     let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..PAIRS {
         let (a, b) = if i % 2 == 0 {
