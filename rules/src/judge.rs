@@ -203,7 +203,24 @@ struct Tally {
     cost: Bins,
     /// Fairness counts by group; at most [`MAX_GROUPS`], later groups are
     /// not counted.
-    groups: Vec<(Box<str>, GroupCounts)>,
+    groups: Vec<TallyGroup>,
+}
+
+/// One fairness group's counts in an experiment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TallyGroup {
+    /// [`fnv1a`] of the name: a request's group is found without reading
+    /// the other groups' names.
+    hash: u64,
+    name: Box<str>,
+    counts: GroupCounts,
+}
+
+/// FNV-1a of `text`.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Tally {
@@ -220,17 +237,25 @@ impl Tally {
         let (Some(group), Some(prediction)) = (&e.group, e.prediction) else {
             return;
         };
-        let slot = match self.groups.iter().position(|(g, _)| **g == **group) {
+        let hash = fnv1a(group);
+        let slot = match self
+            .groups
+            .iter()
+            .position(|g| g.hash == hash && *g.name == **group)
+        {
             Some(i) => i,
             None if self.groups.len() < MAX_GROUPS => {
-                self.groups
-                    .push((group.as_str().into(), GroupCounts::default()));
+                self.groups.push(TallyGroup {
+                    hash,
+                    name: group.as_str().into(),
+                    counts: GroupCounts::default(),
+                });
                 self.groups.len() - 1
             }
             None => return,
         };
-        if let Some((_, counts)) = self.groups.get_mut(slot) {
-            counts.count(prediction, e.label == Some(true));
+        if let Some(g) = self.groups.get_mut(slot) {
+            g.counts.count(prediction, e.label == Some(true));
         }
     }
 }
@@ -596,8 +621,16 @@ fn fairness(
     let min = config.min_samples.max(2);
     let alpha = alpha / FAIRNESS_COMPARISONS;
     let mut decided: Option<MetricJudgement> = None;
-    for (name, c) in &canary.groups {
-        let Some((_, s)) = stable.groups.iter().find(|(n, _)| n == name) else {
+    for TallyGroup {
+        name, counts: c, ..
+    } in &canary.groups
+    {
+        let Some(s) = stable
+            .groups
+            .iter()
+            .find(|g| g.name == *name)
+            .map(|g| &g.counts)
+        else {
             continue;
         };
         for (rate, hits, trials) in [

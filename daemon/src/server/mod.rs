@@ -665,7 +665,7 @@ async fn rollouts(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         if !peers.is_empty() {
             all.extend(
                 app.forwarder
-                    .gather(&peers, "/api/v1/rollouts", &headers)
+                    .gather(&peers, &["api", "v1", "rollouts"], &headers)
                     .await,
             );
         }
@@ -687,15 +687,8 @@ async fn rollout(
         return axum::Json(r.clone()).into_response();
     }
     let why = format!("no rollout of model `{model}` on this replica");
-    elsewhere(
-        &app,
-        Method::GET,
-        &format!("/api/v1/rollouts/{model}"),
-        &headers,
-        Bytes::new(),
-        why,
-    )
-    .await
+    let segments = ["api", "v1", "rollouts", model.as_str()];
+    elsewhere(&app, Method::GET, &segments, &headers, Bytes::new(), why).await
 }
 
 /// The answer of the replica that carries what this one does not, or 404
@@ -703,7 +696,7 @@ async fn rollout(
 async fn elsewhere(
     app: &App,
     method: Method,
-    path: &str,
+    segments: &[&str],
     headers: &HeaderMap,
     body: Bytes,
     why: String,
@@ -714,7 +707,7 @@ async fn elsewhere(
     let peers = app.peers();
     if let Some(answer) = app
         .forwarder
-        .first(&peers, method, path, headers, body)
+        .first(&peers, method, segments, headers, body)
         .await
     {
         return answer;
@@ -767,7 +760,7 @@ async fn rollout_command(
         .filter(|b| !b.trim().is_empty())
         .unwrap_or_else(|| "the API".to_string());
     use canaryd_rules::rollout::Command;
-    let path = format!("/api/v1/rollouts/{model}/{command}");
+    let verb = command.clone();
     let command = match command.as_str() {
         "pause" => Command::Pause { by: by.clone() },
         "resume" => Command::Resume { by: by.clone() },
@@ -785,7 +778,10 @@ async fn rollout_command(
             tracing::warn!(%model, %by, "rollout command carried out");
             axum::Json(rollout).into_response()
         }
-        Err((404, why)) => elsewhere(&app, Method::POST, &path, &headers, bytes, why).await,
+        Err((404, why)) => {
+            let segments = ["api", "v1", "rollouts", model.as_str(), verb.as_str()];
+            elsewhere(&app, Method::POST, &segments, &headers, bytes, why).await
+        }
         Err((status, why)) => error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT),
             why,

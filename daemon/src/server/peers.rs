@@ -44,42 +44,43 @@ impl Forwarder {
         headers.contains_key(FORWARDED)
     }
 
+    /// `method` on `peer` at the path of `segments`, each escaped (a model's
+    /// name may hold any character).
     fn request(
         &self,
         method: Method,
         peer: &str,
-        path: &str,
+        segments: &[&str],
         headers: &HeaderMap,
-    ) -> reqwest::RequestBuilder {
-        let mut request = self
-            .client
-            .request(method, format!("http://{peer}{path}"))
-            .header(FORWARDED, "1");
+    ) -> Option<reqwest::RequestBuilder> {
+        let mut url = reqwest::Url::parse(&format!("http://{peer}/")).ok()?;
+        url.path_segments_mut().ok()?.clear().extend(segments);
+        let mut request = self.client.request(method, url).header(FORWARDED, "1");
         // The other replica checks the same credentials.
         for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
             if let Some(value) = headers.get(&name) {
                 request = request.header(name, value);
             }
         }
-        request
+        Some(request)
     }
 
-    /// The answer of the first replica in `peers` that answers `method
-    /// path` other than 404; `None` when none does.
+    /// The answer of the first replica in `peers` that answers `method` at
+    /// the path of `segments` other than 404; `None` when none does.
     pub(super) async fn first(
         &self,
         peers: &[String],
         method: Method,
-        path: &str,
+        segments: &[&str],
         headers: &HeaderMap,
         body: Bytes,
     ) -> Option<Response> {
         for peer in peers {
-            let sent = self
-                .request(method.clone(), peer, path, headers)
-                .body(body.clone())
-                .send()
-                .await;
+            let Some(request) = self.request(method.clone(), peer, segments, headers) else {
+                tracing::warn!(%peer, "another replica's address is not usable");
+                continue;
+            };
+            let sent = request.body(body.clone()).send().await;
             let response = match sent {
                 Ok(r) => r,
                 Err(e) => {
@@ -98,7 +99,7 @@ impl Forwarder {
                     continue;
                 }
             };
-            tracing::info!(%peer, %path, %status, "answered by the replica that carries the model");
+            tracing::info!(%peer, path = %segments.join("/"), %status, "answered by the replica that carries the model");
             let mut answer = (status, text).into_response();
             answer.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -112,17 +113,21 @@ impl Forwarder {
         None
     }
 
-    /// `GET path` from every replica in `peers`: the items of each answer
-    /// that is a JSON list.
+    /// `GET` the path of `segments` from every replica in `peers`: the
+    /// items of each answer that is a JSON list.
     pub(super) async fn gather(
         &self,
         peers: &[String],
-        path: &str,
+        segments: &[&str],
         headers: &HeaderMap,
     ) -> Vec<Value> {
         let mut items = Vec::new();
         for peer in peers {
-            let answer = match self.request(Method::GET, peer, path, headers).send().await {
+            let Some(request) = self.request(Method::GET, peer, segments, headers) else {
+                tracing::warn!(%peer, "another replica's address is not usable");
+                continue;
+            };
+            let answer = match request.send().await {
                 Ok(r) if r.status().is_success() => r.json::<Value>().await,
                 Ok(r) => {
                     tracing::warn!(%peer, status = %r.status(), "another replica refused to list its rollouts");
@@ -183,6 +188,29 @@ mod tests {
     use canaryd_rules::Timestamp;
 
     use super::*;
+
+    #[test]
+    fn a_forwarded_path_escapes_the_models_name_and_carries_the_credentials() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        let request = Forwarder::new()
+            .unwrap()
+            .request(
+                Method::POST,
+                "10.0.0.1:9464",
+                &["api", "v1", "rollouts", "a/b ?c", "pause"],
+                &headers,
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            request.url().as_str(),
+            "http://10.0.0.1:9464/api/v1/rollouts/a%2Fb%20%3Fc/pause"
+        );
+        assert_eq!(request.headers()[header::AUTHORIZATION], "Bearer t");
+        assert!(request.headers().contains_key(FORWARDED));
+    }
 
     #[test]
     fn replicas_are_live_while_heard_from_and_gone_when_they_stop() {
