@@ -15,6 +15,8 @@
 //! | `canaryd_actions_total` | counter | `connector`, `outcome` |
 //! | `canaryd_connector_duration_seconds` | histogram | `connector` |
 //! | `canaryd_consumer_lag` | gauge | `topic`, `partition` |
+//! | `canaryd_partition_event_time_seconds` | gauge (Unix time) | `topic`, `partition` |
+//! | `canaryd_event_time_seconds` | gauge (Unix time): the least of the partitions' | |
 //! | `canaryd_config_last_reload_successful` | gauge (0/1) | |
 //! | `canaryd_config_last_reload_success_timestamp_seconds` | gauge | |
 //! | `canaryd_config_reload_duration_seconds` | histogram | |
@@ -145,6 +147,8 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     connector_duration: HistogramFamily<ConnectorLabels>,
     consumer_lag: Family<PartitionLabels, Gauge>,
+    partition_event_time: Family<PartitionLabels, FloatGauge>,
+    event_time: Family<DynLabels, FloatGauge>,
     reload_successful: Gauge,
     reload_success_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     reload_duration: Histogram,
@@ -430,6 +434,19 @@ pub struct Exported<'a> {
     pub rollouts: &'a [RolloutSeries],
     /// Subjects the engines hold.
     pub held: usize,
+    /// Each assigned partition's event time, where it has one.
+    pub event_times: &'a [PartitionTime],
+}
+
+/// A partition's event time (its watermark).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartitionTime {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The watermark.
+    pub at: canaryd_rules::Timestamp,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -498,6 +515,19 @@ impl Metrics {
             "consumer_lag",
             "Messages behind the end of each assigned partition",
             consumer_lag.clone(),
+        );
+        let partition_event_time = Family::<PartitionLabels, FloatGauge>::default();
+        registry.register(
+            "partition_event_time_seconds",
+            "Event time each assigned partition has reached (its watermark), as Unix time",
+            partition_event_time.clone(),
+        );
+        // A family, so that a replica owning nothing exports no sample.
+        let event_time = Family::<DynLabels, FloatGauge>::default();
+        registry.register(
+            "event_time_seconds",
+            "Event time this replica has reached: the least of its partitions' (an idle one moves with the wall clock), as Unix time",
+            event_time.clone(),
         );
         let reload_successful = Gauge::default();
         registry.register(
@@ -628,6 +658,8 @@ impl Metrics {
             actions,
             connector_duration,
             consumer_lag,
+            partition_event_time,
+            event_time,
             reload_successful,
             reload_success_timestamp,
             reload_duration,
@@ -740,6 +772,21 @@ impl Metrics {
             &self.rollout_hold_remaining,
         ] {
             f.clear();
+        }
+        self.partition_event_time.clear();
+        self.event_time.clear();
+        for t in view.event_times {
+            self.partition_event_time
+                .get_or_create(&PartitionLabels {
+                    topic: t.topic.clone(),
+                    partition: t.partition.to_string(),
+                })
+                .set(t.at.millis() as f64 / 1000.0);
+        }
+        if let Some(least) = view.event_times.iter().map(|t| t.at).min() {
+            self.event_time
+                .get_or_create(&Vec::new())
+                .set(least.millis() as f64 / 1000.0);
         }
         for r in view.rollouts {
             let labels = ModelLabels {
@@ -1278,6 +1325,11 @@ mod tests {
             }],
             omitted: 0,
             held: 1,
+            event_times: &[PartitionTime {
+                topic: "events".into(),
+                partition: 3,
+                at: canaryd_rules::Timestamp(1_772_366_400_500),
+            }],
         });
         assert!(m.encode().contains(r#"model="old""#));
         m.export(&Exported {
@@ -1288,6 +1340,34 @@ mod tests {
         assert!(!text.contains(r#"model="old""#), "{text}");
         assert!(!text.contains(r#"rule="gone""#), "{text}");
         assert!(text.contains(r#"model="new""#), "{text}");
+        // A revoked partition's event time goes with it.
+        assert!(
+            !text.contains("canaryd_partition_event_time_seconds{"),
+            "{text}"
+        );
+        assert!(!text.contains("\ncanaryd_event_time_seconds "), "{text}");
+    }
+
+    #[test]
+    fn event_time_is_exported_per_partition_and_as_their_least() {
+        let m = Metrics::new();
+        let at = |partition: i32, ms: i64| PartitionTime {
+            topic: "events".into(),
+            partition,
+            at: canaryd_rules::Timestamp(ms),
+        };
+        m.export(&Exported {
+            event_times: &[at(0, 1_772_366_460_250), at(1, 1_772_366_400_500)],
+            ..Exported::default()
+        });
+        let text = m.encode();
+        for line in [
+            r#"canaryd_partition_event_time_seconds{topic="events",partition="0"} 1772366460.25"#,
+            r#"canaryd_partition_event_time_seconds{topic="events",partition="1"} 1772366400.5"#,
+            "canaryd_event_time_seconds 1772366400.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
     }
 
     #[test]

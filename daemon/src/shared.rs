@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub rollout_series: Vec<RolloutSeries>,
     /// Subjects the engines hold.
     pub held: usize,
+    /// Each assigned partition's event time.
+    pub event_times: Vec<crate::metrics::PartitionTime>,
 }
 
 /// The last snapshot and when it was taken.
@@ -349,6 +351,7 @@ impl Backend for std::sync::Arc<Shared> {
                 alerts: &snapshot.alert_series,
                 rollouts: &snapshot.rollout_series,
                 held: snapshot.held,
+                event_times: &snapshot.event_times,
             });
             self.metrics.encode()
         })

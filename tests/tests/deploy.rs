@@ -1192,6 +1192,11 @@ fn exported_series() -> BTreeSet<String> {
             hold_remaining: std::time::Duration::ZERO,
         }],
         held: 1,
+        event_times: &[canaryd::metrics::PartitionTime {
+            topic: "events".into(),
+            partition: 0,
+            at: canaryd_rules::Timestamp(1_772_366_400_000),
+        }],
     });
     m.record_reload(
         true,

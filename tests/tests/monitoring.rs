@@ -512,6 +512,26 @@ async fn a_live_scrape_lints_clean_shows_what_was_fed_and_serves_every_dashboard
     let text = rig.scrape();
     let samples = parse_scrape(&text);
 
+    // Event time: the partition's watermark, at least the last event fed
+    // (an idle partition moves on with the clock), never past now; the
+    // replica's is the least of its partitions'.
+    let last_fed = (start + 399 * 100) as f64 / 1000.0;
+    let partition_time = value(
+        &samples,
+        "canaryd_partition_event_time_seconds",
+        &[("topic", "events"), ("partition", "0")],
+    )
+    .unwrap_or_else(|| panic!("no partition event time in\n{text}"));
+    assert!(
+        (last_fed..=now_ms() as f64 / 1000.0 + 1.0).contains(&partition_time),
+        "{partition_time} against {last_fed}"
+    );
+    assert_eq!(
+        value(&samples, "canaryd_event_time_seconds", &[]),
+        Some(partition_time),
+        "{text}"
+    );
+
     // What was fed.
     let canary = |name: &str, extra: &[(&str, &str)]| {
         let mut want = vec![("model", "fraud"), ("track", "canary")];

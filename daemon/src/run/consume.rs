@@ -920,7 +920,18 @@ impl<'c> ConsumeLoop<'c> {
                     .iter_all_mut()
                     .map(|(_, _, s)| (&mut s.engine, s.rollouts.as_ref()))
                     .chain(std::iter::once((&mut self.alertmanager, None)));
-                let taken = snapshot::take(&self.shared, parts, max_subjects);
+                let mut taken = snapshot::take(&self.shared, parts, max_subjects);
+                taken.event_times = self
+                    .partitions
+                    .iter_all_mut()
+                    .filter_map(|(topic, partition, s)| {
+                        Some(crate::metrics::PartitionTime {
+                            topic: topic.to_string(),
+                            partition,
+                            at: s.engine.watermark()?,
+                        })
+                    })
+                    .collect();
                 let _ = reply.send(taken);
                 Ok(())
             }

@@ -99,6 +99,7 @@ pub(super) fn take<'a>(
         alert_series,
         rollout_series,
         held,
+        event_times: Vec::new(),
     }
 }
 
