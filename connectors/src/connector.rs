@@ -90,4 +90,6 @@ pub struct TrafficState {
     pub canary_weight: Option<i64>,
     /// The canary weight canaryd last wrote there, if it recorded one.
     pub written_weight: Option<i64>,
+    /// The canary version a deployment pipeline named on it, if any.
+    pub canary_version: Option<String>,
 }

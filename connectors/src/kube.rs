@@ -107,6 +107,11 @@ pub const WEIGHT_ANNOTATION: &str = "canaryd.io/canary-weight";
 /// alone do not move it, so they never supersede a weight change.
 pub const TRAFFIC_AT_ANNOTATION: &str = "canaryd.io/traffic-at";
 
+/// The annotation a deployment pipeline sets to the canary version it
+/// deployed (the events' `version` label): canaryd reads it on its
+/// periodic reads and starts a new rollout when it names a new version.
+pub const CANARY_VERSION_ANNOTATION: &str = "canaryd.io/canary-version";
+
 /// How a refused rollout step's error begins when a person changed the
 /// weights: the rollout pauses rather than fight them.
 pub const HAND_EDIT: &str = "hand edit:";
@@ -561,6 +566,15 @@ impl KubeConnector {
                 )));
             }
             if plan.is_noop() {
+                // The weights stand but the rollout moved on (a new version
+                // at the same stage weight, a resume): its state is recorded.
+                if let Some(t) = &action.traffic
+                    && t.state.is_some()
+                    && target.kind != TargetKind::Rollout
+                    && annotation(&current, ROLLOUT_ANNOTATION) != t.state.as_deref()
+                {
+                    return self.record_state(action, t, &target, &api).await;
+                }
                 let detail = format!("{target}: {}; nothing to do", plan.already());
                 tracing::info!(%detail, "already at target");
                 return Ok(Outcome::succeeded(
@@ -754,6 +768,10 @@ impl KubeConnector {
             rollout: annotation(&current, ROLLOUT_ANNOTATION).map(str::to_string),
             canary_weight,
             written_weight: written_weight(&current),
+            canary_version: annotation(&current, CANARY_VERSION_ANNOTATION)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
         })
     }
 

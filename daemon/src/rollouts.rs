@@ -40,10 +40,20 @@ pub struct RolloutsConfig {
     /// without a changelog reads it back, and loses at most this much.
     #[serde(default = "default_record_every")]
     pub record_every: Span,
+    /// How often, in wall time, the traffic object of each running
+    /// rollout is read: a canary version named there
+    /// (`canaryd.io/canary-version`) starts a new rollout, and weights a
+    /// person set pause it before its next step.
+    #[serde(default = "default_watch_every")]
+    pub watch_every: Span,
 }
 
 fn default_record_every() -> Span {
     Span::seconds(60)
+}
+
+fn default_watch_every() -> Span {
+    Span::seconds(30)
 }
 
 /// One plan.
@@ -161,6 +171,12 @@ impl RolloutsConfig {
         }
         for name in &self.promoted {
             receiver("rollouts.promoted", name, false, &mut out);
+        }
+        if self.watch_every < Span::seconds(1) {
+            out.push(format!(
+                "rollouts.watch_every: {} is under 1s; each read is a request to the API server per rollout",
+                self.watch_every
+            ));
         }
         if self.record_every < Span::seconds(1) {
             out.push(format!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use canaryd_rules::event::{InferenceEvent, MetricEvent, Track};
 use canaryd_rules::rollout::controller::{
-    Change, ChangeKind, Controller, Found, Gating, NamedPlan, Plans,
+    Change, ChangeKind, Controller, Found, Gating, NamedPlan, Plans, Watched,
 };
 use canaryd_rules::rollout::{Plan, Stage};
 use canaryd_rules::{
@@ -889,4 +889,161 @@ fn finding_models_by_the_engines_subject_changes_no_decision() {
             "read_back {read_back}"
         );
     }
+}
+
+/// A canary's request of `version` at second `sec`.
+fn canary(sec: i64, version: &str) -> Event {
+    Event::Inference(InferenceEvent {
+        ts: Timestamp(sec * 1000),
+        model: "m".into(),
+        version: version.into(),
+        track: Track::Canary,
+        latency_ms: 10.0,
+        error: false,
+        cost_usd: None,
+        group: None,
+        prediction: None,
+        label: None,
+        labels: BTreeMap::new(),
+    })
+}
+
+impl Run {
+    fn watched(&mut self, version: Option<&str>, hand_edit: Option<&str>) {
+        let now = self.engine.watermark().unwrap();
+        let seen = Watched {
+            version: version.map(str::to_string),
+            hand_edit: hand_edit.map(str::to_string),
+        };
+        let changes = self.controller.watched("m", seen, now);
+        self.changes.extend(changes);
+    }
+}
+
+#[test]
+fn late_events_of_a_replaced_version_never_start_it_again() {
+    let mut run = Run::new(Gating::Every);
+    for s in 0..12 {
+        run.event(canary(s, "v2"));
+    }
+    // v3's pods come up while v2's drain: their events interleave.
+    for s in 12..30 {
+        run.event(canary(s, if s % 2 == 0 { "v3" } else { "v2" }));
+    }
+    assert_eq!(
+        run.timeline(),
+        [
+            (0, Stage, 5),
+            (10, Stage, 50),
+            (12, Stage, 5),
+            (22, Stage, 50)
+        ],
+        "one new rollout, of v3, never back to v2: {:?}",
+        run.changes
+    );
+    let (rollout, _) = run.controller.rollout("m").unwrap();
+    assert_eq!(rollout.version, "v3");
+    assert_eq!(rollout.retired, ["v2"]);
+    // A retired version is remembered durably, with the rollout's state.
+    assert_eq!(run.changes.last().unwrap().state.retired, ["v2"]);
+}
+
+#[test]
+fn a_rolled_back_version_does_not_come_back_after_the_next_one_replaced_it() {
+    let mut run = Run::new(Gating::Every);
+    for s in 0..3 {
+        run.event(canary(s, "v1"));
+    }
+    let abort = canaryd_rules::rollout::Command::Abort { by: "alice".into() };
+    let aborted = run
+        .controller
+        .command("m", abort, Timestamp(2_000))
+        .unwrap();
+    run.changes.extend(aborted);
+    assert_eq!(run.timeline().last().unwrap().1, RolledBack);
+    run.event(canary(3, "v9"));
+    run.event(canary(4, "v1"));
+    run.event(canary(5, "v1"));
+    assert_eq!(
+        run.timeline(),
+        [(0, Stage, 5), (2, RolledBack, 0), (3, Stage, 5)],
+        "{:?}",
+        run.changes
+    );
+    assert_eq!(run.changes.last().unwrap().version, "v9");
+    assert_eq!(run.controller.rollout("m").unwrap().0.version, "v9");
+}
+
+#[test]
+fn a_version_named_on_the_traffic_object_starts_a_new_rollout_once() {
+    // Metric events carry no version label: only the object names it.
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 12);
+    assert_eq!(run.timeline(), [(0, Stage, 5), (10, Stage, 50)]);
+    run.watched(Some("v7"), None);
+    assert_eq!(run.timeline().last(), Some(&(11, Stage, 5)));
+    assert_eq!(run.changes.last().unwrap().version, "v7");
+    assert!(
+        run.changes
+            .last()
+            .unwrap()
+            .reason
+            .contains("new canary version v7"),
+        "{}",
+        run.changes.last().unwrap().reason
+    );
+    let before = run.changes.len();
+    run.watched(Some("v7"), None);
+    run.watched(None, None);
+    run.watched(Some(""), None);
+    // The object still naming the old version (a pipeline that has not
+    // updated it yet) does not take the rollout back.
+    run.watched(Some(""), None);
+    assert_eq!(run.changes.len(), before, "{:?}", run.changes);
+    run.healthy(12, 23);
+    assert_eq!(
+        run.timeline().last(),
+        Some(&(21, Stage, 50)),
+        "v7's hold counted from when the object named it: {:?}",
+        run.changes
+    );
+}
+
+#[test]
+fn weights_a_person_set_pause_a_running_rollout_when_watched_once() {
+    let mut run = Run::new(Gating::Every);
+    run.healthy(0, 5);
+    let edit = "VirtualService ns/m has canary weight 30, but canaryd last set 5";
+    run.watched(None, Some(edit));
+    let (second, kind, weight) = *run.timeline().last().unwrap();
+    assert_eq!((second, kind, weight), (4, Paused, 5));
+    let reason = &run.changes.last().unwrap().reason;
+    assert!(
+        reason.contains("hand edit") && reason.contains(edit),
+        "{reason}"
+    );
+    assert!(
+        !run.changes.last().unwrap().traffic,
+        "a person's weights are never overwritten"
+    );
+    let before = run.changes.len();
+    run.watched(None, Some(edit));
+    run.healthy(5, 30);
+    assert_eq!(run.changes.len(), before, "paused: {:?}", run.changes);
+}
+
+#[test]
+fn a_new_owner_seeing_a_retired_versions_late_events_adopts_the_recorded_rollout() {
+    let mut first = Run::new(Gating::Every);
+    for s in 0..12 {
+        first.event(canary(s, "v2"));
+    }
+    first.event(canary(12, "v3"));
+    let found = recorded(&first);
+    let mut second = reading_run();
+    second.event(canary(13, "v2"));
+    assert_eq!(second.controller.take_lookups(), ["m"]);
+    second.read_back(found);
+    assert!(second.changes.is_empty(), "{:?}", second.changes);
+    assert_eq!(second.controller.rollout("m").unwrap().0.version, "v3");
 }

@@ -117,6 +117,45 @@ fn similar_lines(expected: &str, actual: &str) -> String {
     out
 }
 
+/// `log` without its colours (ANSI escape sequences).
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ending at a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The partitions of `topic` a log line names: a list
+/// `[("topic", 0), ...]`, or else `topic="topic" partition=0`.
+pub fn partitions_of(line: &str, topic: &str) -> Vec<i32> {
+    let tuple = format!("(\"{topic}\", ");
+    let listed: Vec<i32> = line
+        .split(tuple.as_str())
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next()?.parse().ok())
+        .collect();
+    if !listed.is_empty() || !line.contains(&format!("topic=\"{topic}\"")) {
+        return listed;
+    }
+    line.split("partition=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .into_iter()
+        .collect()
+}
+
 /// A `canaryd` process running in the background, killed when dropped.
 pub struct Daemon {
     child: Child,
@@ -146,6 +185,26 @@ impl Daemon {
     /// Everything logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The partitions of `topic` the daemon owns now, as its log tells:
+    /// assignments and revocations in order (cooperative assignment logs
+    /// only what changes).
+    pub fn owned(&self, topic: &str) -> std::collections::BTreeSet<i32> {
+        let mut owned = std::collections::BTreeSet::new();
+        for line in plain(&self.log_text()).lines() {
+            let assigned = line.contains("partitions assigned");
+            if assigned || line.contains("partitions revoked") {
+                for partition in partitions_of(line, topic) {
+                    if assigned {
+                        owned.insert(partition);
+                    } else {
+                        owned.remove(&partition);
+                    }
+                }
+            }
+        }
+        owned
     }
 
     /// Waits (bounded) until the log contains `needle`.

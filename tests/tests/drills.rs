@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use canaryd_tests::Daemon;
 use canaryd_tests::kafka::{Record, producer, read_until, send};
 use canaryd_tests::kube_fixture::KubeFixture;
 use canaryd_tests::receivers::{PAGERDUTY_PATH, Receivers};
 use canaryd_tests::tansu::Tansu;
+use canaryd_tests::{Daemon, partitions_of, plain};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
@@ -42,23 +42,33 @@ impl Rig {
     }
 
     async fn start_with(group: &str, actions: &str, severity: &str) -> Rig {
+        Rig::start_partitioned(group, actions, severity, 1, "").await
+    }
+
+    /// [`Rig::start_with`] on an input topic of `partitions` partitions,
+    /// `kafka_extra` added to the `kafka:` section. Models `summarizer`
+    /// and `translator` each have a VirtualService.
+    async fn start_partitioned(
+        group: &str,
+        actions: &str,
+        severity: &str,
+        partitions: i32,
+        kafka_extra: &str,
+    ) -> Rig {
         let broker = Tansu::start();
         broker
             .create_topics(&[
-                ("events", 1),
+                ("events", partitions),
                 ("events-dlq", 1),
                 ("canaryd-audit", 1),
-                ("canaryd-changelog", 1),
+                ("canaryd-changelog", partitions),
                 ("canaryd-silences", 1),
             ])
             .await;
         let kube = KubeFixture::start();
-        kube.put(KubeFixture::virtual_service(
-            "ml-serving",
-            "model-summarizer",
-            90,
-            10,
-        ));
+        for model in ["model-summarizer", "model-translator"] {
+            kube.put(KubeFixture::virtual_service("ml-serving", model, 90, 10));
+        }
         let pager = Receivers::start();
         let dir = tempfile::tempdir().unwrap();
         let rules = dir.path().join("rules.yaml");
@@ -100,7 +110,7 @@ kafka:
   audit_topic: canaryd-audit
   changelog_topic: canaryd-changelog
   session_timeout: 6s
-pipeline:
+{kafka_extra}pipeline:
   retry_max: 2s
 ",
                 rules = rules.display(),
@@ -188,8 +198,13 @@ pipeline:
 
     /// PATCH requests that reached the VirtualService.
     fn patches(&self) -> usize {
+        self.patches_of("summarizer")
+    }
+
+    /// PATCH requests that reached `model`'s VirtualService.
+    fn patches_of(&self, model: &str) -> usize {
         self.kube
-            .requests_matching("PATCH", "/virtualservices/model-summarizer")
+            .requests_matching("PATCH", &format!("/virtualservices/model-{model}"))
             .len()
     }
 
@@ -213,9 +228,13 @@ pipeline:
     }
 
     fn canary_weight(&self) -> Value {
+        self.canary_weight_of("summarizer")
+    }
+
+    fn canary_weight_of(&self, model: &str) -> Value {
         let vs = self
             .kube
-            .object("VirtualService", "ml-serving", "model-summarizer")
+            .object("VirtualService", "ml-serving", &format!("model-{model}"))
             .unwrap();
         vs["spec"]["http"][0]["route"][1]["weight"].clone()
     }
@@ -235,8 +254,8 @@ fn rolled_back(records: &[Record]) -> bool {
         .any(|r| r["kind"] == "outcome" && r["connector"] == "kube" && r["outcome"] == "succeeded")
 }
 
-/// A stream of the canary's error rate, one event every 100 ms stamped
-/// with the wall clock: healthy until `bad` is set.
+/// A stream of the canary's error rate, one event every 100 ms per model
+/// stamped with the wall clock: healthy until `bad` is set.
 struct Feed {
     bad: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -246,7 +265,14 @@ struct Feed {
 }
 
 impl Feed {
+    /// Model `summarizer`, on partition 0.
     fn start(bootstrap: &str) -> Feed {
+        Feed::start_models(bootstrap, &[("summarizer", 0)])
+    }
+
+    /// Each of `models` (name, partition) in every tick.
+    fn start_models(bootstrap: &str, models: &[(&'static str, i32)]) -> Feed {
+        let models = models.to_vec();
         let p = producer(bootstrap);
         let bad = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -264,11 +290,13 @@ impl Feed {
                     f.lock().unwrap().get_or_insert(now);
                 }
                 let value = if unhealthy { 0.2 } else { 0.001 };
-                let event = format!(
-                    r#"{{"type":"metric","ts":"{}","name":"canary_error_rate","value":{value},"labels":{{"model":"summarizer","namespace":"ml-serving"}}}}"#,
-                    now.to_rfc3339_opts(SecondsFormat::Millis, true)
-                );
-                send(&p, "events", 0, "summarizer", event.as_bytes()).await;
+                for &(model, partition) in &models {
+                    let event = format!(
+                        r#"{{"type":"metric","ts":"{}","name":"canary_error_rate","value":{value},"labels":{{"model":"{model}","namespace":"ml-serving"}}}}"#,
+                        now.to_rfc3339_opts(SecondsFormat::Millis, true)
+                    );
+                    send(&p, "events", partition, model, event.as_bytes()).await;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -578,11 +606,18 @@ fn all_logs(daemons: &[&Daemon]) -> String {
         .collect()
 }
 
-/// A second replica joins in the pending window and leaves again: the
-/// partition moves there and back, its state with it.
+/// A second replica joins in the pending window and leaves again, with
+/// eager assignment: the partition moves there and back, its state with it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebalance_mid_window_fires_once_on_time_from_the_owner() {
-    let rig = Rig::start("drill-rebalance", "[auto_rollback, notify_on_call]").await;
+    let rig = Rig::start_partitioned(
+        "drill-rebalance",
+        "[auto_rollback, notify_on_call]",
+        "critical",
+        1,
+        "  assignment_strategy: range,roundrobin\n",
+    )
+    .await;
     let (a, feed, breach) = rig.incident("a").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut b = rig.spawn("b");
@@ -615,6 +650,168 @@ async fn a_rebalance_mid_window_fires_once_on_time_from_the_owner() {
         &logs,
     );
     fired_once_on_time(&rig, &audit, breach, &logs);
+}
+
+/// The partitions of the input topic named in `log`'s lines that contain
+/// `what` (`partitions revoked`, `partition state restored`...), in order.
+fn partitions_in(log: &str, what: &str) -> Vec<i32> {
+    plain(log)
+        .lines()
+        .filter(|l| l.contains(what))
+        .flat_map(|l| partitions_of(l, "events"))
+        .collect()
+}
+
+/// Cooperative-sticky rebalancing, as the shipped configuration sets it:
+/// a second replica joins in the pending window of two incidents, one per
+/// partition, and leaves again. Only the partition that moves changes
+/// hands and is restored from the changelog; the other never leaves the
+/// first replica, whose state for it stays in memory. Both alerts fire
+/// once, at their deadlines.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cooperative_rebalance_moves_only_one_partition_and_fires_both_once_on_time() {
+    let rig = Rig::start_partitioned(
+        "drill-cooperative",
+        "[auto_rollback, notify_on_call]",
+        "critical",
+        2,
+        "  assignment_strategy: cooperative-sticky\n",
+    )
+    .await;
+    let a = rig.spawn("a");
+    wait_for_assignment(&a);
+    let feed = Feed::start_models(
+        &rig.broker.bootstrap(),
+        &[("summarizer", 0), ("translator", 1)],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let breach = feed.go_bad().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut b = rig.spawn("b");
+    wait_for_assignment(&b);
+    let given_up = partitions_in(&a.log_text(), "partitions revoked");
+    let taken = partitions_in(&b.log_text(), "partitions assigned");
+    let logs = all_logs(&[&a, &b]);
+    check(
+        "a gave up exactly one partition, the one b took",
+        given_up.len() == 1 && given_up == taken,
+        format!("a revoked {given_up:?}, b was assigned {taken:?}"),
+        &logs,
+    );
+    let moved = given_up[0];
+    let kept = 1 - moved;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.signal("TERM");
+    check(
+        "b stopped cleanly",
+        b.wait_exit(WAIT) == Some(0),
+        "exit code",
+        &b.log_text(),
+    );
+    let audit = rig.audit_until(|records| {
+        let json: Vec<Value> = records.iter().map(Record::json).collect();
+        let fired = json
+            .iter()
+            .filter(|r| r["kind"] == "transition" && r["to"] == "firing")
+            .count();
+        let done = json
+            .iter()
+            .filter(|r| {
+                r["kind"] == "outcome" && r["connector"] == "kube" && r["outcome"] == "succeeded"
+            })
+            .count();
+        fired >= 2 && done >= 2
+    });
+    feed.stop().await;
+    let logs = all_logs(&[&a, &b]);
+    let a_log = a.log_text();
+    let a_revoked = partitions_in(&a_log, "partitions revoked");
+    check(
+        "a never gave up the partition that did not move",
+        !a_revoked.contains(&kept),
+        format!("a revoked {a_revoked:?}"),
+        &logs,
+    );
+    let restored_on_a = partitions_in(&a_log, "partition state restored from the changelog");
+    let restored_on_b = partitions_in(&b.log_text(), "partition state restored from the changelog");
+    check(
+        "the moved partition's state was restored from the changelog on b, then back on a",
+        restored_on_b == vec![moved] && restored_on_a == vec![moved],
+        format!("restored on b {restored_on_b:?}, on a {restored_on_a:?}"),
+        &logs,
+    );
+    for model in ["summarizer", "translator"] {
+        let fired: Vec<&Value> = audit
+            .iter()
+            .filter(|r| {
+                r["kind"] == "transition" && r["to"] == "firing" && r["subject"]["model"] == model
+            })
+            .collect();
+        check(
+            &format!("{model}: one firing transition"),
+            fired.len() == 1,
+            fired.len(),
+            &logs,
+        );
+        let deadline = breach + chrono::Duration::seconds(HOLD_S);
+        let off = (ts(&fired[0]["ts"]) - deadline).num_milliseconds();
+        check(
+            &format!("{model}: fired at the original deadline ±1 s (event time)"),
+            off.abs() <= 1_000,
+            format!("{off} ms from {deadline}, by {}", fired[0]["instance"]),
+            &logs,
+        );
+        check(
+            &format!("{model}: one PATCH of its VirtualService, to 0"),
+            rig.patches_of(model) == 1 && rig.canary_weight_of(model) == 0,
+            format!(
+                "{} patches, weight {}",
+                rig.patches_of(model),
+                rig.canary_weight_of(model)
+            ),
+            &logs,
+        );
+    }
+    let incidents = rig.incidents();
+    check(
+        "one PagerDuty incident per model",
+        incidents.len() == 2 && rig.pages().len() == 2,
+        format!("{} trigger events, keys {incidents:?}", rig.pages().len()),
+        &logs,
+    );
+}
+
+/// A changelog with fewer partitions than an input topic could never hold
+/// some partitions' state, nor let their offsets be committed: start-up
+/// stops with the reason instead of running without durability there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changelog_with_fewer_partitions_than_the_input_stops_start_up_with_the_reason() {
+    let rig = Rig::start("drill-changelog-size", "[auto_rollback]").await;
+    rig.broker.create_topics(&[("wide", 3)]).await;
+    let mut daemon = rig.spawn_with("a", |text| {
+        text.replace("  topics: [events]\n", "  topics: [events, wide]\n")
+    });
+    let code = daemon.wait_exit(WAIT);
+    let log = plain(&daemon.log_text());
+    check(
+        "canaryd exits with 1",
+        code == Some(1),
+        format!("{code:?}"),
+        &log,
+    );
+    check(
+        "and names the topics and the partitions it needs",
+        log.contains("\"canaryd-changelog\" has 1 partition(s), input topic \"wide\" has 3")
+            && log.contains("give the changelog 3 partitions"),
+        "log",
+        &log,
+    );
+    check(
+        "before consuming anything",
+        !log.contains("partitions assigned"),
+        "log",
+        &log,
+    );
 }
 
 /// A rolling update of three replicas during an incident: each old one is
@@ -654,10 +851,26 @@ async fn a_rolling_update_of_three_replicas_pages_once_and_rolls_back() {
         new.push(replaced);
         new.push(fresh);
     }
+    // With sticky assignment the partition moves when its owner is
+    // replaced, to one of the new replicas: bounded wait for that.
+    let fresh: Vec<&Daemon> = new.iter().skip(1).step_by(2).collect();
+    for _ in 0..600 {
+        if fresh.iter().any(|d| d.owned("events").contains(&0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let audit = rig.audit_until(|r| firing(r) && rolled_back(r));
     feed.stop().await;
     let refs: Vec<&Daemon> = new.iter().collect();
     let logs = all_logs(&refs);
+    let owner = fresh.iter().position(|d| d.owned("events").contains(&0));
+    check(
+        "a new replica owns the partition after the update",
+        owner.is_some(),
+        format!("{owner:?}"),
+        &logs,
+    );
     let moved = logs
         .matches("partition state restored from the changelog")
         .count();
@@ -1423,6 +1636,115 @@ async fn a_hand_edit_of_the_weights_pauses_the_rollout_and_canaryd_never_fights_
     );
 }
 
+/// The traffic object of a running rollout is read every
+/// `rollouts.watch_every`: a canary version a deployment pipeline names
+/// there starts a new rollout of it, and weights a person set pause the
+/// rollout at once, in a stage whose hold (1 h) would not step for long.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watched_traffic_object_starts_a_new_version_and_a_hand_edit_pauses_at_once() {
+    let rig = Rig::start("drill-rollout-watch", "[auto_rollback]").await;
+    let daemon = rig.spawn_with("daemon", |text| {
+        format!(
+            "{text}rollouts:\n  receiver: kube\n  watch_every: 1s\n  default:\n    stages: [{{weight: 5, hold: 1h}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\n"
+        )
+    });
+    wait_for_assignment(&daemon);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "outcome" && v["connector"] == "kube" && v["outcome"] == "succeeded"
+        })
+    });
+    let object = || {
+        rig.kube
+            .object("VirtualService", "ml-serving", "model-summarizer")
+            .unwrap()
+    };
+    // The pipeline deploys v7 and names it on the object (the events carry
+    // no version label).
+    let mut vs = object();
+    vs["metadata"]["annotations"]["canaryd.io/canary-version"] = serde_json::json!("v7");
+    rig.kube.put(vs);
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["version"] == "v7")
+    });
+    let logs = daemon.log_text();
+    let started = audit
+        .iter()
+        .find(|v| v["kind"] == "rollout" && v["version"] == "v7");
+    check(
+        "a new rollout of v7 started at stage 1, 5%",
+        started.is_some_and(|v| v["event"] == "stage" && v["stage"] == 1 && v["weight"] == 5),
+        format!("{started:?}"),
+        &logs,
+    );
+    let mut recorded = Value::Null;
+    for _ in 0..100 {
+        let annotations = &object()["metadata"]["annotations"];
+        recorded = annotations["canaryd.io/rollout"]
+            .as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(Value::Null);
+        if recorded["rollout"]["version"] == "v7" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check(
+        "the object records the v7 rollout",
+        recorded["rollout"]["version"] == "v7",
+        &recorded,
+        &logs,
+    );
+    // A person sets 30% by hand.
+    let mut vs = object();
+    vs["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(70);
+    vs["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(30);
+    rig.kube.put(vs);
+    let audit = rig.audit_until(|r| {
+        r.iter().map(Record::json).any(|v| {
+            v["kind"] == "rollout"
+                && v["event"] == "paused"
+                && v["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("hand edit") && s.contains("canary weight 30"))
+        })
+    });
+    feed.stop().await;
+    let logs = daemon.log_text();
+    let paused = audit
+        .iter()
+        .find(|v| v["kind"] == "rollout" && v["event"] == "paused");
+    check(
+        "the hand edit paused the rollout, with what was found",
+        paused.is_some_and(|v| {
+            v["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("hand edit") && s.contains("canary weight 30"))
+        }),
+        format!("{paused:?}"),
+        &logs,
+    );
+    let refused_steps = audit
+        .iter()
+        .filter(|v| v["kind"] == "outcome" && v["outcome"] == "failed")
+        .count();
+    check(
+        "noticed by the read, not by a refused step (no write was tried)",
+        refused_steps == 0,
+        refused_steps,
+        &logs,
+    );
+    check(
+        "the person's weight stands",
+        rig.canary_weight() == 30,
+        rig.canary_weight(),
+        &logs,
+    );
+}
+
 /// The value of the unlabelled metric `name` on the replica serving `port`.
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);
@@ -1537,12 +1859,7 @@ async fn a_silence_created_on_one_replica_is_honoured_on_another() {
     };
     assert!(listening(port_a) && listening(port_b), "{}", a.log_text());
     // The silence is made on the replica that does not own the partition.
-    let owns = |d: &Daemon| {
-        d.log_text()
-            .lines()
-            .rfind(|l| l.contains("partitions assigned"))
-            .is_some_and(|l| l.contains("\"events\""))
-    };
+    let owns = |d: &Daemon| d.owned("events").contains(&0);
     let (owner, owner_port, maker_port) = if owns(&a) {
         ("a", port_a, port_b)
     } else {
@@ -1737,12 +2054,7 @@ async fn a_rollout_command_sent_to_the_replica_without_the_model_reaches_its_own
     });
     let logs = || all_logs(&[&a, &b]);
     // The replica that owns the events partition carries the rollout.
-    let owns = |d: &Daemon| {
-        d.log_text()
-            .lines()
-            .rfind(|l| l.contains("partitions assigned"))
-            .is_some_and(|l| l.contains("\"events\""))
-    };
+    let owns = |d: &Daemon| d.owned("events").contains(&0);
     let (owner, other_port) = if owns(&a) {
         ("a", port_b)
     } else {

@@ -818,6 +818,34 @@ async fn a_rollout_stage_sets_the_canary_weight_and_records_the_rollout_state_in
 }
 
 #[tokio::test]
+async fn a_new_rollout_state_at_the_same_weight_is_recorded_and_the_weights_are_left() {
+    let fixture = KubeFixture::start();
+    fixture.put(KubeFixture::virtual_service(NS, VS, 95, 5));
+    let kube = connector(&fixture, "VirtualService").await;
+    kube.execute(&shift(10, 2)).await.unwrap();
+    // A new version starts at stage 1 while... here: a resume or a new
+    // version whose stage weight is the one already set.
+    let mut again = shift(10, 3);
+    again.key = "rollout|model=summarizer|v7|stage 1".into();
+    if let Some(t) = again.traffic.as_mut() {
+        t.state = Some(r#"{"at":3000,"version":"v7"}"#.into());
+    }
+    let outcome = kube.execute(&again).await.unwrap();
+    let vs = fixture.object("VirtualService", NS, VS).unwrap();
+    assert_eq!(
+        vs["metadata"]["annotations"]["canaryd.io/rollout"], r#"{"at":3000,"version":"v7"}"#,
+        "{outcome:?}"
+    );
+    assert_eq!(vs_weights(&fixture), (90, 10));
+    assert_eq!(patches(&fixture), 2, "the state alone, in one more write");
+    // Recorded already: nothing more to write.
+    let mut once_more = again.clone();
+    once_more.key = "rollout|model=summarizer|v7|stage 1 again".into();
+    kube.execute(&once_more).await.unwrap();
+    assert_eq!(patches(&fixture), 2);
+}
+
+#[tokio::test]
 async fn a_stage_on_an_http_route_keeps_the_pair_total() {
     let fixture = KubeFixture::start();
     fixture.put(KubeFixture::http_route(NS, VS, 190, 10));

@@ -315,6 +315,45 @@ fn decode_all(records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Decoded, String> {
     })
 }
 
+/// Refuses a changelog with fewer partitions than an input topic: input
+/// partition `p` checkpoints to changelog partition `p`, so the others
+/// could never be checkpointed, and their offsets never committed. Passes
+/// when the broker cannot tell (unreachable, topic not created yet): the
+/// restore then says what is wrong. Blocking.
+pub(super) fn check_size(
+    config: &ClientConfig,
+    inputs: &[String],
+    changelog: &str,
+) -> Result<(), String> {
+    let client: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let partitions = |topic: &str| -> Option<usize> {
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+        let count = found.partitions().len();
+        (found.error().is_none() && count > 0).then_some(count)
+    };
+    let Some(have) = partitions(changelog) else {
+        tracing::warn!(
+            changelog,
+            "the broker does not report the changelog topic's partitions; create it before the input is consumed"
+        );
+        return Ok(());
+    };
+    for input in inputs {
+        if let Some(need) = partitions(input).filter(|&need| need > have) {
+            return Err(format!(
+                "kafka.changelog_topic {changelog:?} has {have} partition(s), input topic {input:?} has {need}: \
+                 input partition p keeps its state in changelog partition p, so partitions {have} to {} \
+                 could never be checkpointed nor their offsets committed; give the changelog {need} partitions",
+                need - 1
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads changelog partition `partition` of `changelog` to its end and
 /// returns the latest complete checkpoint of input `topic`/`partition`;
 /// `Ok(None)` when it has none. Blocking: run it off the async threads.

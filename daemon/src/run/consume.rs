@@ -29,7 +29,7 @@ use super::kafka::{Assignment, GroupContext};
 use super::membership::Membership;
 use super::offsets::Offsets;
 use super::partitions::{PartitionState, Partitions};
-use super::read_back::{Lookup, Read, TrafficReads};
+use super::read_back::{Lookup, Purpose, Read, Seen, TrafficReads};
 use super::stats::LiveStats;
 use super::{reload, snapshot};
 use crate::act::outbox::Origin;
@@ -507,7 +507,10 @@ impl<'c> ConsumeLoop<'c> {
             return Ok(());
         };
         let every = config.record_every;
-        let mut reads = self.traffic_reads.finished(Instant::now());
+        let watch_every = Duration::from_millis(config.watch_every.millis().max(0) as u64);
+        let wall = Instant::now();
+        let mut reads = self.traffic_reads.finished(wall);
+        self.traffic_reads.new_tick(wall, watch_every);
         for (topic, partition, state) in self.partitions.iter_all_mut() {
             let rebuilding = state.is_rebuilding();
             let Some(controller) = state.rollouts.as_mut() else {
@@ -521,7 +524,22 @@ impl<'c> ConsumeLoop<'c> {
                     partition,
                     model,
                     receiver,
+                    purpose: Purpose::TakeOver,
                 }));
+            }
+            if !rebuilding {
+                for model in controller.models() {
+                    if self.traffic_reads.watch_due(model, wall, watch_every) {
+                        let receiver = config.receiver_for(model).map(str::to_string);
+                        reads.extend(self.traffic_reads.start(Lookup {
+                            topic: topic.to_string(),
+                            partition,
+                            model: model.to_string(),
+                            receiver,
+                            purpose: Purpose::Watch,
+                        }));
+                    }
+                }
             }
             let (Some(now), false) = (state.engine.watermark(), rebuilding) else {
                 continue;
@@ -555,7 +573,7 @@ impl<'c> ConsumeLoop<'c> {
     /// changes it makes are acted on, unless the partition is rebuilding
     /// (an earlier owner acted on them).
     async fn read_back(&mut self, read: Read) -> Result<(), Closed> {
-        let Read { lookup, found } = read;
+        let Read { lookup, seen } = read;
         let Some(state) = self.partitions.get_mut(&lookup.topic, lookup.partition) else {
             // Revoked meanwhile: the new owner reads it itself.
             return Ok(());
@@ -565,9 +583,19 @@ impl<'c> ConsumeLoop<'c> {
         else {
             return Ok(());
         };
-        tracing::info!(model = %lookup.model, found = ?found, "rollout state read back");
-        self.rollout_changes =
-            controller.read_back(&lookup.model, found, state.engine.alerts(), now);
+        self.rollout_changes = match seen {
+            Seen::Found(found) => {
+                tracing::info!(model = %lookup.model, found = ?found, "rollout state read back");
+                controller.read_back(&lookup.model, found, state.engine.alerts(), now)
+            }
+            Seen::Watched(watched) => {
+                let changes = controller.watched(&lookup.model, watched.clone(), now);
+                if !changes.is_empty() {
+                    tracing::info!(model = %lookup.model, ?watched, "the traffic object changed the rollout");
+                }
+                changes
+            }
+        };
         if rebuilding {
             self.rollout_changes.clear();
         }

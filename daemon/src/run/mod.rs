@@ -272,7 +272,18 @@ impl Live {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| RunError::Config(format!("cannot listen for SIGHUP: {e}")))?;
         let reader = match &kafka.changelog_topic {
-            Some(_) => Some(kafka.reader_config().map_err(RunError::Config)?),
+            Some(changelog) => {
+                let reader = kafka.reader_config().map_err(RunError::Config)?;
+                let (config, inputs, changelog) =
+                    (reader.clone(), kafka.topics.clone(), changelog.clone());
+                tokio::task::spawn_blocking(move || {
+                    changelog::check_size(&config, &inputs, &changelog)
+                })
+                .await
+                .map_err(|e| RunError::Config(format!("changelog size check: {e}")))?
+                .map_err(RunError::Config)?;
+                Some(reader)
+            }
             None => None,
         };
         let end_probe = EndProbe::new(&kafka.reader_config().map_err(RunError::Config)?)?;

@@ -202,6 +202,15 @@ pub enum Found {
     Refused(String),
 }
 
+/// What a periodic read of a model's traffic object saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// The canary version the object names, if it names one.
+    pub version: Option<String>,
+    /// The weights on it are not those canaryd last wrote: what was found.
+    pub hand_edit: Option<String>,
+}
+
 /// A model waiting for its traffic object to be read.
 #[derive(Clone, Debug)]
 struct Reading {
@@ -447,7 +456,7 @@ impl Controller {
         };
         let (tracked, kind, traffic, reason) = match found {
             Found::Nothing => {
-                self.start(model, &reading, now, &mut out);
+                self.start(model, &reading, None, now, &mut out);
                 return out;
             }
             Found::Recorded { plan, .. } if plan != named.name => {
@@ -459,10 +468,12 @@ impl Controller {
                 (rollout, ChangeKind::Paused, false, why)
             }
             Found::Recorded { rollout, .. }
-                if !reading.version.is_empty() && rollout.version != reading.version =>
+                if !reading.version.is_empty()
+                    && rollout.version != reading.version
+                    && !rollout.retired(&reading.version) =>
             {
                 // Another version was carried: this one starts afresh.
-                self.start(model, &reading, now, &mut out);
+                self.start(model, &reading, Some(&rollout), now, &mut out);
                 return out;
             }
             Found::Recorded { rollout, .. } if rollout.stage > named.plan.stages.len() => {
@@ -480,7 +491,9 @@ impl Controller {
                 ..
             } => {
                 rollout.last_step = rollout.last_step.max(reading.first_seen);
-                rollout.requests = rollout.requests.saturating_add(reading.requests);
+                if !rollout.retired(&reading.version) {
+                    rollout.requests = rollout.requests.saturating_add(reading.requests);
+                }
                 let running = !matches!(
                     rollout.phase,
                     Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. }
@@ -516,6 +529,51 @@ impl Controller {
         out
     }
 
+    /// The models with a rollout here: those whose traffic objects are
+    /// watched ([`Controller::watched`]).
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+
+    /// What a periodic read of `model`'s traffic object saw, at event time
+    /// `now`. A canary version it names that this model has not carried
+    /// starts a new rollout of it (one carried before is ignored: the
+    /// object lags, or names a version being replaced). Weights someone
+    /// else set pause a running rollout and say so: a person wins, and is
+    /// never fought.
+    pub fn watched(&mut self, model: &str, seen: Watched, now: Timestamp) -> Vec<Change> {
+        let mut out = Vec::new();
+        let (Some(named), Some(index)) =
+            (self.plans.plan_for(model), self.models.get_index_of(model))
+        else {
+            return out;
+        };
+        let before = &self.models[index].rollout;
+        let new_version = seen
+            .version
+            .filter(|v| !v.is_empty() && *v != before.version && !before.retired(v));
+        if let Some(version) = new_version {
+            let (rollout, decision) = before.succeed(&named.plan, &version, now);
+            let tracked = Tracked::new(rollout, 0);
+            changes(model, &tracked, &named.plan, vec![decision], now, &mut out);
+            self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
+            self.models[index] = tracked;
+            self.changed = true;
+            return out;
+        }
+        let running = !matches!(
+            before.phase,
+            Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. }
+        );
+        if let (Some(edit), true) = (seen.hand_edit, running) {
+            let by = format!("canaryd on a hand edit ({edit})");
+            out = self
+                .command(model, Command::Pause { by }, now)
+                .unwrap_or_default();
+        }
+        out
+    }
+
     /// Carries `rollout` on, as read back, with the alerts the engine has
     /// for the model left to come (they step it as they change).
     fn adopt(&mut self, model: &str, rollout: Rollout) {
@@ -528,12 +586,23 @@ impl Controller {
         self.changed = true;
     }
 
-    /// A new rollout of what `reading` saw, from its first canary event.
-    fn start(&mut self, model: &str, reading: &Reading, now: Timestamp, out: &mut Vec<Change>) {
+    /// A new rollout of what `reading` saw, from its first canary event;
+    /// it replaces `before`, if there was one.
+    fn start(
+        &mut self,
+        model: &str,
+        reading: &Reading,
+        before: Option<&Rollout>,
+        now: Timestamp,
+        out: &mut Vec<Change>,
+    ) {
         let Some(named) = self.plans.plan_for(model) else {
             return;
         };
-        let (rollout, decision) = Rollout::start(&named.plan, &reading.version, reading.first_seen);
+        let (rollout, decision) = match before {
+            Some(before) => before.succeed(&named.plan, &reading.version, reading.first_seen),
+            None => Rollout::start(&named.plan, &reading.version, reading.first_seen),
+        };
         let tracked = Tracked::new(rollout, reading.requests);
         changes(model, &tracked, &named.plan, vec![decision], now, out);
         self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
@@ -638,6 +707,11 @@ impl Controller {
                     None
                 };
             }
+            if tracked.rollout.retired(version) {
+                // A late event of a version replaced since (its pods are
+                // draining): not this rollout's, and never a new one.
+                return None;
+            }
             // A new version: a new rollout, below.
         }
         let is_known = index.is_some();
@@ -668,7 +742,10 @@ impl Controller {
             }
             return None;
         }
-        let (rollout, decision) = Rollout::start(&named.plan, version, now);
+        let (rollout, decision) = match index.and_then(|i| self.models.get_index(i)) {
+            Some((_, before)) => before.rollout.succeed(&named.plan, version, now),
+            None => Rollout::start(&named.plan, version, now),
+        };
         let tracked = Tracked::new(rollout, 1);
         changes(model, &tracked, &named.plan, vec![decision], now, out);
         self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));

@@ -155,7 +155,15 @@ pub struct Rollout {
     /// Where it stands.
     #[serde(flatten)]
     pub phase: Phase,
+    /// The versions this model carried before, oldest first, at most
+    /// [`RETIRED_VERSIONS`]: a late event of one, or a traffic object
+    /// still naming one, never starts it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
 }
+
+/// How many earlier versions a rollout remembers.
+pub const RETIRED_VERSIONS: usize = 8;
 
 /// What one step saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,6 +290,7 @@ impl Rollout {
             requests: 0,
             last_step: now,
             phase: Phase::Progressing,
+            retired: Vec::new(),
         };
         let weight = plan.weight(0);
         let decision = Decision::SetWeight {
@@ -294,6 +303,27 @@ impl Rollout {
             },
         };
         (rollout, decision)
+    }
+
+    /// [`Rollout::start`] of `version`, which replaces `self`: `self`'s
+    /// version is retired.
+    pub fn succeed(&self, plan: &Plan, version: &str, now: Timestamp) -> (Rollout, Decision) {
+        let (mut next, decision) = Rollout::start(plan, version, now);
+        next.retired = self.retired.clone();
+        next.retired.retain(|v| v != &self.version && v != version);
+        // No label is not a version: unlabelled events count for any.
+        if !self.version.is_empty() {
+            next.retired.push(self.version.clone());
+        }
+        if next.retired.len() > RETIRED_VERSIONS {
+            next.retired.remove(0);
+        }
+        (next, decision)
+    }
+
+    /// Whether `version` was carried before and replaced.
+    pub fn retired(&self, version: &str) -> bool {
+        self.retired.iter().any(|v| v == version)
     }
 
     /// The canary's weight as the plan puts it now.
