@@ -1745,6 +1745,171 @@ async fn a_watched_traffic_object_starts_a_new_version_and_a_hand_edit_pauses_at
     );
 }
 
+/// Live, against the API fixture: a medium rule whose action is
+/// `reduce_traffic` steps the rollout back one stage and restarts that
+/// stage's hold, cutting once; a `low` rule stops the hold clock while it
+/// fires ("continue monitoring"), and the stage is passed only after its
+/// whole hold of clean time.
+#[tokio::test(flavor = "multi_thread")]
+async fn reduce_traffic_steps_a_live_rollout_back_once_and_a_low_alert_stops_its_hold_clock() {
+    let rig = Rig::start("drill-rollout-gates", "[auto_rollback]").await;
+    let gates = rig.dir.path().join("gates.yaml");
+    std::fs::write(
+        &gates,
+        "alerts:
+  - name: Drill Slow
+    condition: canary_p95_latency > 1000
+    duration: 0s
+    severity: medium
+    action: reduce_traffic
+  - name: Drill Cost
+    condition: canary_cost_per_request > 0.5
+    duration: 0s
+    severity: low
+",
+    )
+    .unwrap();
+    let daemon = rig.spawn_with("daemon", |text| {
+        let text = text.replacen("rules: [", &format!("rules: [{}, ", gates.display()), 1);
+        format!(
+            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 3s}}, {{weight: 50, hold: 1h}}]\n    soak: 1h\n"
+        )
+    });
+    wait_for_assignment(&daemon);
+    let weight = || rig.canary_weight().as_i64();
+    let p = producer(&rig.broker.bootstrap());
+    // Phases, driven by what the object shows: healthy to 25 %, slow until
+    // stepped back, healthy to 25 % again, costly for 5 s, healthy to 50 %.
+    let mut phase = 0;
+    let mut costly_from: Option<DateTime<Utc>> = None;
+    let mut costly_until: Option<DateTime<Utc>> = None;
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        let now = Utc::now();
+        let w = weight();
+        if seen.last() != Some(&w) {
+            seen.push(w);
+        }
+        phase = match (phase, w) {
+            (0, Some(25)) => 1,
+            (1, Some(5)) => 2,
+            (2, Some(25)) => 3,
+            (3, _) if costly_from.is_some_and(|t| now - t > chrono::Duration::seconds(5)) => 4,
+            (4, Some(50)) => 5,
+            (p, _) => p,
+        };
+        if phase == 3 {
+            costly_from.get_or_insert(now);
+        }
+        if phase == 4 {
+            costly_until.get_or_insert(now);
+        }
+        if phase == 5 {
+            break;
+        }
+        let ts = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let (latency, cost) = match phase {
+            1 => (2_000.0, 0.01),
+            3 => (100.0, 2.0),
+            _ => (100.0, 0.01),
+        };
+        for (name, value) in [
+            ("canary_error_rate", 0.001),
+            ("canary_p95_latency", latency),
+            ("canary_cost_per_request", cost),
+        ] {
+            let event = format!(
+                r#"{{"type":"metric","ts":"{ts}","name":"{name}","value":{value},"labels":{{"model":"summarizer","namespace":"ml-serving"}}}}"#
+            );
+            send(&p, "events", 0, "summarizer", event.as_bytes()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audit = rig.audit_until(|r| {
+        r.iter()
+            .map(Record::json)
+            .any(|v| v["kind"] == "rollout" && v["weight"] == 50)
+    });
+    let logs = daemon.log_text();
+    println!("drill: the canary's weights on the object, in order: {seen:?}");
+    let changes = rollout_changes(&audit);
+    let kinds: Vec<(&str, u64)> = changes.iter().map(|(k, w, _)| (k.as_str(), *w)).collect();
+    println!("drill: rollout changes {kinds:?}");
+    check(
+        "reduce_traffic stepped back from 25 % to stage 1 (5 %)",
+        kinds
+            .windows(2)
+            .any(|w| w == [("stage", 25), ("stepped_back", 5)]),
+        format!("{kinds:?}"),
+        &logs,
+    );
+    check(
+        "the object went 5, 25, 5, 25, 50 and never elsewhere (one cut, not two)",
+        seen.iter().flatten().copied().collect::<Vec<i64>>() == [10, 5, 25, 5, 25, 50]
+            || seen.iter().flatten().copied().collect::<Vec<i64>>() == [5, 25, 5, 25, 50],
+        format!("{seen:?}"),
+        &logs,
+    );
+    let carried = audit.iter().any(|v| {
+        v["kind"] == "outcome"
+            && v["action"] == "reduce_traffic"
+            && v["connector"] == "kube"
+            && v["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("carried out by the model's rollout: reduce_traffic"))
+    });
+    check(
+        "the rule's reduce_traffic is recorded as carried out by the step back",
+        carried,
+        "",
+        &logs,
+    );
+    let at = |kind: &str, w: u64, after: DateTime<Utc>| {
+        changes
+            .iter()
+            .find(|(k, weight, t)| k == kind && *weight == w && *t >= after)
+            .map(|(_, _, t)| *t)
+    };
+    let stepped_back = at("stepped_back", 5, DateTime::<Utc>::MIN_UTC).unwrap();
+    let again = at("stage", 25, stepped_back).unwrap();
+    check(
+        "stage 1's hold restarted in full after the step back",
+        (again - stepped_back).num_milliseconds() >= 3_000,
+        format!("{} ms", (again - stepped_back).num_milliseconds()),
+        &logs,
+    );
+    let paused = changes
+        .iter()
+        .find(|(k, _, t)| k == "paused" && *t > again)
+        .map(|(_, _, t)| *t);
+    let paused_for_cost = audit.iter().any(|v| {
+        v["kind"] == "rollout"
+            && v["event"] == "paused"
+            && v["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("Drill Cost"))
+    });
+    check(
+        "the low alert stopped the hold clock, naming its rule",
+        paused.is_some() && paused_for_cost,
+        format!("{kinds:?}"),
+        &logs,
+    );
+    let fifty = at("stage", 50, again).unwrap();
+    // Clean time in stage 2: from entering it to the low alert, then from
+    // its end on; together the whole 3 s hold, not less.
+    let costly = (costly_until.unwrap() - costly_from.unwrap()).num_milliseconds();
+    check(
+        "stage 2 was passed only after its whole hold of clean time",
+        (fifty - again).num_milliseconds() >= 3_000 + costly - 1_000,
+        format!(
+            "{} ms in stage 2, {costly} ms of it costly",
+            (fifty - again).num_milliseconds()
+        ),
+        &logs,
+    );
+}
+
 /// The value of the unlabelled metric `name` on the replica serving `port`.
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = http("GET", &format!("http://127.0.0.1:{port}/metrics"), None);

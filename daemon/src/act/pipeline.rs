@@ -273,6 +273,43 @@ impl Pipeline {
         Ok(())
     }
 
+    /// [`Pipeline::submit_from`], except that `receiver` has carried it
+    /// out already (`how`): a rollout's step back was the rule's
+    /// `reduce_traffic`. That receiver's outcome says so, and it is not
+    /// asked again; the route's other receivers act as ever.
+    pub async fn submit_carried(
+        &self,
+        mut action: Action,
+        origin: Option<&Origin>,
+        receiver: &str,
+        how: &str,
+    ) -> Result<(), Closed> {
+        let Some((lanes, dry_run)) = self.routes.get(&action.action) else {
+            let detail = format!("no route for {}: add it under `routes:`", action.action);
+            self.refuse(&action, "none", detail).await;
+            return Ok(());
+        };
+        action.dry_run |= *dry_run;
+        let accepted = Instant::now();
+        for &lane in lanes {
+            let lane = &self.lanes[lane];
+            if lane.name == receiver {
+                let outcome = Outcome {
+                    key: action.key.clone(),
+                    connector: lane.name.clone(),
+                    kind: OutcomeKind::Succeeded,
+                    dry_run: action.dry_run,
+                    detail: format!("carried out by the model's rollout: {how}"),
+                };
+                self.stats.count(&lane.name, OutcomeKind::Succeeded);
+                record(&self.audit, &action, &outcome).await;
+            } else {
+                self.fire(lane, action.clone(), accepted, origin).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Queues `action` for the named `receivers` (a rollout's, which has
     /// no route), tracked in `origin`'s outbox. A receiver that does not
     /// exist gets it recorded as failed.

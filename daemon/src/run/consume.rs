@@ -331,6 +331,7 @@ impl<'c> ConsumeLoop<'c> {
                 .dispatch(
                     &self.loaded,
                     &mut self.outputs,
+                    &self.rollout_changes,
                     message.partition(),
                     origin.as_ref(),
                 )
@@ -445,7 +446,13 @@ impl<'c> ConsumeLoop<'c> {
                 .then(|| Origin::new(topic, partition));
             if !self.outputs.is_empty() {
                 self.dispatcher
-                    .dispatch(&self.loaded, &mut self.outputs, partition, origin.as_ref())
+                    .dispatch(
+                        &self.loaded,
+                        &mut self.outputs,
+                        &self.rollout_changes,
+                        partition,
+                        origin.as_ref(),
+                    )
                     .await
                     .map_err(|Closed| Ended::PipelineClosed)?;
             }
@@ -1048,7 +1055,7 @@ impl<'c> ConsumeLoop<'c> {
             return Ok(());
         }
         self.dispatcher
-            .dispatch(&self.loaded, &mut self.outputs, -1, None)
+            .dispatch(&self.loaded, &mut self.outputs, &[], -1, None)
             .await
     }
 

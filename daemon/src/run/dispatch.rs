@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use canaryd_connectors::{Action, Evidence};
 use canaryd_rules::event::AlertStatus;
 use canaryd_rules::rollout::controller::{Change, ChangeKind};
-use canaryd_rules::{Output, Phase, Severity, Span, Subject};
+use canaryd_rules::{ActionName, Output, Phase, Severity, Span, Subject};
 use serde_json::json;
 
 use super::stats::LiveStats;
@@ -44,12 +44,16 @@ impl Dispatcher {
     /// Publishes `outputs` (draining them) and submits their actions;
     /// `partition` is the input partition they came from (-1 for
     /// Alertmanager's alerts), and `origin` the outbox that tracks their
-    /// actions, if any. Returns once the pipeline has taken every action;
-    /// `Err` once it has closed.
+    /// actions, if any. `changes` are the rollout changes the same outputs
+    /// made: a rollout that stepped back took the `reduce_traffic` of its
+    /// model's rule as that step, and the rule's cut is not made again on
+    /// the weights the rollout owns. Returns once the pipeline has taken
+    /// every action; `Err` once it has closed.
     pub(super) async fn dispatch(
         &self,
         loaded: &Loaded,
         outputs: &mut Vec<Output>,
+        changes: &[Change],
         partition: i32,
         origin: Option<&Origin>,
     ) -> Result<(), Closed> {
@@ -92,7 +96,10 @@ impl Dispatcher {
                         self.shared.mark(model, t.ts, "firing", text);
                     }
                     for action in actions_for(&t, &loaded.rules, loaded.config.dry_run) {
-                        self.submit(action, origin).await?;
+                        let carried = (action.action == ActionName::ReduceTraffic)
+                            .then(|| stepped_back(loaded, changes, &action))
+                            .flatten();
+                        self.submit(action, origin, carried).await?;
                     }
                     for action in resolutions_for(&t, &loaded.rules, loaded.config.dry_run) {
                         self.pipeline()?.resolve(action).await?;
@@ -165,7 +172,7 @@ impl Dispatcher {
             let action = direct_action(loaded, &request);
             match request.status {
                 AlertStatus::Resolved => self.pipeline()?.resolve(action).await?,
-                AlertStatus::Firing => self.submit(action, None).await?,
+                AlertStatus::Firing => self.submit(action, None, None).await?,
             }
         }
         Ok(())
@@ -186,7 +193,14 @@ impl Dispatcher {
 
     /// Hands `action` to the pipeline, unless a silence covers it: then it
     /// is only recorded.
-    async fn submit(&self, action: Action, origin: Option<&Origin>) -> Result<(), Closed> {
+    /// Submits `action`, unless a silence covers it; `carried`: a receiver
+    /// that has already carried it out, and how.
+    async fn submit(
+        &self,
+        action: Action,
+        origin: Option<&Origin>,
+        carried: Option<(&str, &str)>,
+    ) -> Result<(), Closed> {
         if self
             .shared
             .is_silenced(&action.rule, &action.subject, wall_clock())
@@ -196,10 +210,33 @@ impl Dispatcher {
             self.audit.publish(&action.key, record).await;
             return Ok(());
         }
-        self.pipeline()?.submit_from(action, origin).await?;
+        match carried {
+            Some((receiver, how)) => {
+                self.pipeline()?
+                    .submit_carried(action, origin, receiver, how)
+                    .await?
+            }
+            None => self.pipeline()?.submit_from(action, origin).await?,
+        }
         self.stats.actions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The traffic receiver and the reason of the step back that `action`'s
+/// model's rollout made, if it made one: the rollout owns the weights, and
+/// its step back is the rule's `reduce_traffic`.
+fn stepped_back<'c>(
+    loaded: &'c Loaded,
+    changes: &'c [Change],
+    action: &Action,
+) -> Option<(&'c str, &'c str)> {
+    let model = action.subject.get("model")?;
+    let change = changes
+        .iter()
+        .find(|c| c.kind == ChangeKind::SteppedBack && c.model == *model)?;
+    let receiver = loaded.config.rollouts.as_ref()?.receiver_for(model)?;
+    Some((receiver, change.reason.as_str()))
 }
 
 /// The action an Alertmanager alert names with the action label.
