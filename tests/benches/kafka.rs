@@ -103,8 +103,10 @@ fn durable(bootstrap: &str, topic: &str, group: &str, rules: &Path) -> canaryd::
 /// `deploy/k8s/base/config/canaryd.yaml`, with its rules, HTTP server (and
 /// so metrics), audit, changelog and silences topics, changed only where
 /// this machine differs: the broker, topic names, secrets from files here,
-/// the API server fixture's kubeconfig, no SASL, and dry run (the
-/// cluster's receivers are not here).
+/// the API server fixture's kubeconfig, no SASL,
+/// the default assignment strategy (on Tansu 0.6.0 cooperative members
+/// lose their partitions when another dies), and dry run (the cluster's
+/// receivers are not here).
 fn shipped(
     bootstrap: &str,
     topic: &str,
@@ -144,6 +146,7 @@ fn shipped(
     set(kafka, "topics", vec![Value::from(topic)].into());
     let kafka = kafka.as_mapping_mut().unwrap();
     kafka.remove("properties");
+    kafka.remove("assignment_strategy");
     // The receivers' secrets (`{env: …}` or `{file: /var/run/secrets/…}`)
     // from files here; they are read at start even in dry run.
     let receivers = config

@@ -814,6 +814,95 @@ async fn a_changelog_with_fewer_partitions_than_the_input_stops_start_up_with_th
     );
 }
 
+/// A replica with nothing to own, in a group with a member for each
+/// partition: it waits as a spare, saying so, instead of rejoining every
+/// `rejoin_after`, which would rebalance the group each time. Then the
+/// owner dies (`kill -9`) and the spare carries the incident: one firing,
+/// one rollback, on time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spare_replica_waits_without_rebalancing_the_group_and_takes_over_when_needed() {
+    let rig = Rig::start("drill-spare", "[auto_rollback, notify_on_call]").await;
+    let with_rejoin = |text: String| {
+        text.replace(
+            "  session_timeout: 6s\n",
+            "  session_timeout: 6s\n  rejoin_after: 6s\n",
+        )
+    };
+    let a = rig.spawn_with("a", with_rejoin);
+    wait_for_assignment(&a);
+    let feed = Feed::start(&rig.broker.bootstrap());
+    let b = rig.spawn_with("b", with_rejoin);
+    // The group settles with one owner; which one is the assignor's choice.
+    let mut roles = None;
+    for _ in 0..600 {
+        let (a0, b0) = (a.owned("events"), b.owned("events"));
+        if a0.contains(&0) && b0.is_empty() && b.log_text().contains("partitions assigned") {
+            roles = Some((&a, &b));
+        } else if b0.contains(&0) && a0.is_empty() {
+            roles = Some((&b, &a));
+        }
+        if roles.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (owner, spare) = roles.expect("the group never settled with one owner");
+    let revoked = |d: &Daemon| plain(&d.log_text()).matches("partitions revoked").count();
+    let (owner_revoked, spare_said) = (
+        revoked(owner),
+        plain(&spare.log_text())
+            .matches("this replica is a spare")
+            .count(),
+    );
+    // Two more periods of `rejoin_after` (bounded: each check is logged).
+    for _ in 0..400 {
+        if plain(&spare.log_text())
+            .matches("this replica is a spare")
+            .count()
+            >= spare_said + 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = all_logs(&[&a, &b]);
+    let spare_log = plain(&spare.log_text());
+    check(
+        "the spare saw the owner keep up, twice, and said so",
+        spare_log.matches("this replica is a spare").count() >= spare_said + 2,
+        spare_log.matches("this replica is a spare").count(),
+        &logs,
+    );
+    check(
+        "and never rejoined the group",
+        !spare_log.contains("rejoining the group"),
+        "",
+        &logs,
+    );
+    check(
+        "the owner kept its partition: no rebalance since the group settled",
+        owner.owned("events").contains(&0) && revoked(owner) == owner_revoked,
+        format!(
+            "{:?}, revoked {} times",
+            owner.owned("events"),
+            revoked(owner)
+        ),
+        &logs,
+    );
+    owner.signal("KILL");
+    let breach = feed.go_bad().await;
+    let audit = rig.audit_until(|r| firing(r) && rolled_back(r));
+    feed.stop().await;
+    let logs = all_logs(&[&a, &b]);
+    check(
+        "the spare took the partition over",
+        spare.owned("events").contains(&0),
+        format!("{:?}", spare.owned("events")),
+        &logs,
+    );
+    fired_once_on_time(&rig, &audit, breach, &logs);
+}
+
 /// A rolling update of three replicas during an incident: each old one is
 /// replaced by a new one, one at a time, while the alert is pending.
 #[tokio::test(flavor = "multi_thread")]

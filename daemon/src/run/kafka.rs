@@ -87,12 +87,14 @@ pub struct KafkaConfig {
     /// not leave the group: its partitions wait for `session_timeout`.
     #[serde(default)]
     pub static_membership: bool,
-    /// `partition.assignment.strategy`. The default, `cooperative-sticky`,
-    /// moves only the partitions that must move in a rebalance: the others
-    /// keep their state in memory and are not restored. The eager
-    /// `range,roundrobin` revokes every partition at every rebalance, and
-    /// with a changelog each one restores its state from it. A group
-    /// cannot mix the two: switch every replica at once.
+    /// `partition.assignment.strategy`. `cooperative-sticky` moves only the
+    /// partitions that must move in a rebalance: the others keep their
+    /// state in memory and are not restored; use it on Apache Kafka. The
+    /// default, eager `range,roundrobin`, revokes every partition at every
+    /// rebalance (with a changelog each one restores its state from it)
+    /// and works on every broker: on Tansu 0.6.0, cooperative members
+    /// that survive a `kill -9` of another are left with no partition. A
+    /// group cannot mix the two: switch every replica at once.
     #[serde(default = "default_assignment_strategy")]
     pub assignment_strategy: String,
     /// A replica that owns no partition for this long, while the group may
@@ -129,7 +131,7 @@ fn default_rejoin_after() -> Span {
     Span::seconds(30)
 }
 fn default_assignment_strategy() -> String {
-    "cooperative-sticky".into()
+    "range,roundrobin".into()
 }
 
 /// The assignors librdkafka offers.
@@ -395,21 +397,21 @@ mod tests {
 
     #[test]
     fn membership_settings_are_checked_and_set() {
-        let default = kafka("");
-        assert!(default.problems().is_empty(), "{:?}", default.problems());
-        let config = default.consumer_config("pod-0").unwrap();
-        assert_eq!(
-            config.get("partition.assignment.strategy"),
-            Some("cooperative-sticky")
-        );
-        assert_eq!(config.get("group.instance.id"), None);
-
-        let eager = kafka("assignment_strategy: range,roundrobin\nstatic_membership: true");
+        let eager = kafka("");
         assert!(eager.problems().is_empty(), "{:?}", eager.problems());
         let config = eager.consumer_config("pod-0").unwrap();
         assert_eq!(
             config.get("partition.assignment.strategy"),
             Some("range,roundrobin")
+        );
+        assert_eq!(config.get("group.instance.id"), None);
+
+        let sticky = kafka("assignment_strategy: cooperative-sticky\nstatic_membership: true");
+        assert!(sticky.problems().is_empty(), "{:?}", sticky.problems());
+        let config = sticky.consumer_config("pod-0").unwrap();
+        assert_eq!(
+            config.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
         );
         assert_eq!(config.get("group.instance.id"), Some("pod-0"));
 
