@@ -268,26 +268,11 @@ fn a_silent_canary_never_passes_it_waits_for_data_and_says_so() {
 #[test]
 fn a_new_canary_version_starts_over_from_the_first_stage() {
     let mut run = Run::new(Gating::Every);
-    let inference = |sec: i64, version: &str| {
-        Event::Inference(InferenceEvent {
-            ts: Timestamp(sec * 1000),
-            model: "m".into(),
-            version: version.into(),
-            track: Track::Canary,
-            latency_ms: 10.0,
-            error: false,
-            cost_usd: None,
-            group: None,
-            prediction: None,
-            label: None,
-            labels: BTreeMap::new(),
-        })
-    };
     for s in 0..12 {
-        run.event(inference(s, "v2"));
+        run.event(canary(s, "v2"));
     }
     for s in 12..14 {
-        run.event(inference(s, "v3"));
+        run.event(canary(s, "v3"));
     }
     assert_eq!(
         run.timeline(),
@@ -555,20 +540,7 @@ fn another_version_recorded_gives_way_to_a_new_rollout_of_the_one_seen() {
     };
     rollout.version = "v1".into();
     let mut second = reading_run();
-    let inference = Event::Inference(InferenceEvent {
-        ts: Timestamp(20_000),
-        model: "m".into(),
-        version: "v2".into(),
-        track: Track::Canary,
-        latency_ms: 10.0,
-        error: false,
-        cost_usd: None,
-        group: None,
-        prediction: None,
-        label: None,
-        labels: BTreeMap::new(),
-    });
-    second.event(inference);
+    second.event(canary(20, "v2"));
     second.read_back(Found::Recorded {
         plan: "default".into(),
         rollout,

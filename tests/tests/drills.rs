@@ -189,6 +189,21 @@ kafka:
         Daemon::spawn(&all, self.dir.path().join(format!("{name}.log")))
     }
 
+    /// A replica carrying the `summarizer` canary through `rollouts` (config
+    /// text after the drill's), fed healthy events, once its first
+    /// stage's weight is set.
+    async fn rollout_under_way(&self, rollouts: &str) -> (Daemon, Feed) {
+        let daemon = self.spawn_with("daemon", |text| format!("{text}{rollouts}"));
+        wait_for_assignment(&daemon);
+        let feed = Feed::start(&self.broker.bootstrap());
+        self.audit_until(|r| {
+            r.iter().map(Record::json).any(|v| {
+                v["kind"] == "outcome" && v["connector"] == "kube" && v["outcome"] == "succeeded"
+            })
+        });
+        (daemon, feed)
+    }
+
     fn audit_until(&self, done: impl Fn(&[Record]) -> bool) -> Vec<Value> {
         read_until(&self.broker.bootstrap(), "canaryd-audit", WAIT, done)
             .iter()
@@ -1644,18 +1659,11 @@ async fn a_person_pauses_promotes_aborts_and_resumes_a_live_rollout() {
 async fn a_hand_edit_of_the_weights_pauses_the_rollout_and_canaryd_never_fights_it() {
     let rig = Rig::start("drill-rollout-hand", "[auto_rollback]").await;
     let port = canaryd_tests::tansu::free_port();
-    let daemon = rig.spawn_with("daemon", |text| {
-        format!(
-            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n"
-        )
-    });
-    wait_for_assignment(&daemon);
-    let feed = Feed::start(&rig.broker.bootstrap());
-    rig.audit_until(|r| {
-        r.iter().map(Record::json).any(|v| {
-            v["kind"] == "outcome" && v["connector"] == "kube" && v["outcome"] == "succeeded"
-        })
-    });
+    let (daemon, feed) = rig
+        .rollout_under_way(&format!(
+            "rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n"
+        ))
+        .await;
     check(
         "stage 1 set the canary to 5",
         rig.canary_weight() == 5,
@@ -1732,18 +1740,11 @@ async fn a_hand_edit_of_the_weights_pauses_the_rollout_and_canaryd_never_fights_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watched_traffic_object_starts_a_new_version_and_a_hand_edit_pauses_at_once() {
     let rig = Rig::start("drill-rollout-watch", "[auto_rollback]").await;
-    let daemon = rig.spawn_with("daemon", |text| {
-        format!(
-            "{text}rollouts:\n  receiver: kube\n  watch_every: 1s\n  default:\n    stages: [{{weight: 5, hold: 1h}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\n"
+    let (daemon, feed) = rig
+        .rollout_under_way(
+            "rollouts:\n  receiver: kube\n  watch_every: 1s\n  default:\n    stages: [{weight: 5, hold: 1h}, {weight: 25, hold: 1h}]\n    soak: 1h\n",
         )
-    });
-    wait_for_assignment(&daemon);
-    let feed = Feed::start(&rig.broker.bootstrap());
-    rig.audit_until(|r| {
-        r.iter().map(Record::json).any(|v| {
-            v["kind"] == "outcome" && v["connector"] == "kube" && v["outcome"] == "succeeded"
-        })
-    });
+        .await;
     let object = || {
         rig.kube
             .object("VirtualService", "ml-serving", "model-summarizer")

@@ -254,35 +254,19 @@ impl Pipeline {
 
     /// [`Pipeline::submit`], tracked in `origin`'s outbox until each
     /// receiver is finished with it.
-    pub async fn submit_from(
-        &self,
-        mut action: Action,
-        origin: Option<&Origin>,
-    ) -> Result<(), Closed> {
-        let Some((lanes, dry_run)) = self.routes.get(&action.action) else {
-            let detail = format!("no route for {}: add it under `routes:`", action.action);
-            self.refuse(&action, "none", detail).await;
-            return Ok(());
-        };
-        action.dry_run |= *dry_run;
-        let accepted = Instant::now();
-        for &lane in lanes {
-            self.fire(&self.lanes[lane], action.clone(), accepted, origin)
-                .await?;
-        }
-        Ok(())
+    pub async fn submit_from(&self, action: Action, origin: Option<&Origin>) -> Result<(), Closed> {
+        self.submit_carried(action, origin, None).await
     }
 
-    /// [`Pipeline::submit_from`], except that `receiver` has carried it
-    /// out already (`how`): a rollout's step back was the rule's
-    /// `reduce_traffic`. That receiver's outcome says so, and it is not
-    /// asked again; the route's other receivers act as ever.
+    /// [`Pipeline::submit_from`], except that the receiver `carried` names
+    /// has carried it out already, as it says: a rollout's step back was
+    /// the rule's `reduce_traffic`. That receiver's outcome says so, and it
+    /// is not asked again; the route's other receivers act as ever.
     pub async fn submit_carried(
         &self,
         mut action: Action,
         origin: Option<&Origin>,
-        receiver: &str,
-        how: &str,
+        carried: Option<(&str, &str)>,
     ) -> Result<(), Closed> {
         let Some((lanes, dry_run)) = self.routes.get(&action.action) else {
             let detail = format!("no route for {}: add it under `routes:`", action.action);
@@ -293,18 +277,19 @@ impl Pipeline {
         let accepted = Instant::now();
         for &lane in lanes {
             let lane = &self.lanes[lane];
-            if lane.name == receiver {
-                let outcome = Outcome {
-                    key: action.key.clone(),
-                    connector: lane.name.clone(),
-                    kind: OutcomeKind::Succeeded,
-                    dry_run: action.dry_run,
-                    detail: format!("carried out by the model's rollout: {how}"),
-                };
-                self.stats.count(&lane.name, OutcomeKind::Succeeded);
-                record(&self.audit, &action, &outcome).await;
-            } else {
-                self.fire(lane, action.clone(), accepted, origin).await?;
+            match carried {
+                Some((receiver, how)) if lane.name == receiver => {
+                    let outcome = Outcome {
+                        key: action.key.clone(),
+                        connector: lane.name.clone(),
+                        kind: OutcomeKind::Succeeded,
+                        dry_run: action.dry_run,
+                        detail: format!("carried out by the model's rollout: {how}"),
+                    };
+                    self.stats.count(&lane.name, OutcomeKind::Succeeded);
+                    record(&self.audit, &action, &outcome).await;
+                }
+                _ => self.fire(lane, action.clone(), accepted, origin).await?,
             }
         }
         Ok(())

@@ -514,7 +514,8 @@ impl<'c> ConsumeLoop<'c> {
             return Ok(());
         };
         let every = config.record_every;
-        let watch_every = Duration::from_millis(config.watch_every.millis().max(0) as u64);
+        let watch_every =
+            Duration::from_millis(u64::try_from(config.watch_every.millis()).unwrap_or(30_000));
         let wall = Instant::now();
         let mut reads = self.traffic_reads.finished(wall);
         self.traffic_reads.new_tick(wall, watch_every);

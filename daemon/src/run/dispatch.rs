@@ -192,9 +192,8 @@ impl Dispatcher {
     }
 
     /// Hands `action` to the pipeline, unless a silence covers it: then it
-    /// is only recorded.
-    /// Submits `action`, unless a silence covers it; `carried`: a receiver
-    /// that has already carried it out, and how.
+    /// is only recorded. `carried`: a receiver that has carried it out
+    /// already, and how.
     async fn submit(
         &self,
         action: Action,
@@ -210,14 +209,9 @@ impl Dispatcher {
             self.audit.publish(&action.key, record).await;
             return Ok(());
         }
-        match carried {
-            Some((receiver, how)) => {
-                self.pipeline()?
-                    .submit_carried(action, origin, receiver, how)
-                    .await?
-            }
-            None => self.pipeline()?.submit_from(action, origin).await?,
-        }
+        self.pipeline()?
+            .submit_carried(action, origin, carried)
+            .await?;
         self.stats.actions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -500,10 +500,7 @@ impl Controller {
                 if !rollout.retired(&reading.version) {
                     rollout.requests = rollout.requests.saturating_add(reading.requests);
                 }
-                let running = !matches!(
-                    rollout.phase,
-                    Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. }
-                );
+                let running = rollout.phase.moves();
                 match hand_edit {
                     Some(edit) if running => {
                         let why = format!("hand edit: {edit}");
@@ -567,11 +564,7 @@ impl Controller {
             self.changed = true;
             return out;
         }
-        let running = !matches!(
-            before.phase,
-            Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. }
-        );
-        if let (Some(edit), true) = (seen.hand_edit, running) {
+        if let (Some(edit), true) = (seen.hand_edit, before.phase.moves()) {
             let by = format!("canaryd on a hand edit ({edit})");
             out = self
                 .command(model, Command::Pause { by }, now)
@@ -1149,10 +1142,7 @@ fn step_one(
     out: &mut Vec<Change>,
 ) {
     // Stopped rollouts take no step: skip the lookups on their alerts.
-    if matches!(
-        tracked.rollout.phase,
-        Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. }
-    ) {
+    if !tracked.rollout.phase.moves() {
         return;
     }
     let Some(named) = plans.plan_for(model) else {

@@ -137,6 +137,17 @@ pub enum Phase {
     },
 }
 
+impl Phase {
+    /// Whether the controller still moves the weights on its own: not
+    /// paused, complete or rolled back.
+    pub fn moves(&self) -> bool {
+        !matches!(
+            self,
+            Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. }
+        )
+    }
+}
+
 /// A rollout's durable state: what is written on the traffic object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
@@ -363,9 +374,8 @@ impl Rollout {
                 .max(0),
         );
         self.last_step = self.last_step.max(seen.now);
-        match self.phase {
-            Phase::Paused { .. } | Phase::Complete | Phase::RolledBack { .. } => return out,
-            _ => {}
+        if !self.phase.moves() {
+            return out;
         }
         // A rollback needs no hold: it happens at once, soaking included.
         if let Gate::Firing(severity) = seen.gate
