@@ -242,6 +242,18 @@ kafka:
             .collect()
     }
 
+    /// A person gives the canary `percent` of the traffic by hand (as
+    /// `kubectl edit` would): canaryd's annotations stay.
+    fn hand_edit(&self, percent: i64) {
+        let mut vs = self
+            .kube
+            .object("VirtualService", "ml-serving", "model-summarizer")
+            .unwrap();
+        vs["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(100 - percent);
+        vs["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(percent);
+        self.kube.put(vs);
+    }
+
     fn canary_weight(&self) -> Value {
         self.canary_weight_of("summarizer")
     }
@@ -1670,14 +1682,7 @@ async fn a_hand_edit_of_the_weights_pauses_the_rollout_and_canaryd_never_fights_
         rig.canary_weight(),
         &daemon.log_text(),
     );
-    // The hand edit: 30% to the canary, canaryd's annotations kept.
-    let mut vs = rig
-        .kube
-        .object("VirtualService", "ml-serving", "model-summarizer")
-        .unwrap();
-    vs["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(70);
-    vs["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(30);
-    rig.kube.put(vs);
+    rig.hand_edit(30);
     let audit = rig.audit_until(|r| {
         r.iter().map(Record::json).any(|v| {
             v["kind"] == "rollout"
@@ -1788,11 +1793,7 @@ async fn a_watched_traffic_object_starts_a_new_version_and_a_hand_edit_pauses_at
         &recorded,
         &logs,
     );
-    // A person sets 30% by hand.
-    let mut vs = object();
-    vs["spec"]["http"][0]["route"][0]["weight"] = serde_json::json!(70);
-    vs["spec"]["http"][0]["route"][1]["weight"] = serde_json::json!(30);
-    rig.kube.put(vs);
+    rig.hand_edit(30);
     let audit = rig.audit_until(|r| {
         r.iter().map(Record::json).any(|v| {
             v["kind"] == "rollout"
