@@ -1497,7 +1497,7 @@ async fn a_person_pauses_promotes_aborts_and_resumes_a_live_rollout() {
     std::fs::write(&token, "s3cret-t0ken\n").unwrap();
     let daemon = rig.spawn_with("daemon", |text| {
         format!(
-            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n  auth: {{bearer: {{file: {}}}}}\n",
+            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 6s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n  auth: {{bearer: {{file: {}}}}}\n",
             token.display()
         )
     });
@@ -1537,8 +1537,10 @@ async fn a_person_pauses_promotes_aborts_and_resumes_a_live_rollout() {
         &paused,
         &logs(),
     );
-    // Longer than stage 1's hold: it stays.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Longer than stage 1's hold: it stays. (The hold, 6 s, leaves the
+    // pause time to arrive: the rollout's start waits for the first tick
+    // that reads its traffic object, and the next that brings the answer.)
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let (_, status) = cli("status");
     check(
         "paused: still stage 1 at 5% after its hold",

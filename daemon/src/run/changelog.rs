@@ -315,6 +315,104 @@ fn decode_all(records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Decoded, String> {
     })
 }
 
+/// A restore that finished, for the consume loop.
+pub(super) struct RestoreDone {
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    /// Which restore of the partition this was ([`Restores::start`]).
+    pub(super) number: u64,
+    pub(super) started: Instant,
+    /// What it read; `Err` outside when its task failed.
+    pub(super) read: Result<Result<Option<Restored>, String>, String>,
+}
+
+/// Restores from the changelog under way, each on a blocking thread, so
+/// that the consume loop goes on with the other partitions meanwhile.
+#[derive(Default)]
+pub(super) struct Restores {
+    running: tokio::task::JoinSet<Result<Option<Restored>, String>>,
+    /// By task: the partition, the restore's number and its start.
+    started: HashMap<tokio::task::Id, (String, i32, u64, Instant)>,
+    count: u64,
+    /// Told when one finishes, to wake the loop.
+    done: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Restores {
+    /// Starts `read` for `topic`/`partition`; its number, which tells a
+    /// restore of an earlier assignment of the same partition apart.
+    pub(super) fn start(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        read: impl FnOnce() -> Result<Option<Restored>, String> + Send + 'static,
+    ) -> u64 {
+        self.count += 1;
+        let done = self.done.clone();
+        let handle = self.running.spawn_blocking(move || {
+            let read = read();
+            done.notify_one();
+            read
+        });
+        self.started.insert(
+            handle.id(),
+            (topic.to_string(), partition, self.count, Instant::now()),
+        );
+        self.count
+    }
+
+    /// Told when a restore finishes (a permit waits if nobody listens).
+    pub(super) fn done(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.done.clone()
+    }
+
+    /// Whether none is under way.
+    pub(super) fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// A restore that has finished, if one has.
+    pub(super) fn finished(&mut self) -> Option<RestoreDone> {
+        loop {
+            let joined = self.running.try_join_next_with_id()?;
+            if let Some(done) = self.done_of(joined) {
+                return Some(done);
+            }
+        }
+    }
+
+    /// The next restore to finish, waiting for it; `None` with none under
+    /// way. For when [`Restores::done`] has told that one is finishing.
+    pub(super) async fn next(&mut self) -> Option<RestoreDone> {
+        loop {
+            let joined = self.running.join_next_with_id().await?;
+            if let Some(done) = self.done_of(joined) {
+                return Some(done);
+            }
+        }
+    }
+
+    /// The restore a joined task was, if it is one of ours (every task is
+    /// registered when it starts).
+    fn done_of(
+        &mut self,
+        joined: Result<(tokio::task::Id, Result<Option<Restored>, String>), tokio::task::JoinError>,
+    ) -> Option<RestoreDone> {
+        let (id, read) = match joined {
+            Ok((id, read)) => (id, Ok(read)),
+            Err(e) => (e.id(), Err(e.to_string())),
+        };
+        let (topic, partition, number, started) = self.started.remove(&id)?;
+        Some(RestoreDone {
+            topic,
+            partition,
+            number,
+            started,
+            read,
+        })
+    }
+}
+
 /// Refuses a changelog with fewer partitions than an input topic: input
 /// partition `p` checkpoints to changelog partition `p`, so the others
 /// could never be checkpointed, and their offsets never committed. Passes
