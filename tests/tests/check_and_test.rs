@@ -242,6 +242,7 @@ rollouts:
       gating_rules: [Canary Error Rate Hgh]
   manual: [fraud]
   record_every: 0s
+  watch_every: 100ms
 ",
             rules = repo("deploy/examples/canary-alerts.yaml").display()
         ),
@@ -259,6 +260,7 @@ rollouts:
         "canaryd.yaml:14: rollouts.models.fraud.gating_rules: no rule is named `Canary Error Rate Hgh`",
         "canaryd.yaml:13: rollouts.models.fraud: the model is also in rollouts.manual",
         "canaryd.yaml:16: rollouts.record_every: 0s is under 1s",
+        "canaryd.yaml:17: rollouts.watch_every: 100ms is under 1s",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
