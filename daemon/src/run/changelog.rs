@@ -328,28 +328,14 @@ pub(super) struct RestoreDone {
 
 /// Restores from the changelog under way, each on a blocking thread, so
 /// that the consume loop goes on with the other partitions meanwhile.
-/// Each sends what it read to the loop ([`Restores::results`]); a task
-/// that fails is found by [`Restores::failed`].
+#[derive(Default)]
 pub(super) struct Restores {
-    running: tokio::task::JoinSet<()>,
+    running: tokio::task::JoinSet<Result<Option<Restored>, String>>,
     /// By task: the partition, the restore's number and its start.
     started: HashMap<tokio::task::Id, (String, i32, u64, Instant)>,
     count: u64,
-    tx: tokio::sync::mpsc::UnboundedSender<RestoreDone>,
-    rx: Option<tokio::sync::mpsc::UnboundedReceiver<RestoreDone>>,
-}
-
-impl Default for Restores {
-    fn default() -> Restores {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        Restores {
-            running: tokio::task::JoinSet::new(),
-            started: HashMap::new(),
-            count: 0,
-            tx,
-            rx: Some(rx),
-        }
-    }
+    /// Told when one finishes, to wake the loop.
+    done: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Restores {
@@ -362,27 +348,22 @@ impl Restores {
         read: impl FnOnce() -> Result<Option<Restored>, String> + Send + 'static,
     ) -> u64 {
         self.count += 1;
-        let (number, started, tx) = (self.count, Instant::now(), self.tx.clone());
-        let task_topic = topic.to_string();
+        let done = self.done.clone();
         let handle = self.running.spawn_blocking(move || {
             let read = read();
-            // The loop is gone only at shutdown, when no state is wanted.
-            let _ = tx.send(RestoreDone {
-                topic: task_topic,
-                partition,
-                number,
-                started,
-                read: Ok(read),
-            });
+            done.notify_one();
+            read
         });
-        self.started
-            .insert(handle.id(), (topic.to_string(), partition, number, started));
-        number
+        self.started.insert(
+            handle.id(),
+            (topic.to_string(), partition, self.count, Instant::now()),
+        );
+        self.count
     }
 
-    /// Where the restores' results arrive; taken once, by the loop.
-    pub(super) fn results(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RestoreDone>> {
-        self.rx.take()
+    /// Told when a restore finishes (a permit waits if nobody listens).
+    pub(super) fn done(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.done.clone()
     }
 
     /// Whether none is under way.
@@ -390,30 +371,45 @@ impl Restores {
         self.running.is_empty()
     }
 
-    /// A restore whose task failed (it panicked) and so sent nothing, if
-    /// one has; finished tasks are forgotten on the way.
-    pub(super) fn failed(&mut self) -> Option<RestoreDone> {
-        while let Some(joined) = self.running.try_join_next_with_id() {
-            match joined {
-                Ok((id, ())) => {
-                    self.started.remove(&id);
-                }
-                Err(e) => {
-                    // Every task is registered when it starts.
-                    if let Some((topic, partition, number, started)) = self.started.remove(&e.id())
-                    {
-                        return Some(RestoreDone {
-                            topic,
-                            partition,
-                            number,
-                            started,
-                            read: Err(e.to_string()),
-                        });
-                    }
-                }
+    /// A restore that has finished, if one has.
+    pub(super) fn finished(&mut self) -> Option<RestoreDone> {
+        loop {
+            let joined = self.running.try_join_next_with_id()?;
+            if let Some(done) = self.done_of(joined) {
+                return Some(done);
             }
         }
-        None
+    }
+
+    /// The next restore to finish, waiting for it; `None` with none under
+    /// way. For when [`Restores::done`] has told that one is finishing.
+    pub(super) async fn next(&mut self) -> Option<RestoreDone> {
+        loop {
+            let joined = self.running.join_next_with_id().await?;
+            if let Some(done) = self.done_of(joined) {
+                return Some(done);
+            }
+        }
+    }
+
+    /// The restore a joined task was, if it is one of ours (every task is
+    /// registered when it starts).
+    fn done_of(
+        &mut self,
+        joined: Result<(tokio::task::Id, Result<Option<Restored>, String>), tokio::task::JoinError>,
+    ) -> Option<RestoreDone> {
+        let (id, read) = match joined {
+            Ok((id, read)) => (id, Ok(read)),
+            Err(e) => (e.id(), Err(e.to_string())),
+        };
+        let (topic, partition, number, started) = self.started.remove(&id)?;
+        Some(RestoreDone {
+            topic,
+            partition,
+            number,
+            started,
+            read,
+        })
     }
 }
 

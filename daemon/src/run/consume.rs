@@ -145,9 +145,9 @@ impl<'c> ConsumeLoop<'c> {
         let mut next_tick = now + self.tick;
         let mut reload_at: Option<tokio::time::Instant> = None;
         let mut burst = 0u32;
-        // What the restores read comes here; taken before waiting.
-        let mut restores = self.restores.results();
-        let mut restored: Option<RestoreDone> = None;
+        let restored = self.restores.done();
+        // A restore told that it is finishing: take it before waiting.
+        let mut restore_finishing = false;
         let ended = loop {
             // Take messages that are already waiting without the cost of a
             // select!; every BURST messages, look at the clock and shutdown.
@@ -163,8 +163,13 @@ impl<'c> ConsumeLoop<'c> {
                 }
                 None => {
                     burst = 0;
-                    if let Some(done) = restored.take() {
+                    if std::mem::take(&mut restore_finishing)
+                        && let Some(done) = self.restores.next().await
+                    {
                         self.restored(done).await;
+                    }
+                    if !self.restores.is_empty() {
+                        self.restores_finished().await;
                     }
                     // Store offsets before waiting.
                     self.offsets.store(consumer);
@@ -199,13 +204,8 @@ impl<'c> ConsumeLoop<'c> {
                         }
                         _ = tokio::time::sleep_until(next_tick.into()) => continue,
                         // A partition's state is in: it goes on at once.
-                        Some(done) = async {
-                            match restores.as_mut() {
-                                Some(results) => results.recv().await,
-                                None => std::future::pending().await,
-                            }
-                        } => {
-                            restored = Some(done);
+                        _ = restored.notified() => {
+                            restore_finishing = true;
                             continue;
                         }
                         Some(()) = file_changes.recv() => {
@@ -810,7 +810,7 @@ impl<'c> ConsumeLoop<'c> {
     /// partition: a member that owns nothing serves no one's events.
     async fn rebalanced(&mut self) {
         if !self.restores.is_empty() {
-            self.restores_failed().await;
+            self.restores_finished().await;
         }
         let mut changed = false;
         while let Ok(change) = self.assignments.try_recv() {
@@ -841,7 +841,7 @@ impl<'c> ConsumeLoop<'c> {
 
     /// Starts restoring an assigned partition's state from the changelog,
     /// if there is one, beside the loop: the partition is paused until its
-    /// state is in ([`ConsumeLoop::restored`]), and the replica's
+    /// state is in ([`ConsumeLoop::restores_finished`]), and the replica's
     /// other partitions go on meanwhile.
     fn begin_restore(&mut self, topic: &str, partition: i32) {
         let (Some(changelog), Some(reader)) = (&self.changelog, &self.reader) else {
@@ -868,10 +868,10 @@ impl<'c> ConsumeLoop<'c> {
         );
     }
 
-    /// Restores whose task failed: their partitions are rebuilt or start
-    /// afresh, as for an unreadable changelog.
-    async fn restores_failed(&mut self) {
-        while let Some(done) = self.restores.failed() {
+    /// Puts in the states of the restores that finished, and lets their
+    /// partitions go on from the first message set aside.
+    async fn restores_finished(&mut self) {
+        while let Some(done) = self.restores.finished() {
             self.restored(done).await;
         }
     }
