@@ -1538,8 +1538,8 @@ async fn a_person_pauses_promotes_aborts_and_resumes_a_live_rollout() {
         &logs(),
     );
     // Longer than stage 1's hold: it stays. (The hold, 6 s, leaves the
-    // pause time to arrive: the rollout's start waits for the first tick
-    // that reads its traffic object, and the next that brings the answer.)
+    // pause time to arrive: the rollout's start waits for the tick that
+    // reads its traffic object, and the next that brings the answer.)
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (_, status) = cli("status");
     check(
@@ -1675,7 +1675,7 @@ async fn a_hand_edit_of_the_weights_pauses_the_rollout_and_canaryd_never_fights_
     let port = canaryd_tests::tansu::free_port();
     let (daemon, feed) = rig
         .rollout_under_way(&format!(
-            "rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n"
+            "rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 6s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n"
         ))
         .await;
     check(
@@ -2843,7 +2843,7 @@ async fn a_weight_the_api_server_refuses_pauses_the_rollout_instead_of_going_on(
     let port = canaryd_tests::tansu::free_port();
     let daemon = rig.spawn_with("daemon", |text| {
         format!(
-            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 3s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n"
+            "{text}rollouts:\n  receiver: kube\n  default:\n    stages: [{{weight: 5, hold: 6s}}, {{weight: 25, hold: 1h}}]\n    soak: 1h\nhttp:\n  listen: 127.0.0.1:{port}\n"
         )
     });
     wait_for_assignment(&daemon);

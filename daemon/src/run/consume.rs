@@ -22,7 +22,6 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::changelog::{self, Acked, Changelog, Checkpoint};
-use super::changelog::{RestoreDone, Restores};
 use super::dead_letter::DeadLetters;
 use super::dispatch::Dispatcher;
 use super::idle::EndProbe;
@@ -119,8 +118,6 @@ pub(super) struct ConsumeLoop<'c> {
     pub(super) evaluations_seen: u64,
     /// Rollout states being read back from traffic objects.
     pub(super) traffic_reads: TrafficReads,
-    /// Restores from the changelog under way, beside the loop.
-    pub(super) restores: Restores,
 }
 
 impl<'c> ConsumeLoop<'c> {
@@ -145,9 +142,6 @@ impl<'c> ConsumeLoop<'c> {
         let mut next_tick = now + self.tick;
         let mut reload_at: Option<tokio::time::Instant> = None;
         let mut burst = 0u32;
-        let restored = self.restores.done();
-        // A restore told that it is finishing: take it before waiting.
-        let mut restore_finishing = false;
         let ended = loop {
             // Take messages that are already waiting without the cost of a
             // select!; every BURST messages, look at the clock and shutdown.
@@ -163,14 +157,6 @@ impl<'c> ConsumeLoop<'c> {
                 }
                 None => {
                     burst = 0;
-                    if std::mem::take(&mut restore_finishing)
-                        && let Some(done) = self.restores.next().await
-                    {
-                        self.restored(done).await;
-                    }
-                    if !self.restores.is_empty() {
-                        self.restores_finished().await;
-                    }
                     // Store offsets before waiting.
                     self.offsets.store(consumer);
                     now = Instant::now();
@@ -203,11 +189,6 @@ impl<'c> ConsumeLoop<'c> {
                             });
                         }
                         _ = tokio::time::sleep_until(next_tick.into()) => continue,
-                        // A partition's state is in: it goes on at once.
-                        _ = restored.notified() => {
-                            restore_finishing = true;
-                            continue;
-                        }
                         Some(()) = file_changes.recv() => {
                             reload_at = Some(tokio::time::Instant::now() + RELOAD_SETTLE);
                             continue;
@@ -287,11 +268,6 @@ impl<'c> ConsumeLoop<'c> {
             .partitions
             .state(message.topic(), message.partition(), &self.loaded);
         state.seen(now);
-        if state.restoring.is_some() {
-            // Fetched before the pause: read again once the state is in.
-            state.set_aside_from.get_or_insert(message.offset());
-            return Ok(true);
-        }
         if self.changelog.is_some() {
             if message.offset() < state.resume_from {
                 // Already in the state restored from the changelog.
@@ -809,9 +785,6 @@ impl<'c> ConsumeLoop<'c> {
     /// Applies assignment changes. Ready means owning at least one
     /// partition: a member that owns nothing serves no one's events.
     async fn rebalanced(&mut self) {
-        if !self.restores.is_empty() {
-            self.restores_finished().await;
-        }
         let mut changed = false;
         while let Ok(change) = self.assignments.try_recv() {
             if let Assignment::Revoked(list) = &change {
@@ -825,7 +798,7 @@ impl<'c> ConsumeLoop<'c> {
             }
             let assigned = self.partitions.apply(change, &self.loaded, &self.instance);
             for (topic, partition) in assigned {
-                self.begin_restore(&topic, partition);
+                self.restore(&topic, partition).await;
             }
             changed = true;
         }
@@ -839,70 +812,24 @@ impl<'c> ConsumeLoop<'c> {
         }
     }
 
-    /// Starts restoring an assigned partition's state from the changelog,
-    /// if there is one, beside the loop: the partition is paused until its
-    /// state is in ([`ConsumeLoop::restores_finished`]), and the replica's
-    /// other partitions go on meanwhile.
-    fn begin_restore(&mut self, topic: &str, partition: i32) {
+    /// Restores an assigned partition's state from the changelog, if there
+    /// is one. Unreadable, it is rebuilt from the input from the committed
+    /// offset on, and says so.
+    async fn restore(&mut self, topic: &str, partition: i32) {
         let (Some(changelog), Some(reader)) = (&self.changelog, &self.reader) else {
             return;
         };
-        if let Err(e) = self.consumer.pause(&one_partition(topic, partition)) {
-            tracing::warn!(topic, partition, error = %e, "cannot pause the partition while its state is restored: what comes meanwhile is set aside and read again");
-        }
+        let started = Instant::now();
         let (reader, changelog_topic, input) = (
             reader.clone(),
             changelog.topic().to_string(),
             topic.to_string(),
         );
-        let number = self.restores.start(topic, partition, move || {
+        let read = tokio::task::spawn_blocking(move || {
             changelog::restore(&reader, &changelog_topic, &input, partition)
-        });
-        let state = self.partitions.state(topic, partition, &self.loaded);
-        state.restoring = Some(number);
-        state.set_aside_from = None;
-        tracing::info!(
-            topic,
-            partition,
-            "restoring the partition's state from the changelog; the other partitions go on"
-        );
-    }
-
-    /// Puts in the states of the restores that finished, and lets their
-    /// partitions go on from the first message set aside.
-    async fn restores_finished(&mut self) {
-        while let Some(done) = self.restores.finished() {
-            self.restored(done).await;
-        }
-    }
-
-    /// One finished restore. Unreadable, the partition is rebuilt from the
-    /// input from the committed offset on, and says so. A partition revoked
-    /// meanwhile (or assigned again, with a newer restore) is left alone.
-    async fn restored(&mut self, done: RestoreDone) {
-        let RestoreDone {
-            topic,
-            partition,
-            number,
-            started,
-            read,
-        } = done;
-        let topic = topic.as_str();
-        let set_aside_from = match self.partitions.get_mut(topic, partition) {
-            Some(state) if state.restoring == Some(number) => {
-                state.restoring = None;
-                state.set_aside_from
-            }
-            _ => {
-                tracing::debug!(
-                    topic,
-                    partition,
-                    "a restore finished for a partition no longer waiting for it"
-                );
-                return;
-            }
-        };
-        let sent_back = match read {
+        })
+        .await;
+        match read {
             Ok(Ok(Some(mut restored))) => {
                 let subjects = restored.subjects.len();
                 let next_offset = restored.next_offset;
@@ -927,7 +854,6 @@ impl<'c> ConsumeLoop<'c> {
                         "the pipeline is closed: restored actions are left for the next owner"
                     );
                 }
-                false
             }
             Ok(Ok(None)) => {
                 self.rebuild_or_start(topic, partition, "the changelog has no checkpoint of it")
@@ -942,35 +868,18 @@ impl<'c> ConsumeLoop<'c> {
                 partition,
                 &format!("the changelog restore failed: {e}"),
             ),
-        };
-        // A rebuild has sent the consumer further back already.
-        if let (false, Some(offset)) = (sent_back, set_aside_from)
-            && let Err(e) = self.consumer.seek(
-                topic,
-                partition,
-                rdkafka::Offset::Offset(offset),
-                Duration::from_secs(5),
-            )
-        {
-            tracing::error!(topic, partition, offset, error = %e, "cannot go back to the messages set aside while the state was restored: this owner does not evaluate them");
-        }
-        if let Err(e) = self.consumer.resume(&one_partition(topic, partition)) {
-            tracing::error!(topic, partition, error = %e, "cannot resume the partition after its restore");
         }
     }
 
     /// A partition without a checkpoint: rebuilt from the input, or
-    /// started fresh; counted either way. Whether it was sent back to
-    /// rebuild.
-    fn rebuild_or_start(&mut self, topic: &str, partition: i32, why: &str) -> bool {
-        let rebuilt = self.rebuild(topic, partition, why);
-        if rebuilt {
+    /// started fresh; counted either way.
+    fn rebuild_or_start(&mut self, topic: &str, partition: i32, why: &str) {
+        if self.rebuild(topic, partition, why) {
             self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
             self.shared.metrics.inc_state_load("rebuilt");
         } else {
             self.shared.metrics.inc_state_load("fresh");
         }
-        rebuilt
     }
 
     /// A partition whose changelog state is lost: when the group had
@@ -1246,11 +1155,4 @@ fn answer(reply: oneshot::Sender<Result<(), String>>, result: &Result<(), Closed
         Err(Closed) => Err("shutting down".to_string()),
     };
     let _ = reply.send(answer);
-}
-
-/// A list of one partition, for pausing and resuming it.
-fn one_partition(topic: &str, partition: i32) -> rdkafka::TopicPartitionList {
-    let mut list = rdkafka::TopicPartitionList::new();
-    list.add_partition(topic, partition);
-    list
 }

@@ -393,7 +393,6 @@ impl Live {
             consumed: Vec::new(),
             evaluations_seen: 0,
             traffic_reads,
-            restores: Default::default(),
         };
         let inputs = Inputs {
             commands,

@@ -46,12 +46,6 @@ pub(super) struct PartitionState {
     /// fetched before the seek took effect are ignored until the first
     /// one from before `act_from` arrives.
     pub(super) rewinding: bool,
-    /// Its state is being read from the changelog, by restore number
-    /// this: the partition is paused, and a message that still comes is
-    /// set aside, to be read again once the state is in.
-    pub(super) restoring: Option<u64>,
-    /// The first message set aside while restoring.
-    pub(super) set_aside_from: Option<i64>,
 }
 
 impl PartitionState {
@@ -74,8 +68,6 @@ impl PartitionState {
             rewrite_all: false,
             act_from: 0,
             rewinding: false,
-            restoring: None,
-            set_aside_from: None,
         }
     }
 
@@ -106,8 +98,6 @@ impl PartitionState {
             rewrite_all: false,
             act_from: 0,
             rewinding: false,
-            restoring: None,
-            set_aside_from: None,
         }
     }
 
