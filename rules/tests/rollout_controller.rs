@@ -887,7 +887,7 @@ impl Run {
             version: version.map(str::to_string),
             hand_edit: hand_edit.map(str::to_string),
         };
-        let changes = self.controller.watched("m", seen, now);
+        let changes = self.controller.watched("m", &seen, now);
         self.changes.extend(changes);
     }
 }

@@ -591,36 +591,70 @@ async fn a_corrupt_or_deleted_changelog_is_rebuilt_from_the_input() {
 /// Checks every drill of an incident ends with: one firing, at the
 /// deadline the breach set (event time), one PATCH, one page.
 fn fired_once_on_time(rig: &Rig, audit: &[Value], breach: DateTime<Utc>, logs: &str) {
-    let fired: Vec<&Value> = audit
+    let fired = audit
         .iter()
         .filter(|r| r["kind"] == "transition" && r["to"] == "firing")
-        .collect();
-    check("one firing transition", fired.len() == 1, fired.len(), logs);
-    let deadline = breach + chrono::Duration::seconds(HOLD_S);
-    let off = (ts(&fired[0]["ts"]) - deadline).num_milliseconds();
-    check(
-        "fired at the original deadline ±1 s (event time)",
-        off.abs() <= 1_000,
-        format!("{off} ms from {deadline}, by {}", fired[0]["instance"]),
-        logs,
-    );
-    check(
-        "one PATCH of the VirtualService",
-        rig.patches() == 1,
-        rig.patches(),
-        logs,
-    );
-    check(
-        "the canary's weight is 0",
-        rig.canary_weight() == 0,
-        rig.canary_weight(),
-        logs,
-    );
+        .count();
+    check("one firing transition", fired == 1, fired, logs);
+    model_fired_once_on_time(rig, audit, breach, logs, "summarizer");
     let incidents = rig.incidents();
     check(
         "one PagerDuty incident",
         incidents.len() == 1,
         format!("{} trigger events", rig.pages().len()),
+        logs,
+    );
+}
+
+/// [`fired_once_on_time`] for `model` alone: its firing, its
+/// VirtualService set to 0 in one PATCH, its one incident.
+fn model_fired_once_on_time(
+    rig: &Rig,
+    audit: &[Value],
+    breach: DateTime<Utc>,
+    logs: &str,
+    model: &str,
+) {
+    let fired: Vec<&Value> = audit
+        .iter()
+        .filter(|r| {
+            r["kind"] == "transition" && r["to"] == "firing" && r["subject"]["model"] == model
+        })
+        .collect();
+    check(
+        &format!("{model}: one firing transition"),
+        fired.len() == 1,
+        fired.len(),
+        logs,
+    );
+    let deadline = breach + chrono::Duration::seconds(HOLD_S);
+    let off = (ts(&fired[0]["ts"]) - deadline).num_milliseconds();
+    check(
+        &format!("{model}: fired at the original deadline ±1 s (event time)"),
+        off.abs() <= 1_000,
+        format!("{off} ms from {deadline}, by {}", fired[0]["instance"]),
+        logs,
+    );
+    check(
+        &format!("{model}: one PATCH of its VirtualService, to 0"),
+        rig.patches_of(model) == 1 && rig.canary_weight_of(model) == 0,
+        format!(
+            "{} patches, weight {}",
+            rig.patches_of(model),
+            rig.canary_weight_of(model)
+        ),
+        logs,
+    );
+    let subject = format!("model={model}|");
+    let incidents = rig
+        .incidents()
+        .iter()
+        .filter(|k| k.contains(&subject))
+        .count();
+    check(
+        &format!("{model}: one PagerDuty incident"),
+        incidents == 1,
+        incidents,
         logs,
     );
 }
@@ -768,36 +802,7 @@ async fn a_cooperative_rebalance_moves_only_one_partition_and_fires_both_once_on
         &logs,
     );
     for model in ["summarizer", "translator"] {
-        let fired: Vec<&Value> = audit
-            .iter()
-            .filter(|r| {
-                r["kind"] == "transition" && r["to"] == "firing" && r["subject"]["model"] == model
-            })
-            .collect();
-        check(
-            &format!("{model}: one firing transition"),
-            fired.len() == 1,
-            fired.len(),
-            &logs,
-        );
-        let deadline = breach + chrono::Duration::seconds(HOLD_S);
-        let off = (ts(&fired[0]["ts"]) - deadline).num_milliseconds();
-        check(
-            &format!("{model}: fired at the original deadline ±1 s (event time)"),
-            off.abs() <= 1_000,
-            format!("{off} ms from {deadline}, by {}", fired[0]["instance"]),
-            &logs,
-        );
-        check(
-            &format!("{model}: one PATCH of its VirtualService, to 0"),
-            rig.patches_of(model) == 1 && rig.canary_weight_of(model) == 0,
-            format!(
-                "{} patches, weight {}",
-                rig.patches_of(model),
-                rig.canary_weight_of(model)
-            ),
-            &logs,
-        );
+        model_fired_once_on_time(&rig, &audit, breach, &logs, model);
     }
     let incidents = rig.incidents();
     check(

@@ -597,7 +597,7 @@ impl<'c> ConsumeLoop<'c> {
                 controller.read_back(&lookup.model, found, state.engine.alerts(), now)
             }
             Seen::Watched(watched) => {
-                let changes = controller.watched(&lookup.model, watched.clone(), now);
+                let changes = controller.watched(&lookup.model, &watched, now);
                 if !changes.is_empty() {
                     tracing::info!(model = %lookup.model, ?watched, "the traffic object changed the rollout");
                 }

@@ -133,13 +133,17 @@ impl Membership {
             }
             Some(_) => {}
         }
-        let partitions = self.partitions(consumer);
+        let now = self.offsets(consumer);
+        // The offsets name every partition; asked again only without them.
+        let partitions = match &now {
+            Some(offsets) => Some(offsets.len()),
+            None => self.partitions(consumer),
+        };
         let members = consumer
             .fetch_group_list(Some(&self.group), ASK)
             .ok()
             .and_then(|list| list.groups().first().map(|g| g.members().len()))
             .filter(|&m| m > 0);
-        let now = self.offsets(consumer);
         let before = self.looked.as_ref().map(|(_, o)| o);
         let decided = verdict(members, partitions, before, now.as_ref());
         let since_look = self.looked.as_ref().map(|(at, _)| at.elapsed());

@@ -544,7 +544,7 @@ impl Controller {
     /// object lags, or names a version being replaced). Weights someone
     /// else set pause a running rollout and say so: a person wins, and is
     /// never fought.
-    pub fn watched(&mut self, model: &str, seen: Watched, now: Timestamp) -> Vec<Change> {
+    pub fn watched(&mut self, model: &str, seen: &Watched, now: Timestamp) -> Vec<Change> {
         let mut out = Vec::new();
         let (Some(named), Some(index)) =
             (self.plans.plan_for(model), self.models.get_index_of(model))
@@ -554,9 +554,10 @@ impl Controller {
         let before = &self.models[index].rollout;
         let new_version = seen
             .version
+            .as_deref()
             .filter(|v| !v.is_empty() && *v != before.version && !before.retired(v));
         if let Some(version) = new_version {
-            let (rollout, decision) = before.succeed(&named.plan, &version, now);
+            let (rollout, decision) = before.succeed(&named.plan, version, now);
             let tracked = Tracked::new(rollout, 0);
             changes(model, &tracked, &named.plan, vec![decision], now, &mut out);
             self.next_due = earliest(self.next_due, due_of(&named.plan, &tracked.rollout));
@@ -564,7 +565,7 @@ impl Controller {
             self.changed = true;
             return out;
         }
-        if let (Some(edit), true) = (seen.hand_edit, before.phase.moves()) {
+        if let (Some(edit), true) = (&seen.hand_edit, before.phase.moves()) {
             let by = format!("canaryd on a hand edit ({edit})");
             out = self
                 .command(model, Command::Pause { by }, now)
